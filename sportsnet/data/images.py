@@ -1,0 +1,225 @@
+"""Image files: decoding to RGB, safe paths under a dataset root, and skip bookkeeping.
+
+Every reader in ``sportsnet.data`` decodes through :func:`load_rgb` and records what it leaves out
+as :class:`Skipped` entries, so a run can report exactly which files were dropped and why.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+log = logging.getLogger(__name__)
+
+#: Extensions (lower case) treated as images; anything else in a class folder is skipped and counted.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+class UnreadableImageError(OSError):
+    """An image file that exists but cannot be decoded (truncated, not an image, too large...)."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"cannot decode image {self.path!r}: {reason}")
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """One dataset entry left out: the path (relative to the root when possible) and why."""
+
+    path: str
+    reason: str
+
+
+def summarize_skipped(skipped: Sequence[Skipped]) -> dict[str, int]:
+    """Count skipped entries per reason, e.g. ``{"not an image file (.lnk)": 1}``."""
+    return dict(Counter(s.reason for s in skipped))
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    return os.path.splitext(str(path))[1].lower() in IMAGE_EXTENSIONS
+
+
+def resolve_under(root: str | os.PathLike, relpath: str) -> Path:
+    """Join ``relpath`` (from a CSV or list file) to ``root``, refusing paths that leave the root.
+
+    The check is lexical (``..`` and absolute paths), so a root that is itself a symlink, or holds
+    symlinked split folders, keeps working.
+    """
+    rel = relpath.strip().replace("\\", "/")
+    if rel.startswith("./"):
+        rel = rel[2:]
+    if not rel or os.path.isabs(rel) or Path(rel).drive:
+        raise ValueError(f"path {relpath!r} must be relative to the dataset root {str(root)!r}")
+    norm = os.path.normpath(rel)
+    if norm == ".." or norm.startswith(".." + os.sep):
+        raise ValueError(
+            f"path {relpath!r} points outside the dataset root {str(root)!r}; "
+            "expected a path inside it such as 'train/<class>/<file>.jpg'"
+        )
+    return Path(root) / norm
+
+
+def load_rgb(path: str | os.PathLike) -> Image.Image:
+    """Decode an image file to an RGB PIL image.
+
+    EXIF orientation is applied; grayscale, palette, 16-bit, RGBA and CMYK files are converted to RGB.
+    Raises :class:`UnreadableImageError` (naming the file and the cause) for anything that cannot be
+    fully decoded: a truncated file, a non-image, or a decompression bomb.
+    """
+    try:
+        with warnings.catch_warnings():
+            # PIL only *warns* between MAX_IMAGE_PIXELS and twice that; treat it as the error it is.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()
+                img = ImageOps.exif_transpose(img)
+                return _to_rgb(img)
+    except FileNotFoundError:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise UnreadableImageError(path, f"{type(e).__name__}: {e}") from e
+    except (OSError, SyntaxError, ValueError) as e:  # PIL's truncation and corrupt-data errors
+        raise UnreadableImageError(path, f"{type(e).__name__}: {e}") from e
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode == "RGB":
+        return img.copy()
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16/32-bit grayscale: scale to 8 bits instead of clipping (PIL's convert("L") clips at 255).
+        import numpy as np
+
+        a = np.asarray(img, dtype=np.float64)
+        top = float(a.max(initial=0))
+        # Older Pillows open 16-bit PNGs as mode I: infer the bit depth from the values there.
+        hi = 65535.0 if img.mode.startswith("I;16") or 255 < top <= 65535 else 255.0 if top <= 255 else top
+        a = np.clip(a / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(a).convert("RGB")  # uint8 2-D -> mode L
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGB", rgba.size, (255, 255, 255))  # transparent -> white, not black
+        canvas.paste(rgba, mask=rgba.getchannel("A"))
+        return canvas
+    return img.convert("RGB")
+
+
+class ImageListDataset(Dataset):
+    """Map-style dataset over ``(path, class index)`` pairs with skip bookkeeping.
+
+    Attributes:
+        samples: list of ``(absolute path, class index)``; ``targets`` the class indices.
+        classes: class names in class-index order.
+        skipped: :class:`Skipped` entries left out while indexing, verifying or loading.
+
+    With ``strict=False`` an image that fails to decode at load time is recorded in ``skipped`` and
+    replaced by the next decodable sample (so a data-loader worker never dies mid-epoch); call
+    :meth:`verify` first to drop such files up front and get a complete count. With ``strict=True``
+    the first unreadable image raises :class:`UnreadableImageError`.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        samples: list[tuple[str, int]],
+        classes: list[str],
+        transform: Callable[[Image.Image], Any] | None = None,
+        skipped: list[Skipped] | None = None,
+        strict: bool = False,
+    ):
+        self.root = Path(root)
+        self.samples = samples
+        self.classes = classes
+        self.transform = transform
+        self.skipped: list[Skipped] = list(skipped or [])
+        self.strict = strict
+        self._bad: set[int] = set()
+
+    @property
+    def targets(self) -> list[int]:
+        return [t for _, t in self.samples]
+
+    @property
+    def class_to_idx(self) -> dict[str, int]:
+        return {c: i for i, c in enumerate(self.classes)}
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def relpath(self, path: str | os.PathLike) -> str:
+        try:
+            return Path(path).relative_to(self.root).as_posix()
+        except ValueError:
+            return str(path)
+
+    def load(self, index: int) -> Image.Image:
+        """The decoded RGB image of sample ``index`` (no transform, no fallback)."""
+        return load_rgb(self.samples[index][0])
+
+    def load_with_fallback(self, index: int) -> tuple[int, Image.Image]:
+        """Decode sample ``index``; if it is unreadable (and not strict), record it and move on to the
+        next decodable sample. Returns the index actually used and its RGB image."""
+        n = len(self.samples)
+        for attempt in range(n):
+            i = (index + attempt) % n
+            if i in self._bad:
+                continue
+            path = self.samples[i][0]
+            try:
+                return i, load_rgb(path)
+            except UnreadableImageError as e:
+                if self.strict:
+                    raise
+                self._bad.add(i)
+                self.skipped.append(Skipped(self.relpath(path), f"unreadable image: {e.reason}"))
+                log.warning("skipping unreadable image %s (%s)", path, e.reason)
+        raise UnreadableImageError(self.root, f"none of the {n} images in the dataset could be decoded")
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        i, img = self.load_with_fallback(index)
+        return (self.transform(img) if self.transform is not None else img), self.samples[i][1]
+
+    def verify(self) -> list[Skipped]:
+        """Decode every image once; drop unreadable ones from ``samples`` and record them.
+
+        Returns the entries skipped by this call. Under ``strict=True`` the first failure raises.
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
+        def check(path: str) -> str | None:
+            try:
+                load_rgb(path)
+            except UnreadableImageError as e:
+                if self.strict:
+                    raise
+                return e.reason
+            return None
+
+        # PIL releases the GIL while decoding, so threads give real parallelism here.
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            reasons = list(pool.map(check, [p for p, _ in self.samples]))
+        new = [
+            Skipped(self.relpath(p), f"unreadable image: {r}")
+            for (p, _), r in zip(self.samples, reasons)
+            if r is not None
+        ]
+        self.samples = [s for s, r in zip(self.samples, reasons) if r is None]
+        self._bad.clear()
+        self.skipped.extend(new)
+        if new:
+            log.warning("%s: %d unreadable images skipped", self.root, len(new))
+        return new
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(root={str(self.root)!r}, samples={len(self)}, "
+            f"classes={len(self.classes)}, skipped={len(self.skipped)})"
+        )

@@ -1,0 +1,85 @@
+"""Stratified, seeded subsets: k-shot, a fraction per class, and a train/holdout split.
+
+Each takes a dataset with ``targets`` (class index per sample) and ``classes``, and returns
+:class:`LabeledSubset` views that keep both, so subsets of subsets work and evaluation still knows
+the class names. The same seed gives the same indices on every machine.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch.utils.data import Dataset, Subset
+
+
+class LabeledSubset(Subset):
+    """A ``Subset`` that keeps the parent's ``classes`` and exposes its own ``targets``."""
+
+    def __init__(self, dataset: Dataset, indices: Sequence[int]):
+        super().__init__(dataset, list(indices))
+        parent = _targets(dataset)
+        self.targets = [parent[i] for i in self.indices]
+        self.classes = list(getattr(dataset, "classes", []))
+
+
+def _targets(dataset: Dataset) -> list[int]:
+    targets = getattr(dataset, "targets", None)
+    if targets is None:
+        raise TypeError(f"{type(dataset).__name__} has no 'targets'; stratified subsets need class indices")
+    return [int(t) for t in targets]
+
+
+def _per_class(dataset: Dataset, seed: int) -> dict[int, list[int]]:
+    """Indices of each class (every class in ``dataset.classes``, even empty ones), shuffled with ``seed``."""
+    targets = _targets(dataset)
+    num_classes = max(len(getattr(dataset, "classes", [])), max(targets, default=-1) + 1)
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(targets), generator=g).tolist()
+    by_class: dict[int, list[int]] = {c: [] for c in range(num_classes)}
+    for i in perm:
+        if targets[i] >= 0:  # -1 marks unlabeled samples
+            by_class[targets[i]].append(i)
+    return by_class
+
+
+def _name(dataset: Dataset, c: int) -> str:
+    classes = getattr(dataset, "classes", [])
+    return repr(classes[c]) if c < len(classes) else str(c)
+
+
+def few_shot_subset(dataset: Dataset, k: int, seed: int = 0) -> LabeledSubset:
+    """Exactly ``k`` samples of every class, chosen with ``seed``; indices sorted.
+
+    Raises ``ValueError`` naming the classes that have fewer than ``k`` samples.
+    """
+    if not isinstance(k, int) or k < 1:
+        raise ValueError(f"k={k!r} must be a positive integer (images per class)")
+    by_class = _per_class(dataset, seed)
+    short = {c: len(ix) for c, ix in by_class.items() if len(ix) < k}
+    if short:
+        worst = sorted(short.items(), key=lambda kv: kv[1])[:5]
+        names = ", ".join(f"{_name(dataset, c)} has {n}" for c, n in worst)
+        raise ValueError(
+            f"k={k} but {len(short)} class(es) have fewer than {k} samples ({names}); "
+            f"the smallest class allows k <= {min(len(ix) for ix in by_class.values())}"
+        )
+    return LabeledSubset(dataset, sorted(i for ix in by_class.values() for i in ix[:k]))
+
+
+def stratified_split(dataset: Dataset, fraction: float, seed: int = 0) -> tuple[LabeledSubset, LabeledSubset]:
+    """Split into ``(rest, part)`` where ``part`` holds ``round(fraction * n_c)`` samples of each
+    class (at least 1 of every non-empty class). Both keep class names; indices sorted."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction={fraction!r} must be in (0, 1]")
+    part: list[int] = []
+    rest: list[int] = []
+    for ix in _per_class(dataset, seed).values():
+        n = min(len(ix), max(1, round(fraction * len(ix)))) if ix else 0
+        part += ix[:n]
+        rest += ix[n:]
+    return LabeledSubset(dataset, sorted(rest)), LabeledSubset(dataset, sorted(part))
+
+
+def fraction_subset(dataset: Dataset, fraction: float, seed: int = 0) -> LabeledSubset:
+    """``round(fraction * n_c)`` samples of each class (at least 1), chosen with ``seed``."""
+    return stratified_split(dataset, fraction, seed)[1]
