@@ -1,5 +1,5 @@
 # sportsnet: the README's commands.
-#   make demo   - install (once) into .venv, then write the offline synthetic set (VGG19 training: next issue)
+#   make demo   - install (once) into .venv, then train VGG19 on the offline synthetic set
 #   make test   - install (once) into .venv, then run the whole test suite
 #
 # TORCH picks the torch/torchvision pair. The default is the package registry's CUDA 13.0 build,
@@ -34,7 +34,7 @@ install:
 	fi
 
 demo: install
-	$(PY) experiments/make_synthetic.py
+	$(PY) experiments/train_vgg19.py
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)

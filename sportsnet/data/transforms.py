@@ -35,15 +35,18 @@ def build_transforms(
     interpolation: InterpolationMode = InterpolationMode.BILINEAR,
     scale: tuple[float, float] = (0.08, 1.0),
     hflip: float = 0.5,
+    resize_ratio: float = EVAL_RESIZE_RATIO,
 ) -> v2.Compose:
     """PIL image (or uint8 tensor) -> normalised float32 ``(C, size, size)`` tensor.
 
     Train: random resized crop (``scale``) + horizontal flip (probability ``hflip``). Eval: resize the
-    shorter side to ``round(size * 256/224)``, centre crop. ``grayscale=True`` yields one channel
+    shorter side to ``round(size * resize_ratio)`` (ImageNet's 256/224 by default), centre crop. ``grayscale=True`` yields one channel
     normalised with :func:`grayscale_stats`.
     """
     if size <= 0:
         raise ValueError(f"size={size} must be a positive number of pixels")
+    if resize_ratio < 1:
+        raise ValueError(f"resize_ratio={resize_ratio} must be >= 1 (resize to at least the crop size)")
     if len(mean) != 3 or len(std) != 3:
         raise ValueError(f"mean and std need 3 (RGB) values, got mean={tuple(mean)} std={tuple(std)}")
     if any(s <= 0 for s in std):
@@ -55,7 +58,7 @@ def build_transforms(
         ]
     else:
         geometry = [
-            v2.Resize(round(size * EVAL_RESIZE_RATIO), interpolation=interpolation, antialias=True),
+            v2.Resize(round(size * resize_ratio), interpolation=interpolation, antialias=True),
             v2.CenterCrop(size),
         ]
     # Geometry runs on uint8 (cheaper); grayscale after the float conversion, as uint8 would truncate.

@@ -1,0 +1,258 @@
+"""Train the seeds' VGG19 on 100-Sports (or the offline synthetic set) and write a test report.
+
+    python experiments/train_vgg19.py --data /path/to/sports100          # seed 001's recipe, ImageNet weights
+    python experiments/train_vgg19.py --data /path --recipe seed000 --grayscale
+    python experiments/train_vgg19.py                                    # no dataset: the offline demo
+    python experiments/train_vgg19.py --resume runs/<name>               # continue an interrupted run
+
+Everything lands in runs/<name>/: TensorBoard events (tensorboard --logdir runs), checkpoints/last.pt
+and best.pt, config.json, and test_report.{json,md} with the confusion matrix and per-class PNGs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (config_markdown, new_run_dir, option, parse_config, pick_device, pick_precision,  # noqa: E402
+                    setup_logging, timestamp, write_json)
+
+from sportsnet.data import Sports100, build_transforms, make_synthetic_sports, summarize_skipped  # noqa: E402
+from sportsnet.engine import FitOptions, Phase, evaluate, fit, load_checkpoint, write_report  # noqa: E402
+from sportsnet.engine.loop import PRECISIONS  # noqa: E402
+from sportsnet.engine.optim import OPTIMIZERS  # noqa: E402
+from sportsnet.models import RECIPES, load_imagenet_weights, recipe_phases, sports_vgg19  # noqa: E402
+
+log = logging.getLogger("train_vgg19")
+DEFAULT_DATA = "data/sports100"
+SYNTHETIC_DATA = "data/synthetic"
+# Flags that may change when resuming; everything else comes from the checkpoint's config.
+RUNTIME_FLAGS = {"resume", "workers", "progress", "device", "log_every"}
+
+
+@dataclass
+class TrainConfig:
+    data: str = option("", "100-Sports folder (train/ valid/ test/ [sports.csv]), or 'synthetic'; empty: "
+                           f"{DEFAULT_DATA} if it exists, else the offline demo")
+    out: str = option("runs", "folder for run folders")
+    name: str = option("", "run folder name (default: vgg19-<recipe>-<data>-<time>)")
+    resume: str = option("", "run folder or checkpoint to continue with its saved config")
+    recipe: str = option("seed001", "seed000: frozen first layers + BN head; seed001: 1x1 reduction, two phases",
+                         RECIPES)
+    weights: str = option("imagenet", "'imagenet' (hub cache / download), 'none', or a path to vgg19-dcbb9e9d.pth")
+    width: float = option(1.0, "scales every conv and hidden width (1.0 = real VGG19)")
+    batch_norm: bool = option(False, "VGG19-BN conv base")
+    grayscale: bool = option(False, "one-channel stem (pretrained RGB kernels summed) and grayscale input")
+    freeze_layers: int = option(-1, "freeze the first N modules of features (-1: recipe default, 15 / 0)")
+    dropout: float = option(0.5, "dropout before each Linear layer of the head")
+    hidden: int = option(1024, "hidden width of the head (scaled by --width)")
+    image_size: int = option(224, "training and evaluation resolution in pixels")
+    crop_scale: float = option(0.25, "smallest area fraction of the random resized crop")
+    eval_resize_ratio: float = option(1.0, "eval: resize to size*ratio, centre-crop size (100-Sports is 224 px)")
+    epochs: int = option(10, "epochs of seed000's single phase")
+    phase1_epochs: int = option(3, "seed001: epochs training only the new layers on the frozen base")
+    phase2_epochs: int = option(7, "seed001: epochs fine-tuning everything")
+    phase2_lr_factor: float = option(0.1, "seed001: learning-rate factor of phase 2")
+    optimizer: str = option("adamw", "optimizer", OPTIMIZERS)
+    lr: float = option(1e-3, "peak learning rate")
+    weight_decay: float = option(1e-4, "weight decay")
+    momentum: float = option(0.9, "SGD momentum")
+    warmup_epochs: float = option(0.5, "linear warmup at the start of each phase, in epochs")
+    min_lr_ratio: float = option(0.01, "cosine schedule ends at lr * this")
+    label_smoothing: float = option(0.1, "cross-entropy label smoothing")
+    grad_clip: float = option(0.0, "clip the gradient norm to this (0: off)")
+    batch_size: int = option(32, "training batch size (evaluation uses twice this)")
+    workers: int = option(-1, "data-loader workers (-1: auto)")
+    precision: str = option("auto", "autocast precision (auto: bf16, or fp16 on pre-Ampere GPUs)",
+                            ("auto",) + PRECISIONS)
+    channels_last: bool = option(True, "channels-last model and inputs")
+    compile: bool = option(False, "torch.compile the model")
+    device: str = option("auto", "cpu, cuda, cuda:N or auto")
+    seed: int = option(0, "seed of initialisation, data order and augmentation")
+    log_every: int = option(20, "steps between progress/TensorBoard updates (each is a host sync)")
+    verify_images: bool = option(True, "decode every image once up front; report and drop unreadable ones")
+    progress: bool = option(True, "tqdm progress bars")
+    synthetic_classes: int = option(10, "synthetic set: number of classes")
+    synthetic_train_per_class: int = option(200, "synthetic set: training images per class")
+    synthetic_eval_per_class: int = option(50, "synthetic set: images per class in valid and in test")
+    synthetic_size: int = option(64, "synthetic set: image side in pixels")
+    synthetic_root: str = option(SYNTHETIC_DATA, "where the synthetic set is written (and reused)")
+
+
+# The offline demo: a small VGG19-BN from scratch on the synthetic set at 64 px. Explicit flags win.
+DEMO = dict(data="synthetic", weights="none", width=0.25, batch_norm=True, image_size=64, crop_scale=0.6,
+            phase1_epochs=0, phase2_epochs=30, phase2_lr_factor=1.0, lr=2e-3, batch_size=32, dropout=0.2,
+            hidden=512, warmup_epochs=0.5)
+
+
+def resolve_config(argv=None) -> tuple[TrainConfig, dict | None]:
+    """Flags -> config; the demo's defaults when there is no dataset; the saved config on --resume."""
+    cfg, given = parse_config(TrainConfig, argv, TrainConfig(), __doc__)
+    if cfg.resume:
+        path = Path(cfg.resume)
+        ckpt_path = path / "checkpoints" / "last.pt" if path.is_dir() else path
+        ckpt = load_checkpoint(ckpt_path)
+        fixed = sorted(given - RUNTIME_FLAGS)
+        if fixed:
+            raise SystemExit(f"error: --resume continues with the run's saved config; drop "
+                             f"{', '.join('--' + f.replace('_', '-') for f in fixed)} (only "
+                             f"{', '.join(sorted('--' + f.replace('_', '-') for f in RUNTIME_FLAGS))} may change)")
+        known = {f.name for f in dataclasses.fields(TrainConfig)}
+        unknown = sorted(set(ckpt["config"]) - known)
+        if unknown:
+            log.warning("ignoring options this version does not know from the checkpoint: %s", unknown)
+        saved = TrainConfig(**{k: v for k, v in ckpt["config"].items() if k in known})
+        runtime = {k: getattr(cfg, k) for k in given & RUNTIME_FLAGS}
+        return dataclasses.replace(saved, **runtime), ckpt
+    if not cfg.data:
+        if (Path(DEFAULT_DATA) / "train").is_dir():
+            cfg = dataclasses.replace(cfg, data=DEFAULT_DATA)
+        else:
+            print(f"no dataset at {DEFAULT_DATA} (pass --data PATH to use 100-Sports): running the offline demo "
+                  f"on the synthetic set", flush=True)
+            cfg = dataclasses.replace(cfg, data="synthetic")
+    if cfg.data == "synthetic":
+        cfg = dataclasses.replace(cfg, **{k: v for k, v in DEMO.items() if k not in given})
+    return cfg, None
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """One-line errors before any heavy work."""
+    problems = []
+    if cfg.batch_size < 1:
+        problems.append(f"--batch-size {cfg.batch_size} must be >= 1")
+    if cfg.image_size < 32:
+        problems.append(f"--image-size {cfg.image_size} must be >= 32 (VGG halves it 5 times)")
+    if not 0 < cfg.crop_scale <= 1:
+        problems.append(f"--crop-scale {cfg.crop_scale} must be in (0, 1]")
+    if cfg.weights != "none" and cfg.width != 1.0:
+        problems.append(f"--weights {cfg.weights} needs --width 1.0 (got {cfg.width}); use --weights none for "
+                        f"narrow models")
+    if problems:
+        raise SystemExit("error: " + "; ".join(problems))
+    with torch.device("meta"):  # a free dry run: the model and phase plan accept these flags
+        try:
+            build_phases(cfg, build_model(cfg, num_classes=2))
+        except ValueError as e:
+            raise SystemExit(f"error: {e}") from None
+
+
+def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
+    return sports_vgg19(cfg.recipe, num_classes, width=cfg.width, batch_norm=cfg.batch_norm,
+                        grayscale=cfg.grayscale, dropout=cfg.dropout, hidden=cfg.hidden)
+
+
+def build_phases(cfg: TrainConfig, model: nn.Module) -> list[Phase]:
+    return [Phase(**p) for p in recipe_phases(
+        model, lr=cfg.lr, epochs=cfg.epochs, freeze_layers=None if cfg.freeze_layers < 0 else cfg.freeze_layers,
+        phase1_epochs=cfg.phase1_epochs, phase2_epochs=cfg.phase2_epochs, phase2_lr_factor=cfg.phase2_lr_factor)]
+
+
+def build_data(cfg: TrainConfig):
+    if cfg.data == "synthetic":
+        root = make_synthetic_sports(cfg.synthetic_root, num_classes=cfg.synthetic_classes,
+                                     train_per_class=cfg.synthetic_train_per_class,
+                                     eval_per_class=cfg.synthetic_eval_per_class, size=cfg.synthetic_size,
+                                     seed=cfg.seed)
+    else:
+        root = Path(cfg.data)
+    train_tf = build_transforms(True, cfg.image_size, grayscale=cfg.grayscale, scale=(cfg.crop_scale, 1.0))
+    eval_tf = build_transforms(False, cfg.image_size, grayscale=cfg.grayscale, resize_ratio=cfg.eval_resize_ratio)
+    splits = {s: Sports100(root, s, transform=train_tf if s == "train" else eval_tf) for s in ("train", "valid", "test")}
+    if cfg.verify_images:
+        for ds in splits.values():
+            ds.verify()
+    skipped = {s: summarize_skipped(ds.skipped) for s, ds in splits.items() if ds.skipped}
+    if skipped:
+        log.warning("skipped files: %s", skipped)
+    return root, splits, skipped
+
+
+def loaders(cfg: TrainConfig, splits, device: torch.device):
+    workers = cfg.workers if cfg.workers >= 0 else (min(8, torch.get_num_threads()) if device.type == "cuda" else 1)
+    # Workers are recreated every epoch (not persistent): their RNG seeds then come from the loader's
+    # generator, which fit() reseeds per epoch, so a resumed run augments exactly like an uninterrupted one.
+    common = dict(num_workers=workers, pin_memory=device.type == "cuda")
+    train = DataLoader(splits["train"], batch_size=cfg.batch_size, shuffle=True, drop_last=True,
+                       generator=torch.Generator(), **common)
+    val = DataLoader(splits["valid"], batch_size=2 * cfg.batch_size, **common)
+    test = DataLoader(splits["test"], batch_size=2 * cfg.batch_size, **common)
+    return train, val, test
+
+
+def main(argv=None) -> float:
+    setup_logging()
+    cfg, ckpt = resolve_config(argv)
+    check_config(cfg)
+    device = pick_device(cfg.device)
+    precision = pick_precision(cfg.precision, device)
+    torch.manual_seed(cfg.seed)
+
+    if ckpt is not None:
+        run_dir = Path(cfg.resume) if Path(cfg.resume).is_dir() else Path(cfg.resume).parent.parent
+    else:
+        data_tag = "synthetic" if cfg.data == "synthetic" else Path(cfg.data).name
+        run_dir = new_run_dir(cfg.out, cfg.name or f"vgg19-{cfg.recipe}-{data_tag}-{timestamp()}")
+        write_json(run_dir / "config.json", dataclasses.asdict(cfg))
+    root, splits, skipped = build_data(cfg)
+    classes = splits["train"].classes
+    train_loader, val_loader, test_loader = loaders(cfg, splits, device)
+
+    model = build_model(cfg, len(classes))
+    if cfg.weights != "none" and ckpt is None:
+        report = load_imagenet_weights(model, cfg.weights)
+        log.info("ImageNet weights from %s: %d tensors loaded, %d unused", report.path, len(report.loaded),
+                 len(report.unused))
+    model.to(device)
+    phases = build_phases(cfg, model)
+    options = FitOptions(precision=precision, channels_last=cfg.channels_last, compile=cfg.compile,
+                         grad_clip=cfg.grad_clip, optimizer=cfg.optimizer, weight_decay=cfg.weight_decay,
+                         momentum=cfg.momentum, warmup_epochs=cfg.warmup_epochs, min_lr_ratio=cfg.min_lr_ratio,
+                         log_every=cfg.log_every, seed=cfg.seed, progress=cfg.progress)
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(log_dir=str(run_dir))
+    if ckpt is None:
+        writer.add_text("config", config_markdown(cfg))
+    log.info("data %s: %s; model %s (%s, width %g, %.1fM parameters) on %s, %s", root,
+             {s: len(d) for s, d in splits.items()}, model.arch, cfg.recipe, cfg.width,
+             sum(p.numel() for p in model.parameters()) / 1e6, device, precision)
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    with logging_redirect_tqdm():
+        result = fit(model, phases, train_loader, val_loader, loss_fn=nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
+                     device=device, classes=classes, run_dir=run_dir, options=options,
+                     config=dataclasses.asdict(cfg), writer=writer, resume=ckpt)
+
+        # The test report is for the checkpoint with the best validation accuracy.
+        model.load_state_dict(load_checkpoint(result.best_checkpoint)["model"])
+        test = evaluate(model, test_loader, device=device, num_classes=len(classes), precision=precision,
+                        channels_last=cfg.channels_last, progress=cfg.progress, desc="test")
+    paths = write_report(run_dir, test, classes, split="test", extra={
+        "skipped": skipped,
+        "run": {"best_epoch": result.best_epoch, "best_val_acc1": result.best_acc1, "device": str(device),
+                "precision": precision, "data": str(root)},
+        "history": result.history,
+    })
+    writer.add_scalar("acc1/test", test.acc1, result.history[-1]["epoch"])
+    writer.add_scalar("acc5/test", test.acc5, result.history[-1]["epoch"])
+    hparams = {k: v for k, v in dataclasses.asdict(cfg).items() if isinstance(v, (int, float, str, bool))}
+    writer.add_hparams(hparams, {"hparam/test_acc1": test.acc1, "hparam/best_val_acc1": result.best_acc1},
+                       run_name=".")
+    writer.close()
+    print(f"report: {paths['markdown']} (JSON and PNGs beside it); checkpoints: {result.last_checkpoint.parent}")
+    print(f"TensorBoard: tensorboard --logdir {cfg.out}")
+    print(f"test top-1 accuracy: {100 * test.acc1:.2f}%")
+    return test.acc1
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,231 @@
+"""``train_one_epoch`` and ``evaluate``: one code path for fp32 / bf16 / fp16.
+
+Precision is ``torch.autocast(enabled=...)`` plus a ``GradScaler`` that is enabled only for fp16, so
+there are no twin branches. Metrics accumulate as device tensors; the host syncs (``.item()``) only
+at log steps and at the end of the epoch.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def amp_dtype(precision: str) -> torch.dtype | None:
+    """The autocast dtype of ``precision`` (``None`` for fp32)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r} is not one of {PRECISIONS}")
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+
+def autocast(device: torch.device, precision: str):
+    dtype = amp_dtype(precision)
+    return torch.autocast(device_type=device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+
+
+def make_grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
+    """A scaler that does something only for fp16 (bf16 has fp32's exponent range)."""
+    return torch.amp.GradScaler(device.type, enabled=amp_dtype(precision) == torch.float16)
+
+
+def to_device(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    fmt = torch.channels_last if channels_last and images.dim() == 4 else torch.contiguous_format
+    return images.to(device, non_blocking=True, memory_format=fmt)
+
+
+def _topk_correct(logits: torch.Tensor, target: torch.Tensor, ks: tuple[int, ...]) -> list[torch.Tensor]:
+    maxk = min(max(ks), logits.shape[1])
+    pred = logits.topk(maxk, dim=1).indices  # (B, maxk)
+    hit = pred.eq(target[:, None])
+    return [hit[:, :min(k, maxk)].any(dim=1).sum() for k in ks]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite (detected at a log step)."""
+
+
+@dataclass
+class StepLog:
+    """What the loop reports at each log step (for TensorBoard and progress bars)."""
+
+    step: int  # global optimizer step
+    loss: float
+    acc1: float
+    images_per_s: float
+    lrs: dict[str, float]
+
+
+@dataclass
+class TrainStats:
+    loss: float
+    acc1: float
+    acc5: float
+    images: int
+    steps: int
+    seconds: float
+    images_per_s: float
+    logs: list[StepLog] = field(default_factory=list)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: Iterable,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    *,
+    device: torch.device,
+    precision: str = "fp32",
+    scaler: torch.amp.GradScaler | None = None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    channels_last: bool = True,
+    grad_clip: float = 0.0,
+    log_every: int = 50,
+    global_step: int = 0,
+    on_log: Callable[[StepLog], None] | None = None,
+    progress: bool = True,
+    desc: str = "train",
+) -> TrainStats:
+    """One pass over ``loader``: forward under autocast, scaled backward, optional clipping, step.
+
+    ``scheduler`` steps once per optimizer step. Every ``log_every`` steps (and at the end) the
+    running loss/accuracy are read back, checked for NaN/inf (:class:`NonFiniteLossError` names the
+    step), and passed to ``on_log``. Group learning rates are logged under each group's ``"name"``.
+    """
+    model.train()
+    for m in model.modules():
+        # Frozen BatchNorm keeps its (pretrained) running statistics: train mode would overwrite them.
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine and not m.weight.requires_grad:
+            m.eval()
+    scaler = scaler or make_grad_scaler(device, precision)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    zero = torch.zeros((), device=device)
+    loss_sum, correct1, correct5 = zero.clone(), zero.clone(), zero.clone()
+    seen = window_seen = steps = 0
+    logs: list[StepLog] = []
+    t_start = t_window = time.perf_counter()
+    window_loss, window_c1 = zero.clone(), zero.clone()
+    total = len(loader) if hasattr(loader, "__len__") else None
+    bar = tqdm(loader, total=total, desc=desc, leave=False, disable=not progress, dynamic_ncols=True)
+    for images, target in bar:
+        images = to_device(images, device, channels_last)
+        target = target.to(device, non_blocking=True)
+        with autocast(device, precision):
+            logits = model(images)
+            loss = loss_fn(logits, target)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if grad_clip > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        if scheduler is not None:
+            scheduler.step()
+
+        b = target.shape[0]
+        c1, c5 = _topk_correct(logits.detach(), target, (1, 5))
+        batch_loss = loss.detach().float() * b
+        loss_sum += batch_loss
+        window_loss += batch_loss
+        correct1 += c1
+        correct5 += c5
+        window_c1 += c1
+        seen += b
+        window_seen += b
+        steps += 1
+        if steps % log_every == 0 or steps == total:
+            now = time.perf_counter()
+            # The one host sync of the window: read back the running loss and accuracy.
+            step_loss, step_acc = (window_loss / window_seen).item(), (window_c1 / window_seen).item()
+            if not math.isfinite(step_loss):
+                lrs = ", ".join(f"{g.get('name', i)}={g['lr']:.3g}" for i, g in enumerate(optimizer.param_groups))
+                raise NonFiniteLossError(
+                    f"training loss is {step_loss} at step {global_step + steps} (lr {lrs}, precision {precision})"
+                )
+            log = StepLog(global_step + steps, step_loss, step_acc, window_seen / max(now - t_window, 1e-9),
+                          {str(g.get("name", i)): g["lr"] for i, g in enumerate(optimizer.param_groups)})
+            logs.append(log)
+            if on_log is not None:
+                on_log(log)
+            bar.set_postfix(loss=f"{log.loss:.3f}", acc=f"{log.acc1:.3f}", img_s=f"{log.images_per_s:.0f}")
+            window_loss.zero_()
+            window_c1.zero_()
+            window_seen, t_window = 0, now
+    bar.close()
+    if seen == 0:
+        raise ValueError("the training loader yielded no batches (is the dataset smaller than one batch with drop_last?)")
+    seconds = time.perf_counter() - t_start
+    loss_v, acc1, acc5 = (torch.stack([loss_sum, correct1, correct5]) / seen).tolist()
+    return TrainStats(loss_v, acc1, acc5, seen, steps, seconds, seen / seconds, logs)
+
+
+@dataclass
+class EvalResult:
+    """Metrics of one evaluation pass. ``confusion[t, p]`` counts images of class t predicted as p."""
+
+    loss: float
+    acc1: float
+    acc5: float
+    images: int
+    confusion: torch.Tensor  # (C, C) int64 on CPU
+
+    @property
+    def per_class_accuracy(self) -> torch.Tensor:
+        """(C,) accuracy of each class; NaN for classes with no images."""
+        support = self.confusion.sum(1)
+        return self.confusion.diagonal().double() / support.double().where(support > 0, torch.nan)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: Iterable,
+    *,
+    device: torch.device,
+    num_classes: int,
+    precision: str = "fp32",
+    channels_last: bool = True,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    progress: bool = True,
+    desc: str = "eval",
+) -> EvalResult:
+    """Top-1/top-5 accuracy, mean loss (plain cross-entropy unless ``loss_fn``) and the confusion matrix.
+
+    Runs in eval mode and restores the model's previous mode. Targets must be in ``[0, num_classes)``.
+    """
+    was_training = model.training
+    model.eval()
+    loss_fn = loss_fn or nn.functional.cross_entropy
+    zero = torch.zeros((), device=device)
+    loss_sum, correct1, correct5 = zero.clone(), zero.clone(), zero.clone()
+    confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
+    seen = 0
+    total = len(loader) if hasattr(loader, "__len__") else None
+    try:
+        for images, target in tqdm(loader, total=total, desc=desc, leave=False, disable=not progress, dynamic_ncols=True):
+            images = to_device(images, device, channels_last)
+            target = target.to(device, non_blocking=True)
+            with autocast(device, precision):
+                logits = model(images)
+            logits = logits.float()
+            if logits.shape[1] != num_classes:
+                raise ValueError(f"model gives {logits.shape[1]} logits but num_classes={num_classes}")
+            loss_sum += loss_fn(logits, target) * target.shape[0]
+            c1, c5 = _topk_correct(logits, target, (1, 5))
+            correct1 += c1
+            correct5 += c5
+            confusion += torch.bincount(target * num_classes + logits.argmax(1), minlength=num_classes ** 2)
+            seen += target.shape[0]
+    finally:
+        model.train(was_training)
+    if seen == 0:
+        raise ValueError("the evaluation loader yielded no batches")
+    loss_v, acc1, acc5 = (torch.stack([loss_sum, correct1, correct5]) / seen).tolist()
+    return EvalResult(loss_v, acc1, acc5, seen, confusion.view(num_classes, num_classes).cpu())

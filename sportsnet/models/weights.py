@@ -1,0 +1,144 @@
+"""torchvision's ImageNet VGG weights: download through torch's hub cache (hash-checked) or a local file.
+
+Works for a plain :class:`~sportsnet.models.vgg.VGG` (every key) and for models that keep the VGG
+conv base as ``features`` with a new head (the seeds' models): the conv base must load completely,
+the ImageNet classifier is used only where names and shapes fit. A one-channel first conv (the
+grayscale stem) receives the *sum* of the pretrained RGB kernels.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import urllib.error
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+URLS = {
+    "vgg11": "https://download.pytorch.org/models/vgg11-8a719046.pth",
+    "vgg13": "https://download.pytorch.org/models/vgg13-19584684.pth",
+    "vgg16": "https://download.pytorch.org/models/vgg16-397923af.pth",
+    "vgg19": "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth",
+    "vgg11_bn": "https://download.pytorch.org/models/vgg11_bn-6002323d.pth",
+    "vgg13_bn": "https://download.pytorch.org/models/vgg13_bn-abd245e5.pth",
+    "vgg16_bn": "https://download.pytorch.org/models/vgg16_bn-6c64b313.pth",
+    "vgg19_bn": "https://download.pytorch.org/models/vgg19_bn-c79401a0.pth",
+}
+_HASH_IN_NAME = re.compile(r"-([a-f0-9]{8,})\.pth$")
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_imagenet_weights` did: the file, keys loaded, and ImageNet keys left unused."""
+
+    path: str
+    loaded: list[str] = field(default_factory=list)
+    unused: list[str] = field(default_factory=list)
+    summed_rgb_stem: bool = False
+
+
+def _arch(model: nn.Module) -> str:
+    arch = getattr(model, "arch", None)
+    if arch not in URLS:
+        raise ValueError(
+            f"cannot tell which ImageNet weights fit {type(model).__name__} (arch={arch!r}); "
+            f"expected a model built by sportsnet.models (arch one of {sorted(URLS)})"
+        )
+    return arch
+
+
+def hub_checkpoint_path(arch: str) -> Path:
+    """Where torch's hub cache keeps (or will keep) the weights file of ``arch``."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(URLS[arch])
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _check_hash(path: Path) -> None:
+    m = _HASH_IN_NAME.search(path.name)
+    if m and not _sha256(path).startswith(m.group(1)):
+        raise RuntimeError(
+            f"{str(path)!r} is corrupt or incomplete: its SHA-256 does not start with {m.group(1)} as its "
+            f"name promises; delete it and download it again"
+        )
+
+
+def resolve_weights_file(model: nn.Module, source: str | os.PathLike) -> Path:
+    """``"imagenet"`` -> the hub-cache file (downloaded if missing); anything else is a local path."""
+    if str(source) != "imagenet":
+        path = Path(source).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"weights file {str(path)!r} does not exist")
+        return path
+    arch = _arch(model)
+    path = hub_checkpoint_path(arch)
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        log.info("downloading %s to %s", URLS[arch], path)
+        try:
+            # Writes to a temporary file and moves it into place only when the hash matches.
+            torch.hub.download_url_to_file(URLS[arch], str(path), hash_prefix=_HASH_IN_NAME.search(path.name).group(1))
+        except (urllib.error.URLError, OSError, TimeoutError) as e:
+            raise FileNotFoundError(
+                f"could not download the ImageNet weights for {arch} ({e}). Offline, fetch {URLS[arch]} "
+                f"elsewhere and put it at {path} (or pass its path instead of 'imagenet')"
+            ) from e
+    return path
+
+
+def load_imagenet_weights(model: nn.Module, source: str | os.PathLike = "imagenet") -> LoadReport:
+    """Load torchvision's ImageNet weights for ``model.arch`` into ``model`` (in place).
+
+    ``source``: ``"imagenet"`` (torch hub cache, downloaded and SHA-256-checked) or a local ``.pth``.
+    Files are read with ``torch.load(weights_only=True)``. Every ``features.*`` tensor must fit
+    (``width`` must be 1.0); classifier tensors load only where name and shape match, the rest are
+    listed in the returned report's ``unused``.
+    """
+    path = resolve_weights_file(model, source)
+    _check_hash(path)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or not any(k.startswith("features.") for k in state):
+        raise ValueError(f"{str(path)!r} is not a VGG state dict (no 'features.*' keys)")
+    report = LoadReport(str(path))
+    own = model.state_dict()
+    stem = next((k for k in own if k.startswith("features.") and k.endswith(".weight") and own[k].dim() == 4), None)
+    if stem is not None and own[stem].shape[1] == 1 and state[stem].shape[1] == 3:
+        state = dict(state)
+        state[stem] = state[stem].sum(dim=1, keepdim=True)  # grayscale stem: gray x sum(w_c) == sum_c(gray x w_c)
+        report.summed_rgb_stem = True
+
+    mismatched = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+                  for k, v in state.items() if k.startswith("features.") and k in own and own[k].shape != v.shape]
+    # Old BN files predate num_batches_tracked; BatchNorm fills it in on load.
+    missing = [k for k in own if k.startswith("features.") and k not in state and not k.endswith("num_batches_tracked")]
+    extra = [k for k in state if k.startswith("features.") and k not in own]
+    if mismatched or missing or extra:
+        raise ValueError(
+            f"{str(path)!r} does not fit the conv base of this {type(model).__name__}: "
+            + "; ".join(filter(None, [
+                f"shape mismatch {mismatched[:3]}" + (f" (+{len(mismatched) - 3} more)" if len(mismatched) > 3 else "")
+                if mismatched else "",
+                f"missing in file {missing[:3]}" if missing else "",
+                f"not in model {extra[:3]}" if extra else "",
+            ]))
+            + " (ImageNet weights need width=1.0 and the matching batch_norm setting)"
+        )
+    fits = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(fits, strict=False)
+    report.loaded = sorted(fits)
+    report.unused = sorted(set(state) - set(fits))
+    if report.unused:
+        log.info("ImageNet weights: %d tensors not used by this head (%s...)", len(report.unused), report.unused[0])
+    return report
