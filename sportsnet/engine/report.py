@@ -75,10 +75,11 @@ def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
 
 
 def summarize(result: EvalResult, classes: Sequence[str], worst: int = 10) -> dict[str, Any]:
-    """A JSON-ready summary: top-1/top-5, per-class accuracy and support, worst classes, confusion."""
+    """A JSON-ready summary: top-1/top-5, per-class accuracy and support, the ``worst`` classes below
+    100% accuracy (lowest first), and the confusion matrix."""
     acc = result.per_class_accuracy.tolist()
     support = result.confusion.sum(1).tolist()
-    ranked = sorted((a, c) for a, c in zip(acc, classes) if not math.isnan(a))
+    ranked = sorted((a, c) for a, c in zip(acc, classes) if not math.isnan(a) and a < 1.0)
     return {
         "images": result.images,
         "loss": result.loss,
@@ -126,7 +127,7 @@ def _markdown(s: dict[str, Any], split: str, paths: dict[str, Path]) -> str:
         if s.get(key):
             lines += [f"**{key}**: `{json.dumps(s[key])}`", ""]
     lines += ["## Worst classes", "", "| class | accuracy |", "|---|---|"]
-    lines += [f"| {w['class']} | {100 * w['accuracy']:.1f}% |" for w in s["worst_classes"]]
+    lines += [f"| {w['class']} | {100 * w['accuracy']:.1f}% |" for w in s["worst_classes"]] or ["| (none below 100%) | |"]
     lines += ["", "## Per-class accuracy", "", "| class | accuracy | images |", "|---|---|---|"]
     for c, v in s["per_class"].items():
         a = "n/a" if v["accuracy"] is None else f"{100 * v['accuracy']:.1f}%"
