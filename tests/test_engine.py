@@ -164,3 +164,27 @@ def test_fit_trains_only_each_phases_groups(tmp_path):
     ckpt = load_checkpoint(res.last_checkpoint)
     assert ckpt["epoch"] == 2 and ckpt["phase"] == 1 and [g["name"] for g in ckpt["optimizer"]["param_groups"]] == ["base", "head"]
     assert res.best_checkpoint.is_file()
+
+
+def test_gradient_clipping_bounds_the_update():
+    torch.manual_seed(0)
+    net = tiny_net()
+    before = torch.cat([p.detach().flatten().clone() for p in net.parameters()])
+    opt = build_optimizer({"head": list(net.parameters())}, "sgd", lr=1.0, momentum=0.0, weight_decay=0.0)
+    loader = DataLoader(tiny_problem(n=8), batch_size=8)  # one step
+    train_one_epoch(net, loader, opt, nn.functional.cross_entropy, device=CPU, grad_clip=1e-3, progress=False)
+    step = torch.cat([p.detach().flatten() for p in net.parameters()]) - before
+    assert 0 < step.norm() <= 1e-3 * (1 + 1e-4)
+
+
+@pytest.mark.parametrize("precision, scaled", [("fp16", True), ("bf16", False), ("fp32", False)])
+def test_only_fp16_scales_the_loss_and_every_precision_learns(precision, scaled):
+    torch.manual_seed(0)
+    net = tiny_net()
+    opt = build_optimizer({"head": list(net.parameters())}, "adamw", lr=0.05)
+    scaler = torch.amp.GradScaler("cpu", enabled=precision == "fp16")
+    loader = DataLoader(tiny_problem(n=256), batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(0))
+    stats = [train_one_epoch(net, loader, opt, nn.functional.cross_entropy, device=CPU, precision=precision,
+                             scaler=scaler, channels_last=False, progress=False) for _ in range(3)]
+    assert scaler.is_enabled() == scaled
+    assert stats[-1].loss < stats[0].loss and stats[-1].acc1 > 0.9

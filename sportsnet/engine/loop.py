@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
@@ -127,7 +128,10 @@ def train_one_epoch(
         scaler.step(optimizer)
         scaler.update()
         if scheduler is not None:
-            scheduler.step()
+            with warnings.catch_warnings():
+                # fp16: the scaler skips the optimizer step on overflow by design; the schedule moves on.
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()` before")
+                scheduler.step()
 
         b = target.shape[0]
         c1, c5 = _topk_correct(logits.detach(), target, (1, 5))
