@@ -1,6 +1,7 @@
 # sportsnet: the README's commands.
 #   make demo   - install (once) into .venv, then train VGG19 on the offline synthetic set
 #   make test   - install (once) into .venv, then run the whole test suite
+#   make bench  - the CPU benchmarks (GPU ones too where CUDA is present); JSON in benchmarks/results/
 #
 # TORCH picks the torch/torchvision pair. The default is the package registry's CUDA 13.0 build,
 # which also runs on CPU-only machines. For another CUDA driver, e.g.:
@@ -16,10 +17,11 @@ PYTEST_ARGS ?=
 PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
 STAMP := $(VENV)/.sportsnet-install
-# Everything that decides what gets installed; a change reinstalls, otherwise install is a no-op.
-INSTALL_KEY = $(shell cat setup.py pyproject.toml | sha256sum | cut -c1-16)|$(TORCH)
+# Everything that decides what gets installed or compiled (the extension sources included); a change
+# reinstalls (and rebuilds sportsnet._C), otherwise install is a no-op.
+INSTALL_KEY = $(shell cat setup.py pyproject.toml sportsnet/ops/_build.py $$(find csrc -type f | sort) | sha256sum | cut -c1-16)|$(TORCH)
 
-.PHONY: install demo test clean
+.PHONY: install demo test bench clean
 
 install:
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,8 +38,12 @@ install:
 demo: install
 	$(PY) experiments/train_vgg19.py
 
+# The suite must exercise the compiled operator: no silent fallback to the reference.
 test: install
-	$(PY) -m pytest $(PYTEST_ARGS)
+	SPORTSNET_REQUIRE_EXT=1 $(PY) -m pytest $(PYTEST_ARGS)
+
+bench: install
+	SPORTSNET_REQUIRE_EXT=1 $(PY) benchmarks/bench_gradcam.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info sportsnet/*.so

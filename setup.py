@@ -1,9 +1,15 @@
 """Build script for sportsnet.
 
-Package metadata lives here (not in pyproject.toml) because the fused Grad-CAM extension needs
-setup.py logic. Install through the Makefile (`make test` / `make demo`), which pins the
-torch/torchvision pair and installs with --no-build-isolation against that torch.
+Package metadata lives here (not in pyproject.toml) because building the fused Grad-CAM extension
+``sportsnet._C`` from csrc/ needs code: C++ always; CUDA as well when nvcc and a CUDA build of torch
+are present (or FORCE_CUDA=1). TORCH_CUDA_ARCH_LIST defaults to "8.0;9.0+PTX". SPORTSNET_BUILD_EXT=0
+skips the extension (sportsnet.ops then builds it just in time or uses the pure-PyTorch reference).
+
+Install through the Makefile (`make test` / `make demo`): it pins the torch/torchvision pair and installs
+with --no-build-isolation, so the extension is compiled against that torch.
 """
+import importlib.util
+import os
 from pathlib import Path
 
 from setuptools import find_packages, setup
@@ -18,6 +24,47 @@ def read_version() -> str:
     raise RuntimeError("sportsnet/__init__.py has no __version__ line")
 
 
+def build_helpers():
+    """sportsnet/ops/_build.py, loaded by path: importing the package here would need torch."""
+    spec = importlib.util.spec_from_file_location("_sportsnet_build", ROOT / "sportsnet" / "ops" / "_build.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def extensions():
+    if os.environ.get("SPORTSNET_BUILD_EXT", "1") == "0":
+        print("sportsnet: SPORTSNET_BUILD_EXT=0, not building sportsnet._C")
+        return [], {}
+    try:
+        import torch
+    except ImportError:
+        print("sportsnet: torch is not importable in this build environment; not building sportsnet._C "
+              "(install with --no-build-isolation against your torch to build it)")
+        return [], {}
+    b = build_helpers()
+    cuda_home = b.cuda_home()
+    if cuda_home and not os.environ.get("CUDA_HOME"):
+        os.environ["CUDA_HOME"] = cuda_home  # before cpp_extension reads it at import
+    from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
+
+    with_cuda = os.environ.get("FORCE_CUDA") == "1" or (torch.version.cuda is not None and cuda_home is not None)
+    if with_cuda:
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", b.DEFAULT_CUDA_ARCH_LIST)
+    print(f"sportsnet: building sportsnet._C for CPU{' and CUDA (' + os.environ['TORCH_CUDA_ARCH_LIST'] + ')' if with_cuda else ''}"
+          f" against torch {torch.__version__}")
+    ext = (CUDAExtension if with_cuda else CppExtension)(
+        "sportsnet._C",
+        sources=b.sources(ROOT, with_cuda),
+        include_dirs=[str(b.csrc_dir(ROOT)), *b.extra_include_dirs()],
+        extra_compile_args={"cxx": b.CXX_FLAGS, "nvcc": b.NVCC_FLAGS},
+        extra_link_args=b.LINK_FLAGS,
+    )
+    return [ext], {"build_ext": BuildExtension}
+
+
+ext_modules, cmdclass = extensions()
+
 setup(
     name="sportsnet",
     version=read_version(),
@@ -27,6 +74,8 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["sportsnet", "sportsnet.*"]),
     package_data={"sportsnet.data": ["*.json"]},
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
     install_requires=[
         "torch>=2.4",
         "torchvision>=0.19",

@@ -1,0 +1,145 @@
+"""fused_gradcam: the compiled operator vs the pure-PyTorch reference (eager, and under torch.compile).
+
+    python benchmarks/bench_gradcam.py                       # CPU (2 threads) and CUDA when present
+    python benchmarks/bench_gradcam.py --device cuda --batches 16,64,256
+
+Shapes that matter, all resized to 224 x 224: VGG19 conv5_4 (512 x 14 x 14), CLIP RN50 layer4
+(2048 x 7 x 7), ViT-B/32 tokens (768 x 7 x 7); batches 1, 16, 64, 256; float32 and bfloat16 inputs;
+Grad-CAM (plus every method once at VGG19 B=64 float32). Reported per row: median time, speed-up over
+the eager reference and over the compiled reference, and effective bandwidth = bytes of A + G + output
+over time, next to the device's copy bandwidth measured in the same run (a large tensor copy, bytes
+read + written). Targets (checked and written into the JSON): CPU (2 threads) at VGG19 B=64 float32,
+>= 4x the eager reference and >= 40% of copy bandwidth; CUDA at VGG19 B=256 float32, >= 5x and >= 60%.
+Results: benchmarks/results/gradcam_<device>.json.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (copies_to_defeat_cache, copy_bandwidth, environment, slug, summary, table,  # noqa: E402
+                     time_interleaved, write_json)
+
+from sportsnet.ops import METHODS, backend, fused_gradcam, gradcam_reference  # noqa: E402
+
+SHAPES = {"vgg19_conv5_4": (512, 14, 14), "clip_rn50_layer4": (2048, 7, 7), "vit_b32_tokens": (768, 7, 7)}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+SIZE = (224, 224)
+TARGETS = {"cpu": {"shape": "vgg19_conv5_4", "batch": 64, "dtype": "fp32", "speedup": 4.0, "copy_fraction": 0.4},
+           "cuda": {"shape": "vgg19_conv5_4", "batch": 256, "dtype": "fp32", "speedup": 5.0, "copy_fraction": 0.6}}
+
+
+def bench_config(device, shape_name, batch, dtype_name, method, reps, compiled_ref, max_seconds):
+    k, h, w = SHAPES[shape_name]
+    dtype = DTYPES[dtype_name]
+    one = 2 * batch * k * h * w * torch.finfo(dtype).bits // 8
+    n = copies_to_defeat_cache(one, device)
+    gen = torch.Generator(device=device).manual_seed(0)
+    inputs = [(torch.rand(batch, k, h, w, device=device, generator=gen).add_(0.01).to(dtype),
+               torch.randn(batch, k, h, w, device=device, generator=gen).to(dtype)) for _ in range(n)]
+    variants = {
+        "compiled_op": lambda i: fused_gradcam(*inputs[i % n], SIZE, method=method),
+        "reference": lambda i: gradcam_reference(*inputs[i % n], SIZE, method=method),
+    }
+    if compiled_ref is not None:
+        variants["reference_compiled"] = lambda i: compiled_ref(*inputs[i % n], SIZE, method=method)
+    # Same answer before timing: the speed-up is only worth reporting for the same function.
+    ref = gradcam_reference(*inputs[0], SIZE, method=method)
+    assert torch.allclose(variants["compiled_op"](0), ref, atol=1e-4), f"mismatch at {shape_name} B={batch}"
+    times = time_interleaved(variants, device, reps, max_seconds=max_seconds)
+    moved = one + batch * SIZE[0] * SIZE[1] * 4  # A + G read once, the float32 output written once
+    row = {"shape": shape_name, "channels": k, "map": [h, w], "batch": batch, "dtype": dtype_name,
+           "method": method, "input_copies": n, "bytes_moved": moved}
+    for name, samples in times.items():
+        s = summary(samples)
+        row[name] = {**s, "effective_GBps": moved / s["median_s"] / 1e9}
+    row["speedup_vs_reference"] = row["reference"]["median_s"] / row["compiled_op"]["median_s"]
+    if "reference_compiled" in row:
+        row["speedup_vs_reference_compiled"] = row["reference_compiled"]["median_s"] / row["compiled_op"]["median_s"]
+    return row
+
+
+def run_device(device, args):
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads)
+    env = environment(device)
+    copy_Bps = copy_bandwidth(device)
+    compiled_ref = None if args.no_compile else torch.compile(gradcam_reference, dynamic=True)
+    batches = [int(b) for b in args.batches.split(",")]
+    configs = [(s, b, d, "gradcam") for s in SHAPES for d in args.dtypes.split(",") for b in batches]
+    configs += [("vgg19_conv5_4", 64, "fp32", m) for m in METHODS if m != "gradcam"]
+    rows = []
+    for shape_name, batch, dtype_name, method in configs:
+        row = bench_config(device, shape_name, batch, dtype_name, method, args.reps, compiled_ref, args.max_seconds)
+        row["fraction_of_copy_bandwidth"] = row["compiled_op"]["effective_GBps"] * 1e9 / copy_Bps
+        rows.append(row)
+        print(f"  {shape_name:17s} B={batch:<3d} {dtype_name} {method:9s} compiled {row['compiled_op']['median_s'] * 1e3:8.3f} ms"
+              f"  reference {row['reference']['median_s'] * 1e3:9.3f} ms  x{row['speedup_vs_reference']:.1f}", flush=True)
+        del row
+    target = TARGETS[device.type]
+    hit = next(r for r in rows if r["shape"] == target["shape"] and r["batch"] == target["batch"]
+               and r["dtype"] == target["dtype"] and r["method"] == "gradcam") \
+        if target["batch"] in batches and target["dtype"] in args.dtypes.split(",") else None
+    verdict = None
+    if hit is not None:
+        verdict = {**target, "measured_speedup": hit["speedup_vs_reference"],
+                   "measured_copy_fraction": hit["fraction_of_copy_bandwidth"],
+                   "met": hit["speedup_vs_reference"] >= target["speedup"]
+                   and hit["fraction_of_copy_bandwidth"] >= target["copy_fraction"]}
+    payload = {"benchmark": "gradcam", "environment": env, "backend": backend(), "output_size": list(SIZE),
+               "copy_bandwidth_GBps": copy_Bps / 1e9, "target": verdict, "rows": rows}
+    path = write_json(f"gradcam_{'cpu' if device.type == 'cpu' else slug(env['device'])}", payload)
+    print_table(payload)
+    print(f"wrote {path}")
+    return payload
+
+
+def print_table(p):
+    has_compiled = any("reference_compiled" in r for r in p["rows"])
+    header = ["shape", "B", "dtype", "method", "compiled op ms", "reference ms"] + (["ref+compile ms"] if has_compiled else []) + \
+             ["x ref"] + (["x ref+compile"] if has_compiled else []) + ["op GB/s", "% of copy"]
+    rows = []
+    for r in p["rows"]:
+        rows.append([r["shape"], r["batch"], r["dtype"], r["method"], f"{r['compiled_op']['median_s'] * 1e3:.3f}",
+                     f"{r['reference']['median_s'] * 1e3:.3f}"]
+                    + ([f"{r['reference_compiled']['median_s'] * 1e3:.3f}"] if has_compiled else [])
+                    + [f"{r['speedup_vs_reference']:.1f}"]
+                    + ([f"{r['speedup_vs_reference_compiled']:.1f}"] if has_compiled else [])
+                    + [f"{r['compiled_op']['effective_GBps']:.1f}", f"{100 * r['fraction_of_copy_bandwidth']:.0f}%"])
+    print(f"\nfused_gradcam on {p['environment']['device']}, torch {p['environment']['torch']}; "
+          f"copy bandwidth {p['copy_bandwidth_GBps']:.1f} GB/s; output {p['output_size'][0]}x{p['output_size'][1]}")
+    print(table(rows, header))
+    t = p["target"]
+    if t:
+        print(f"target ({t['shape']} B={t['batch']} {t['dtype']}): >= {t['speedup']}x reference and >= "
+              f"{100 * t['copy_fraction']:.0f}% of copy bandwidth -> measured {t['measured_speedup']:.1f}x, "
+              f"{100 * t['measured_copy_fraction']:.0f}%: {'MET' if t['met'] else 'NOT MET'}")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="all", choices=["all", "cpu", "cuda"])
+    ap.add_argument("--threads", type=int, default=2, help="CPU threads (default: %(default)s, as on the build machine)")
+    ap.add_argument("--batches", default="1,16,64,256")
+    ap.add_argument("--dtypes", default="fp32,bf16")
+    ap.add_argument("--reps", type=int, default=15, help="timed repetitions per variant (default: %(default)s)")
+    ap.add_argument("--max-seconds", type=float, default=20.0, help="stop repeating a config after this long")
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile'd reference")
+    args = ap.parse_args(argv)
+    if backend() != "compiled":
+        raise SystemExit("error: the compiled operator is not available; this benchmark compares it with the reference")
+    devices = [torch.device("cpu")] if args.device in ("all", "cpu") else []
+    if args.device in ("all", "cuda"):
+        if torch.cuda.is_available():
+            devices.append(torch.device("cuda"))
+        elif args.device == "cuda":
+            raise SystemExit("error: --device cuda but CUDA is not available")
+    return [run_device(d, args) for d in devices]
+
+
+if __name__ == "__main__":
+    main()

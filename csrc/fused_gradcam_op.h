@@ -1,0 +1,30 @@
+// Declarations shared by the CPU and CUDA translation units: argument parsing and checks, so both
+// backends reject bad input with the same messages.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/string_view.h>
+
+#include "fused_gradcam.h"
+
+namespace sportsnet {
+
+// Element strides of a (B, K, h, w) tensor, passed by value to the kernels.
+struct Strides {
+  int64_t b, k, y, x;
+};
+
+inline Strides strides_of(const at::Tensor& t) { return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)}; }
+
+// "gradcam" | "gradcam++" | "xgradcam" | "hirescam" | "layercam"; anything else is a TORCH_CHECK error.
+CamMethod parse_method(c10::string_view method);
+
+// Validates activations/gradients/size/eps and returns the output dtype (float32, or float64 for
+// float64 inputs).
+at::ScalarType check_inputs(const at::Tensor& activations, const at::Tensor& gradients, at::IntArrayRef size,
+                            double eps);
+
+// Checks a caller-provided output tensor: (B, H, W), the output dtype, contiguous, same device.
+void check_out(const at::Tensor& out, const at::Tensor& activations, at::IntArrayRef size, at::ScalarType dtype);
+
+}  // namespace sportsnet

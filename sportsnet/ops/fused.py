@@ -1,0 +1,141 @@
+"""``fused_gradcam``: the compiled operator when available, else the pure-PyTorch reference.
+
+The backend is decided once, on first use, and logged once:
+
+1. the prebuilt extension ``sportsnet._C`` (built by setup.py);
+2. otherwise csrc/ compiled just in time with ``torch.utils.cpp_extension.load`` (ninja; cached in
+   torch's extensions folder), when this is a source checkout;
+3. otherwise the reference, with one warning. ``SPORTSNET_REQUIRE_EXT=1`` makes that an error
+   (for benchmarks and CI jobs that must exercise the compiled op).
+
+The dispatcher op is ``torch.ops.sportsnet.fused_gradcam`` (and ``.out``, which writes into ``out``
+and returns nothing); it picks the CPU or CUDA kernel by device. It exists once the backend is
+loaded: call :func:`backend` (or ``import sportsnet._C``) before using ``torch.ops`` directly. A fake kernel is registered so ``torch.compile(fullgraph=True)`` can trace it.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from . import _build
+from .reference import check_inputs, gradcam_reference, output_dtype
+
+log = logging.getLogger(__name__)
+_OP = "sportsnet::fused_gradcam"
+_lock = threading.Lock()
+_BACKEND: str | None = None  # decided once by _load(); a plain global so torch.compile can read it
+
+
+def has_kernel(dispatch_key: str) -> bool:
+    """Whether ``sportsnet::fused_gradcam`` has a kernel for ``dispatch_key`` ("CPU", "CUDA")."""
+    try:
+        return torch._C._dispatch_has_kernel_for_dispatch_key(_OP, dispatch_key)
+    except RuntimeError:  # the operator is not registered at all
+        return False
+
+
+def _registered() -> bool:
+    return has_kernel("CPU")
+
+
+def _jit_build() -> None:
+    from torch.utils import cpp_extension
+
+    root = Path(__file__).resolve().parents[2]
+    csrc = _build.csrc_dir(root)
+    if not csrc.is_dir():
+        raise FileNotFoundError(f"no csrc/ next to the package ({csrc}); only source checkouts can build just in time")
+    with_cuda = torch.cuda.is_available() and torch.version.cuda is not None and _build.cuda_home() is not None
+    if with_cuda and not os.environ.get("CUDA_HOME"):
+        os.environ["CUDA_HOME"] = _build.cuda_home()
+        cpp_extension.CUDA_HOME = os.environ["CUDA_HOME"]
+    cpp_extension.load(
+        name="sportsnet_fused_gradcam" + ("_cuda" if with_cuda else ""),
+        sources=[str(root / s) for s in _build.sources(root, with_cuda)],
+        extra_include_paths=[str(csrc), *_build.extra_include_dirs()],
+        extra_cflags=_build.CXX_FLAGS,
+        extra_cuda_cflags=_build.NVCC_FLAGS,
+        extra_ldflags=_build.LINK_FLAGS,
+        with_cuda=with_cuda,
+        is_python_module=False,
+    )
+
+
+def _register_fake() -> None:
+    def fake(activations, gradients, size, method="gradcam", normalize=True, eps=1e-7):
+        return activations.new_empty((activations.shape[0], int(size[0]), int(size[1])),
+                                     dtype=output_dtype(activations.dtype))
+
+    def fake_out(activations, gradients, size, method="gradcam", normalize=True, eps=1e-7, *, out):
+        return None
+
+    torch.library.register_fake(_OP)(fake)
+    torch.library.register_fake(_OP + ".out")(fake_out)
+
+
+def _load() -> str:
+    """Decide the backend once; return ``"compiled"`` or ``"reference"``."""
+    global _BACKEND
+    with _lock:
+        if _BACKEND is not None:
+            return _BACKEND
+        errors = []
+        if not _registered():
+            try:
+                import sportsnet._C  # noqa: F401  (registers the op)
+            except ImportError as e:
+                errors.append(f"prebuilt sportsnet._C: {e}")
+        if not _registered():
+            try:
+                log.info("sportsnet._C is not built; compiling csrc/ just in time (once, cached)")
+                _jit_build()
+            except Exception as e:  # a compiler error, no ninja, no sources...
+                errors.append(f"just-in-time build: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+        if _registered():
+            _register_fake()
+            log.info("fused_gradcam: compiled operator (CPU%s kernel)", " and CUDA" if has_kernel("CUDA") else "")
+            _BACKEND = "compiled"
+        else:
+            message = "fused_gradcam: the compiled operator is unavailable (" + "; ".join(errors) + ")"
+            if os.environ.get("SPORTSNET_REQUIRE_EXT") == "1":
+                raise RuntimeError(message + " and SPORTSNET_REQUIRE_EXT=1 forbids the reference fallback")
+            warnings.warn(message + "; using the pure-PyTorch reference", RuntimeWarning, stacklevel=3)
+            _BACKEND = "reference"
+        return _BACKEND
+
+
+def backend() -> str:
+    """``"compiled"`` (the C++/CUDA operator) or ``"reference"`` (pure PyTorch). Loads on first call."""
+    return _load()
+
+
+def fused_gradcam(activations: torch.Tensor, gradients: torch.Tensor, size: Sequence[int], *,
+                  method: str = "gradcam", normalize: bool = True, eps: float = 1e-7,
+                  out: torch.Tensor | None = None) -> torch.Tensor:
+    """Grad-CAM-family heatmaps in one fused operator; see :func:`gradcam_reference` for the math.
+
+    Args:
+        activations, gradients: ``(B, K, h, w)`` float32/float16/bfloat16/float64 tensors on one device,
+            in any layout (contiguous, channels-last or strided views; read without copies).
+        size: ``(H, W)`` of the output maps.
+        method: ``gradcam``, ``gradcam++``, ``xgradcam``, ``hirescam`` or ``layercam``.
+        normalize: scale each map to [0, 1]; constant (or all-negative) maps become zeros.
+        eps: added to the normalisation denominator (and XGrad-CAM's).
+        out: optional preallocated ``(B, H, W)`` output (contiguous, float32 or float64).
+
+    Returns ``(B, H, W)``: float32, or float64 for float64 inputs.
+    """
+    H, W = check_inputs(activations, gradients, size, method, eps)
+    if (_BACKEND or _load()) == "reference":
+        return gradcam_reference(activations, gradients, (H, W), method=method, normalize=normalize, eps=eps, out=out)
+    op = torch.ops.sportsnet.fused_gradcam
+    if out is None:
+        return op.default(activations, gradients, [H, W], method, normalize, float(eps))
+    op.out(activations, gradients, [H, W], method, normalize, float(eps), out=out)
+    return out

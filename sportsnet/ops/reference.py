@@ -1,0 +1,98 @@
+"""The Grad-CAM epilogue in plain PyTorch: the test oracle for the compiled op, and its fallback.
+
+Kept short and literal; the formulas are stated in csrc/fused_gradcam.h and in the docstring below.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+METHODS = ("gradcam", "gradcam++", "xgradcam", "hirescam", "layercam")
+#: Grad-CAM++ alpha denominator constant (pytorch-grad-cam's), independent of ``eps``.
+GRADCAM_PP_EPS = 1e-6
+#: A resized map with max - min <= this * max(|min|, |max|) is rounding noise: it normalises to zeros.
+FLAT_TOLERANCE = 1e-5
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def check_inputs(activations: torch.Tensor, gradients: torch.Tensor, size: Sequence[int], method: str,
+                 eps: float) -> tuple[int, int]:
+    """Validate the operator's arguments (both backends); return ``(H, W)``."""
+    if not isinstance(activations, torch.Tensor) or not isinstance(gradients, torch.Tensor):
+        raise TypeError(f"fused_gradcam: activations and gradients must be tensors, got "
+                        f"{type(activations).__name__} and {type(gradients).__name__}")
+    for name, t in (("activations", activations), ("gradients", gradients)):
+        if t.dim() != 4:
+            raise ValueError(f"fused_gradcam: {name} must be 4-D (B, K, h, w), got shape {tuple(t.shape)}")
+    if activations.shape != gradients.shape:
+        raise ValueError(f"fused_gradcam: activations {tuple(activations.shape)} and gradients "
+                         f"{tuple(gradients.shape)} must have the same shape")
+    if activations.device != gradients.device:
+        raise ValueError(f"fused_gradcam: activations ({activations.device}) and gradients ({gradients.device}) "
+                         f"must be on the same device")
+    if activations.dtype not in _DTYPES or gradients.dtype not in _DTYPES:
+        raise TypeError(f"fused_gradcam: activations and gradients must be float32, float16, bfloat16 or float64, "
+                        f"got {activations.dtype} and {gradients.dtype}")
+    if method not in METHODS:
+        raise ValueError(f"fused_gradcam: unknown method {method!r}; expected one of {', '.join(METHODS)}")
+    try:
+        H, W = (int(s) for s in size)
+        ok = H > 0 and W > 0 and all(int(s) == s for s in size)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"fused_gradcam: size must be two positive integers (H, W), got {size!r}")
+    if activations.shape[2] == 0 or activations.shape[3] == 0:
+        raise ValueError(f"fused_gradcam: the activation maps are empty: shape {tuple(activations.shape)}")
+    if not (eps >= 0 and eps != float("inf")):
+        raise ValueError(f"fused_gradcam: eps must be finite and >= 0, got {eps!r}")
+    return H, W
+
+
+def output_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 for float64 inputs, float32 otherwise (accumulation is at least float32)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def gradcam_reference(activations: torch.Tensor, gradients: torch.Tensor, size: Sequence[int], *,
+                      method: str = "gradcam", normalize: bool = True, eps: float = 1e-7,
+                      out: torch.Tensor | None = None) -> torch.Tensor:
+    """Grad-CAM-family maps from ``(B, K, h, w)`` activations A and gradients G, resized to ``size``.
+
+    Channel weights (sums over the h x w positions): ``gradcam`` w = mean(G); ``gradcam++``
+    w = sum(alpha ReLU(G)), alpha = G^2 / (2 G^2 + sum(A) G^3 + 1e-6), 0 where G = 0; ``xgradcam``
+    w = sum(A G) / (sum(A) + eps). Map: ReLU(sum_k w_k A_k); ``hirescam`` ReLU(sum_k G_k A_k);
+    ``layercam`` ReLU(sum_k ReLU(G_k) A_k). Then bilinear resizing (align_corners=False) and, if
+    ``normalize``, per map (x - min) / (max - min + eps), near-constant maps giving zeros.
+    Returns ``(B, H, W)`` float32 (float64 for float64 inputs).
+    """
+    H, W = check_inputs(activations, gradients, size, method, eps)
+    acc = output_dtype(activations.dtype)
+    A, G = activations.to(acc), gradients.to(acc)
+    if method == "gradcam":
+        cam = torch.einsum("bk,bkhw->bhw", G.mean(dim=(2, 3)), A)
+    elif method == "gradcam++":
+        g2, g3 = G * G, G * G * G
+        alpha = g2 / (2 * g2 + A.sum(dim=(2, 3), keepdim=True) * g3 + GRADCAM_PP_EPS)
+        alpha = torch.where(G != 0, alpha, torch.zeros_like(alpha))
+        cam = torch.einsum("bk,bkhw->bhw", (alpha * G.relu()).sum(dim=(2, 3)), A)
+    elif method == "xgradcam":
+        weights = (A * G).sum(dim=(2, 3)) / (A.sum(dim=(2, 3)) + eps)
+        cam = torch.einsum("bk,bkhw->bhw", weights, A)
+    elif method == "hirescam":
+        cam = (G * A).sum(dim=1)
+    else:  # layercam
+        cam = (G.relu() * A).sum(dim=1)
+    cam = F.interpolate(cam.relu()[:, None], size=(H, W), mode="bilinear", align_corners=False)[:, 0]
+    if normalize and cam.numel():
+        lo, hi = cam.amin(dim=(1, 2), keepdim=True), cam.amax(dim=(1, 2), keepdim=True)
+        flat = (hi - lo) <= FLAT_TOLERANCE * torch.maximum(lo.abs(), hi.abs())
+        cam = torch.where(flat, torch.zeros_like(cam), (cam - lo) / (hi - lo + eps))
+    if out is None:
+        return cam
+    if out.shape != cam.shape or out.dtype != cam.dtype or out.device != cam.device:
+        raise ValueError(f"fused_gradcam: out must be a {cam.dtype} tensor of shape {tuple(cam.shape)} on "
+                         f"{cam.device}, got {out.dtype} {tuple(out.shape)} on {out.device}")
+    return out.copy_(cam)
