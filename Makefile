@@ -44,6 +44,7 @@ test: install
 
 bench: install
 	SPORTSNET_REQUIRE_EXT=1 $(PY) benchmarks/bench_gradcam.py
+	SPORTSNET_REQUIRE_EXT=1 $(PY) benchmarks/bench_explain.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info sportsnet/*.so

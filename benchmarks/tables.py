@@ -32,7 +32,13 @@ def gradcam_table(p: dict, batches=(1, 64, 256)) -> str:
                                         "ref compiled ms", "vs ref", "op GB/s", "% of copy (op / out=)"]) + verdict
 
 
-RENDERERS = {"gradcam": gradcam_table}
+def explain_table(p: dict) -> str:
+    from bench_explain import explain_table as render
+
+    return render(p)
+
+
+RENDERERS = {"gradcam": gradcam_table, "explain": explain_table}
 
 
 def main(argv=None) -> None:

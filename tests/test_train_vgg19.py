@@ -38,7 +38,7 @@ def test_two_epochs_learn_well_above_chance(tmp_path, precision, channels_last, 
     assert report["top1"] == pytest.approx(acc) and len(report["per_class"]) == 3
     assert report["run"]["precision"] == precision
     for f in ("test_report.md", "test_confusion_matrix.png", "test_per_class_accuracy.png", "config.json",
-              "checkpoints/last.pt", "checkpoints/best.pt"):
+              "checkpoints/last.pt", "checkpoints/best.pt", "gradcam_grid.png"):
         assert (run / f).is_file(), f
 
 
@@ -51,7 +51,8 @@ def test_tensorboard_has_the_named_scalars_and_images(tmp_path):
                 "throughput/images_per_s", "train/loss_step", "acc1/test"):
         assert tag in scalars, tag
     assert [e.step for e in acc.Scalars("acc1/val")] == [1, 2]
-    assert {"val/confusion_matrix", "val/per_class_accuracy"} <= set(acc.Tags()["images"])
+    assert {"val/confusion_matrix", "val/per_class_accuracy", "val/gradcam"} <= set(acc.Tags()["images"])
+    assert [e.step for e in acc.Images("val/gradcam")] == [1, 2]
     assert "config/text_summary" in acc.Tags()["tensors"]
 
 

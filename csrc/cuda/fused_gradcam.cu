@@ -19,6 +19,8 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <algorithm>
+
 #include "../fused_gradcam.h"
 #include "../fused_gradcam_op.h"
 
@@ -228,8 +230,16 @@ void launch(const at::Tensor& A, const at::Tensor& G, int64_t H, int64_t W, CamM
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t B = A.size(0), K = A.size(1), h = A.size(2), w = A.size(3);
   if (B == 0) return;
-  TORCH_CHECK(B <= 65535, "fused_gradcam (CUDA): batch ", B, " exceeds 65535 maps per call; split the batch");
-  TORCH_CHECK(h * w <= INT32_MAX && K <= INT32_MAX && H <= 65535 * 8 && W <= INT32_MAX,
+  constexpr int64_t kMaxMaps = 65535;  // gridDim.y / gridDim.z limit: larger batches go in slices
+  if (B > kMaxMaps) {
+    for (int64_t start = 0; start < B; start += kMaxMaps) {
+      const int64_t n = std::min(kMaxMaps, B - start);
+      at::Tensor slice = out.narrow(0, start, n);
+      launch<scalar_t>(A.narrow(0, start, n), G.narrow(0, start, n), H, W, m, normalize, eps_d, slice);
+    }
+    return;
+  }
+  TORCH_CHECK(h * w <= INT32_MAX && K <= INT32_MAX - kChunk && H <= 65535 * 8 && W <= INT32_MAX,
               "fused_gradcam (CUDA): sizes too large: activations ", A.sizes(), ", output (", H, ", ", W, ")");
   const acc_t eps = static_cast<acc_t>(eps_d);
   const Strides sa = strides_of(A), sg = strides_of(G);

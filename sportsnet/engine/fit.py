@@ -21,7 +21,8 @@ from tqdm.auto import tqdm
 from .checkpoint import capture_rng_state, restore_rng_state, save_checkpoint
 from .loop import EvalResult, StepLog, evaluate, make_grad_scaler, train_one_epoch
 from .optim import build_optimizer, warmup_cosine
-from .report import confusion_figure, figure_to_array, per_class_figure
+from ..plotting import figure_to_array
+from .report import confusion_figure, per_class_figure
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Evaluation reports: confusion-matrix and per-class-accuracy figures, JSON + Markdown + PNG files.
 
-Figures are drawn with ``matplotlib.figure.Figure`` and the Agg canvas directly (no pyplot), so a
-user's interactive backend is never touched and nothing needs a display.
+Figures are drawn with ``matplotlib.figure.Figure`` and rendered by :mod:`sportsnet.plotting` (no
+pyplot), so a user's interactive backend is never touched and nothing needs a display.
 """
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ..plotting import save_figure
 from .loop import EvalResult
 
 
@@ -60,18 +60,6 @@ def per_class_figure(accuracy: torch.Tensor, classes: Sequence[str], title: str 
     ax.set_title(title)
     fig.tight_layout()
     return fig
-
-
-def figure_to_array(fig: Figure) -> np.ndarray:
-    """Render to an ``(H, W, 3)`` uint8 array (for TensorBoard's ``add_image``)."""
-    canvas = FigureCanvasAgg(fig)
-    canvas.draw()
-    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
-
-
-def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
-    FigureCanvasAgg(fig).print_png(str(path))
-    return Path(path)
 
 
 def summarize(result: EvalResult, classes: Sequence[str], worst: int = 10) -> dict[str, Any]:

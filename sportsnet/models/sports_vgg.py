@@ -31,12 +31,12 @@ class SportsVGG(nn.Module):
     """
 
     def __init__(self, features: nn.Sequential, neck: nn.Module, head: nn.Sequential, *, arch: str,
-                 recipe: str, width: float, in_channels: int):
+                 recipe: str, width: float, in_channels: int, pool: int = 7):
         super().__init__()
         self.arch, self.recipe, self.width, self.in_channels = arch, recipe, width, in_channels
         self.features = features
         self.neck = neck
-        self.pool = nn.AdaptiveAvgPool2d((7, 7))
+        self.pool = nn.AdaptiveAvgPool2d((pool, pool))
         self.head = head
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -71,6 +71,7 @@ def sports_vgg19(
     dropout: float = 0.5,
     feature_dropout: float = 0.2,
     hidden: int = 1024,
+    pool: int = 7,
 ) -> SportsVGG:
     """A seed's VGG19 model (random weights; then :func:`load_imagenet_weights` for the base).
 
@@ -82,6 +83,9 @@ def sports_vgg19(
         dropout: dropout before each Linear layer of the head.
         feature_dropout: ``Dropout2d`` probability on the conv map (seed000 only).
         hidden: the head's hidden width at ``width=1`` (scaled by ``width``).
+        pool: side of the adaptive average pool before the head: 7 as in the seeds (a head with
+            weights per position), 1 for global average pooling (a head that is the same at every
+            position, for which Grad-CAM is exactly CAM).
     """
     if recipe not in RECIPES:
         raise ValueError(f"recipe={recipe!r} is not one of {RECIPES}")
@@ -89,6 +93,8 @@ def sports_vgg19(
         raise ValueError(f"num_classes={num_classes} must be >= 1")
     if not width > 0:
         raise ValueError(f"width={width} must be > 0")
+    if not isinstance(pool, int) or pool < 1:
+        raise ValueError(f"pool={pool!r} must be a positive integer (7: the seeds' head, 1: global average pooling)")
     in_channels = 1 if grayscale else 3
     features = make_layers(CFGS["vgg19"], batch_norm=batch_norm, width=width, in_channels=in_channels)
     init_vgg_(features)
@@ -97,7 +103,7 @@ def sports_vgg19(
         neck: nn.Module = nn.Dropout2d(feature_dropout)
         head = nn.Sequential(
             nn.Flatten(),
-            nn.Dropout(dropout), nn.Linear(c * 7 * 7, h), nn.BatchNorm1d(h), nn.ReLU(inplace=True),
+            nn.Dropout(dropout), nn.Linear(c * pool * pool, h), nn.BatchNorm1d(h), nn.ReLU(inplace=True),
             nn.Dropout(dropout), nn.Linear(h, num_classes),
         )
     else:
@@ -105,13 +111,13 @@ def sports_vgg19(
         neck = nn.Sequential(nn.Conv2d(c, reduced, kernel_size=1), nn.ReLU(inplace=True))
         head = nn.Sequential(
             nn.Flatten(),
-            nn.Dropout(dropout), nn.Linear(reduced * 7 * 7, h), nn.ReLU(inplace=True),
+            nn.Dropout(dropout), nn.Linear(reduced * pool * pool, h), nn.ReLU(inplace=True),
             nn.Dropout(dropout), nn.Linear(h, num_classes),
         )
     _xavier_(neck)
     _xavier_(head)
     return SportsVGG(features, neck, head, arch="vgg19_bn" if batch_norm else "vgg19", recipe=recipe,
-                     width=width, in_channels=in_channels)
+                     width=width, in_channels=in_channels, pool=pool)
 
 
 def parameter_groups(model: SportsVGG, freeze_layers: int | str) -> dict[str, list[nn.Parameter]]:

@@ -1,0 +1,227 @@
+"""Explain a trained classifier's predictions: overlays, a predictions CSV, and faithfulness metrics.
+
+    python experiments/explain.py --checkpoint runs/<run> --data synthetic --split test --method all
+    python experiments/explain.py --checkpoint runs/<run>/checkpoints/best.pt --images my_photos/ --top-k 3
+
+Writes into --out: overlays/ (one PNG per image and class), grid.png (the first images, labelled),
+predictions.csv (file, true class when known, top-k classes and scores) and metrics.json: accuracy,
+the pointing game (with the standard tolerance, 15 px at 224 px, and strict) and energy-in-box per
+method next to a random-map baseline (when the data has object boxes, like the synthetic set's
+boxes.csv), deletion/insertion AUC, Average Drop and Increase in Confidence, and the files skipped
+as unreadable.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from torchvision.utils import save_image
+from tqdm.auto import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import option, parse_config, pick_device, setup_logging, timestamp  # noqa: E402
+from train_vgg19 import SYNTHETIC_DATA, load_run  # noqa: E402
+
+from sportsnet.cam import GradCAM  # noqa: E402
+from sportsnet.cam.metrics import (average_drop_increase, deletion_insertion, energy_in_box,  # noqa: E402
+                                   pointing_game, random_maps)
+from sportsnet.cam.overlay import overlay, save_grid  # noqa: E402
+from sportsnet.data import ImageListDataset, Sports100, build_transforms, denormalize, read_boxes, summarize_skipped  # noqa: E402
+from sportsnet.data.images import is_image_file  # noqa: E402
+from sportsnet.ops import METHODS  # noqa: E402
+
+log = logging.getLogger("explain")
+
+
+@dataclass
+class ExplainConfig:
+    checkpoint: str = option("", "a train_vgg19 run folder (uses its best.pt) or a checkpoint file")
+    data: str = option("", "100-Sports-layout folder or 'synthetic' (the demo's set); use with --split")
+    split: str = option("test", "split of --data", ("train", "valid", "test"))
+    images: str = option("", "a folder of images (searched recursively) instead of --data")
+    method: str = option("gradcam", f"one of {', '.join(METHODS)}, a comma list, or 'all' (overlays use the first)")
+    top_k: int = option(1, "explain the k most likely classes of each image")
+    layer: str = option("", "target layer(s), dotted names, comma-separated (default: the model family's usual)")
+    pointing_tolerance: float = option(-1.0, "pointing-game tolerance in pixels (-1: the standard 15 px at 224 px, "
+                                             "scaled to the input size)")
+    out: str = option("", "output folder (default: outputs/explain-<time>)")
+    batch_size: int = option(32, "images per batch")
+    overlays: int = option(-1, "write overlay PNGs for at most this many images (-1: all)")
+    deletion_steps: int = option(16, "steps of the deletion/insertion curves (0: skip those metrics)")
+    device: str = option("auto", "cpu, cuda, cuda:N or auto")
+    seed: int = option(0, "seed of the random-map baseline")
+    progress: bool = option(True, "progress bar")
+
+
+def transformed_box(box, image_size: tuple[int, int], size: int, resize: int) -> list[float]:
+    """A box in original pixels -> pixels of the eval transform's output (shorter side resized to
+    ``resize``, then a centre crop of ``size``), clipped to the crop."""
+    w0, h0 = image_size
+    scale = resize / min(w0, h0)
+    w1, h1 = (resize, int(resize * h0 / w0)) if w0 <= h0 else (int(resize * w0 / h0), resize)
+    left, top = int(round((w1 - size) / 2.0)), int(round((h1 - size) / 2.0))
+    x0, y0, x1, y1 = box
+    clip = lambda v: min(max(v, 0.0), float(size))  # noqa: E731
+    return [clip(x0 * scale - left), clip(y0 * scale - top), clip(x1 * scale - left), clip(y1 * scale - top)]
+
+
+def build_dataset(cfg: ExplainConfig, train_cfg, classes, transform):
+    """The images to explain, and per-sample boxes in model-input pixels (or None)."""
+    if cfg.images:
+        root = Path(cfg.images)
+        if not root.is_dir():
+            raise SystemExit(f"error: --images {cfg.images} is not a folder")
+        files = sorted(str(p) for p in root.rglob("*") if p.is_file() and is_image_file(p))
+        if not files:
+            raise SystemExit(f"error: no image files under {cfg.images}")
+        return ImageListDataset(root, [(f, -1) for f in files], list(classes), transform), None
+    root = Path(train_cfg.synthetic_root if cfg.data == "synthetic" else cfg.data)
+    ds = Sports100(root, cfg.split, transform=transform)
+    if ds.classes != list(classes):
+        raise SystemExit(f"error: the data's classes ({len(ds.classes)}, e.g. {ds.classes[:3]}) are not the "
+                         f"checkpoint's ({len(classes)}, e.g. {list(classes)[:3]})")
+    return ds, (root / "boxes.csv" if (root / "boxes.csv").is_file() else None)
+
+
+def attach_boxes(ds: ImageListDataset, boxes_csv: Path, size: int, resize: int) -> torch.Tensor:
+    from PIL import Image
+
+    boxes = read_boxes(boxes_csv.parent)
+    rows = []
+    for path, _ in ds.samples:
+        rel = ds.relpath(path)
+        if rel not in boxes:
+            raise SystemExit(f"error: {boxes_csv} has no box for {rel}")
+        with Image.open(path) as im:
+            rows.append(transformed_box(boxes[rel], im.size, size, resize))
+    return torch.tensor(rows)
+
+
+class Indexed(torch.utils.data.Dataset):
+    """Adds the sample index, so boxes and file names follow the batches."""
+
+    def __init__(self, ds):
+        self.ds = ds
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        x, y = self.ds[i]
+        return x, y, i
+
+
+def main(argv=None) -> dict:
+    setup_logging()
+    cfg, _ = parse_config(ExplainConfig, argv, ExplainConfig(), __doc__)
+    if not cfg.checkpoint:
+        raise SystemExit("error: --checkpoint is required (a train_vgg19 run folder or checkpoint file)")
+    if bool(cfg.images) == bool(cfg.data):
+        raise SystemExit("error: give exactly one of --data (with --split) or --images")
+    methods = list(METHODS) if cfg.method == "all" else [m.strip() for m in cfg.method.split(",")]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise SystemExit(f"error: unknown method(s) {unknown}; expected {', '.join(METHODS)} or 'all'")
+    if cfg.batch_size < 1 or cfg.top_k < 1:
+        raise SystemExit(f"error: --batch-size ({cfg.batch_size}) and --top-k ({cfg.top_k}) must be >= 1")
+    device = pick_device(cfg.device)
+    model, train_cfg, classes = load_run(cfg.checkpoint, device)
+    if cfg.top_k > len(classes):
+        raise SystemExit(f"error: --top-k {cfg.top_k} exceeds the model's {len(classes)} classes")
+    size, resize = train_cfg.image_size, round(train_cfg.image_size * train_cfg.eval_resize_ratio)
+    transform = build_transforms(False, size, grayscale=train_cfg.grayscale, resize_ratio=train_cfg.eval_resize_ratio)
+    ds, boxes_csv = build_dataset(cfg, train_cfg, classes, transform)
+    ds.verify()
+    boxes = attach_boxes(ds, boxes_csv, size, resize) if boxes_csv is not None else None
+    out_dir = Path(cfg.out or f"outputs/explain-{timestamp()}")
+    (out_dir / "overlays").mkdir(parents=True, exist_ok=True)
+    labelled = bool(ds.samples) and ds.samples[0][1] >= 0
+
+    layers = [x.strip() for x in cfg.layer.split(",") if x.strip()] or None
+    try:
+        cams = {m: GradCAM(model, target_layer=layers, method=m) for m in methods}
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    # Zhang et al.'s pointing game counts a hit within 15 px of the box at 224 px.
+    tolerance = round(15 * size / 224) if cfg.pointing_tolerance < 0 else cfg.pointing_tolerance
+    gen = torch.Generator().manual_seed(cfg.seed)
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+
+    def add(key: str, values: torch.Tensor) -> None:
+        sums[key] = sums.get(key, 0.0) + float(values.float().sum())
+        counts[key] = counts.get(key, 0) + values.numel()
+
+    rows, grid = [], None
+    loader = DataLoader(Indexed(ds), batch_size=cfg.batch_size, num_workers=0)
+    for images, labels, idx in tqdm(loader, desc="explain", disable=not cfg.progress):
+        images = images.to(device)
+        outs = {m: cams[m](images, top_k=cfg.top_k) for m in methods}
+        first = outs[methods[0]]
+        pred = first.classes[:, 0].cpu()
+        if labelled:
+            add("accuracy", pred == labels)
+        if boxes is not None:
+            b = boxes[idx]
+            rand = random_maps((len(idx), size, size), generator=gen, device=device)
+            for m, maps in [*((m, o.maps[:, 0]) for m, o in outs.items()), ("random", rand)]:
+                add(f"pointing_game/{m}", pointing_game(maps, b, tolerance).cpu())
+                add(f"pointing_game_strict/{m}", pointing_game(maps, b).cpu())
+                add(f"energy_in_box/{m}", energy_in_box(maps, b).cpu())
+        for m, o in outs.items():
+            top1 = o.classes[:, 0]
+            if cfg.deletion_steps > 0:
+                di = deletion_insertion(model, images, o.maps[:, 0], top1, steps=cfg.deletion_steps)
+                add(f"deletion_auc/{m}", di["deletion"].cpu())
+                add(f"insertion_auc/{m}", di["insertion"].cpu())
+            ad = average_drop_increase(model, images, o.maps[:, 0], top1)
+            add(f"average_drop/{m}", torch.full((len(idx),), ad["average_drop"]))
+            add(f"increase_in_confidence/{m}", torch.full((len(idx),), ad["increase_in_confidence"]))
+        pictures = denormalize(images)
+        for j, i in enumerate(idx.tolist()):
+            name = ds.relpath(ds.samples[i][0])
+            row = {"file": name, "true": classes[int(labels[j])] if labelled else ""}
+            for k in range(cfg.top_k):
+                row[f"top{k + 1}"] = classes[int(first.classes[j, k])]
+                row[f"score{k + 1}"] = round(float(first.scores[j, k]), 6)
+            rows.append(row)
+            if cfg.overlays < 0 or i < cfg.overlays:
+                for k in range(cfg.top_k):
+                    pic = overlay(pictures[j:j + 1], first.maps[j:j + 1, k])[0]
+                    target = out_dir / "overlays" / f"{Path(name).with_suffix('')}_top{k + 1}.png"
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    save_image(pic, target)
+        if grid is None:
+            n = min(16, len(idx))
+            grid = save_grid(out_dir / "grid.png", pictures[:n], first.maps[:n, 0],
+                             true_names=[classes[int(v)] for v in labels[:n]] if labelled else None,
+                             pred_names=[classes[int(v)] for v in pred[:n]], scores=first.scores[:n, 0].tolist(),
+                             title=f"{methods[0]} on {Path(cfg.checkpoint).name}")
+
+    with open(out_dir / "predictions.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["file"])
+        writer.writeheader()
+        writer.writerows(rows)
+    metrics = {k: sums[k] / counts[k] for k in sorted(sums)}
+    report = {"checkpoint": cfg.checkpoint, "images": len(ds), "methods": methods, "target_layer": cams[methods[0]].target_layers,
+              "pointing_tolerance_px": tolerance if boxes is not None else None,
+              "metrics": metrics, "skipped": summarize_skipped(ds.skipped), "skipped_files": [dataclasses.asdict(s) for s in ds.skipped],
+              "boxes": boxes_csv is not None, "config": dataclasses.asdict(cfg)}
+    (out_dir / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    if ds.skipped:
+        print(f"skipped {len(ds.skipped)} unreadable file(s): {summarize_skipped(ds.skipped)}")
+    for key, value in metrics.items():
+        print(f"{key:40s} {value:.4f}")
+    print(f"wrote {out_dir}/ (overlays/, grid.png, predictions.csv, metrics.json)")
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""``GradCAM``: batched Grad-CAM-family explanations for any classifier returning ``(B, C)`` logits.
+
+    with GradCAM(model, target_layer="features.35", method="gradcam") as cam:
+        out = cam(images)                    # the predicted class
+        out = cam(images, targets=labels)    # (B,) or (B, K) classes
+        out = cam(images, top_k=3)           # the 3 best classes, one forward pass
+    out.maps     # (B, K, H, W) float32 in [0, 1] on the images' device
+    out.classes  # (B, K) class indices; out.scores (B, K) softmax probabilities
+
+How one call works: the model is put in eval mode with every parameter frozen, and a forward hook
+replaces the target layer's output with a detached leaf that requires grad. So the forward records
+no graph before that layer, and ``torch.autograd.grad`` takes each target's gradient with respect to
+that activation alone: no full backward, no parameter ``.grad``. K targets share one forward (one
+small backward each through the layers after the hook), and the maps come from
+:func:`sportsnet.ops.fused_gradcam` on the activations' device. Hooks live only for the duration of a
+call; the model's mode and ``requires_grad`` flags are restored afterwards, also after an exception.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ..ops import METHODS, fused_gradcam
+from .hooks import ActivationCapture, ModelState, as_maps, default_target_layer, resolve_layer
+
+
+@dataclass
+class CamOutput:
+    maps: torch.Tensor  # (B, K, H, W) float32 in [0, 1]
+    classes: torch.Tensor  # (B, K) int64
+    scores: torch.Tensor  # (B, K) softmax probability of each class
+    logits: torch.Tensor  # (B, C) detached
+
+
+def _nearest_attribute(model: nn.Module, layer_name: str, attribute: str, kind: type):
+    """``attribute`` of the nearest ancestor of the layer that has one of type ``kind`` (open_clip
+    transformers have ``batch_first``, timm ViTs ``num_prefix_tokens``)."""
+    parts = layer_name.split(".")
+    modules = dict(model.named_modules())
+    for i in range(len(parts), -1, -1):
+        value = getattr(modules.get(".".join(parts[:i]), None), attribute, None)
+        if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+            return value
+    return None
+
+
+class GradCAM:
+    """Args:
+        model: maps ``(B, 3, H, W)`` images to ``(B, C)`` logits.
+        target_layer: a module, a dotted name, or a list of them (maps per layer are normalised, then
+            averaged); default: the family's usual layer (see :func:`default_target_layer`).
+        method: one of ``sportsnet.ops.METHODS``.
+        size: ``(H, W)`` of the maps; default: the images' size.
+    """
+
+    def __init__(self, model: nn.Module, target_layer: str | nn.Module | Sequence[str | nn.Module] | None = None,
+                 method: str = "gradcam", size: tuple[int, int] | None = None):
+        if method not in METHODS:
+            raise ValueError(f"method={method!r} is not one of {METHODS}")
+        self.model, self.method, self.size = model, method, size
+        if target_layer is None:
+            target_layer = default_target_layer(model)
+        layers = list(target_layer) if isinstance(target_layer, (list, tuple)) else [target_layer]
+        if not layers:
+            raise ValueError("target_layer is an empty list")
+        self.layers = [resolve_layer(model, layer) for layer in layers]
+        # How token sequences are laid out: known from the model where it says so, guessed otherwise.
+        self.token_layout = {name: dict(batch_first=_nearest_attribute(model, name, "batch_first", bool),
+                                        prefix_tokens=_nearest_attribute(model, name, "num_prefix_tokens", int))
+                             for name, _ in self.layers}
+
+    def __enter__(self) -> "GradCAM":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    @property
+    def target_layers(self) -> list[str]:
+        return [n for n, _ in self.layers]
+
+    def _targets(self, logits: torch.Tensor, targets, top_k: int | None) -> torch.Tensor:
+        B, C = logits.shape
+        if targets is not None and top_k is not None:
+            raise ValueError("pass targets or top_k, not both")
+        if targets is None:
+            k = 1 if top_k is None else top_k
+            if not isinstance(k, int) or not 1 <= k <= C:
+                raise ValueError(f"top_k={top_k!r} must be an integer in [1, {C}] (the number of classes)")
+            return logits.topk(k, dim=1).indices
+        t = torch.as_tensor(targets, device=logits.device).long()
+        if t.dim() == 1:
+            t = t[:, None]
+        if t.dim() != 2 or t.shape[0] != B:
+            raise ValueError(f"targets of shape {tuple(torch.as_tensor(targets).shape)} do not match the batch of "
+                             f"{B} images; expected (B,) or (B, K)")
+        bad = (t < 0) | (t >= C)
+        if bad.any():  # one host sync, only for user-given targets
+            raise ValueError(f"class index {int(t[bad][0])} is out of range for a model with {C} classes")
+        return t
+
+    def __call__(self, images: torch.Tensor, targets=None, top_k: int | None = None) -> CamOutput:
+        if images.dim() != 4:
+            raise ValueError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
+        size = tuple(self.size or images.shape[-2:])
+        state = ModelState.capture(self.model)
+        capture = ActivationCapture(self.layers)
+        try:
+            self.model.eval()
+            for p in self.model.parameters():
+                p.requires_grad_(False)
+            with torch.enable_grad():
+                logits = self.model(images)
+                if logits.dim() != 2:
+                    raise ValueError(f"the model returned shape {tuple(logits.shape)}; expected (B, C) logits")
+                missing = [n for n in self.target_layers if n not in capture.outputs]
+                if missing:
+                    raise RuntimeError(f"the forward pass never ran target layer(s) {missing}")
+                classes = self._targets(logits.detach(), targets, top_k)
+                acts = [capture.outputs[n] for n in self.target_layers]
+                B, K = classes.shape
+                maps = torch.empty(B, K, *size, dtype=torch.float32, device=images.device)
+                for k in range(K):
+                    score = logits.gather(1, classes[:, k:k + 1]).sum()  # images are independent in eval mode
+                    grads = torch.autograd.grad(score, acts, retain_graph=k < K - 1)
+                    per_layer = [
+                        fused_gradcam(as_maps(a.detach(), B, n, **self.token_layout[n]),
+                                      as_maps(g, B, n, **self.token_layout[n]), size, method=self.method)
+                        for n, a, g in zip(self.target_layers, acts, grads)
+                    ]
+                    maps[:, k] = per_layer[0] if len(per_layer) == 1 else torch.stack(per_layer).mean(0)
+        finally:
+            capture.remove()
+            capture.clear()
+            state.restore()
+        logits = logits.detach()
+        scores = logits.float().softmax(dim=1).gather(1, classes)
+        return CamOutput(maps, classes, scores, logits)

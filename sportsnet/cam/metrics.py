@@ -1,0 +1,119 @@
+"""Faithfulness of heatmaps, batched and on the maps' device.
+
+Localisation, for data with object boxes ``(x0, y0, x1, y1)`` in pixels (x1, y1 exclusive):
+- :func:`pointing_game`: is the map's maximum inside the box?
+- :func:`energy_in_box`: the share of the map's mass inside the box.
+- :func:`random_maps`: smooth random maps, the baseline that gives these numbers a meaning.
+
+Faithfulness to the model (forward passes of the batch, under ``torch.inference_mode``):
+- :func:`deletion_insertion`: the target class's probability as pixels are removed (replaced by the
+  dataset mean, i.e. 0 after normalisation) or revealed (over a blurred image) in the map's order; the
+  area under each curve (lower deletion and higher insertion are better).
+- :func:`average_drop_increase`: with the map as a soft mask on the input, Average Drop (%) and
+  Increase in Confidence (%).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torchvision.transforms.v2 import functional as TF
+
+
+def _check(maps: torch.Tensor, boxes: torch.Tensor | None = None) -> torch.Tensor:
+    if maps.dim() == 4 and maps.shape[1] == 1:
+        maps = maps[:, 0]
+    if maps.dim() != 3:
+        raise ValueError(f"maps must be (B, H, W), got shape {tuple(maps.shape)}")
+    if boxes is not None and (boxes.dim() != 2 or boxes.shape != (maps.shape[0], 4)):
+        raise ValueError(f"boxes must be (B, 4) = (x0, y0, x1, y1) for {maps.shape[0]} maps, got {tuple(boxes.shape)}")
+    return maps
+
+
+def _box_mask(boxes: torch.Tensor, H: int, W: int, device) -> torch.Tensor:
+    ys = torch.arange(H, device=device)[None, :, None]
+    xs = torch.arange(W, device=device)[None, None, :]
+    b = boxes.to(device)[:, :, None, None]
+    return (xs >= b[:, 0]) & (xs < b[:, 2]) & (ys >= b[:, 1]) & (ys < b[:, 3])  # (B, H, W)
+
+
+def pointing_game(maps: torch.Tensor, boxes: torch.Tensor, tolerance: int = 0) -> torch.Tensor:
+    """``(B,)`` bool: the map's maximum lies within ``tolerance`` pixels of the box. An all-zero map
+    points nowhere (a miss)."""
+    maps = _check(maps, boxes)
+    B, H, W = maps.shape
+    flat = maps.reshape(B, -1)
+    peak, idx = flat.max(dim=1)
+    y, x = idx // W, idx % W
+    b = boxes.to(maps.device)
+    inside = (x >= b[:, 0] - tolerance) & (x < b[:, 2] + tolerance) & (y >= b[:, 1] - tolerance) & (y < b[:, 3] + tolerance)
+    return inside & (peak > 0)
+
+
+def energy_in_box(maps: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` share of each map's sum that lies inside its box (0 for an all-zero map)."""
+    maps = _check(maps, boxes).float()
+    B, H, W = maps.shape
+    inside = (maps * _box_mask(boxes, H, W, maps.device)).sum(dim=(1, 2))
+    total = maps.sum(dim=(1, 2))
+    return torch.where(total > 0, inside / total.clamp_min(1e-12), torch.zeros_like(total))
+
+
+def random_maps(shape: tuple[int, int, int], grid: int = 7, generator: torch.Generator | None = None,
+                device=None) -> torch.Tensor:
+    """``(B, H, W)`` smooth random maps in [0, 1]: uniform noise on a ``grid x grid`` lattice, resized
+    bilinearly (as coarse as a Grad-CAM map of a 7x7 layer)."""
+    B, H, W = shape
+    noise = torch.rand(B, 1, grid, grid, generator=generator)
+    maps = F.interpolate(noise, size=(H, W), mode="bilinear", align_corners=False)[:, 0]
+    lo, hi = maps.amin(dim=(1, 2), keepdim=True), maps.amax(dim=(1, 2), keepdim=True)
+    return ((maps - lo) / (hi - lo + 1e-7)).to(device)
+
+
+@torch.inference_mode()
+def _probs(model: Callable, images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    return model(images).float().softmax(dim=1).gather(1, classes[:, None])[:, 0]
+
+
+def deletion_insertion(model: Callable, images: torch.Tensor, maps: torch.Tensor, classes: torch.Tensor,
+                       steps: int = 16, blur_sigma: float = 5.0) -> dict[str, torch.Tensor]:
+    """Deletion and insertion curves and their areas (trapezoid rule over the fraction of pixels).
+
+    ``images`` are model inputs (normalised), ``maps`` ``(B, H, W)`` at the images' size, ``classes``
+    ``(B,)``. Returns ``{"deletion": (B,), "insertion": (B,), "deletion_curve": (B, steps + 1),
+    "insertion_curve": (B, steps + 1)}``. Costs ``2 * (steps + 1)`` forward passes of the batch.
+    """
+    maps = _check(maps)
+    if maps.shape[-2:] != images.shape[-2:]:
+        raise ValueError(f"maps {tuple(maps.shape)} must have the images' size {tuple(images.shape[-2:])}")
+    if steps < 1:
+        raise ValueError(f"steps={steps} must be >= 1")
+    B, H, W = maps.shape
+    classes = classes.to(images.device).long()
+    order = maps.reshape(B, -1).argsort(dim=1, descending=True)
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(H * W, device=order.device).expand(B, -1))
+    rank = rank.reshape(B, 1, H, W).to(images.device)
+    k = min(max(1, 2 * round(3 * blur_sigma) + 1), 2 * min(H, W) - 1)  # reflect padding needs k < 2 * side
+    blurred = TF.gaussian_blur(images, kernel_size=[k, k], sigma=[blur_sigma, blur_sigma])
+    removed = torch.zeros_like(images)  # the dataset mean, after normalisation
+    deletion, insertion = [], []
+    for s in range(steps + 1):
+        first = rank < round(s / steps * H * W)  # the most salient pixels so far
+        deletion.append(_probs(model, torch.where(first, removed, images), classes))
+        insertion.append(_probs(model, torch.where(first, images, blurred), classes))
+    curves = {"deletion_curve": torch.stack(deletion, 1), "insertion_curve": torch.stack(insertion, 1)}
+    auc = lambda c: ((c[:, 1:] + c[:, :-1]) / 2).mean(dim=1)  # noqa: E731  (x spacing 1/steps)
+    return {"deletion": auc(curves["deletion_curve"]), "insertion": auc(curves["insertion_curve"]), **curves}
+
+
+def average_drop_increase(model: Callable, images: torch.Tensor, maps: torch.Tensor,
+                          classes: torch.Tensor) -> dict[str, float]:
+    """Average Drop % (mean of max(0, y - o) / y) and Increase in Confidence % (share with o > y),
+    where y is the class probability on the image and o on the image multiplied by its map."""
+    maps = _check(maps)
+    classes = classes.to(images.device).long()
+    y = _probs(model, images, classes)
+    o = _probs(model, images * maps[:, None].to(images.dtype), classes)
+    drop = ((y - o).clamp_min(0) / y.clamp_min(1e-12)).mean()
+    return {"average_drop": 100 * drop.item(), "increase_in_confidence": 100 * (o > y).float().mean().item()}

@@ -1,0 +1,206 @@
+"""sportsnet.cam.GradCAM: maps, targets, model state, hooks, token sequences, errors."""
+import gc
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from sportsnet.cam import GradCAM, default_target_layer
+from sportsnet.cam.hooks import as_maps
+from sportsnet.models import sports_vgg19
+from sportsnet.ops import METHODS, gradcam_reference
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    m = sports_vgg19("seed001", num_classes=6, width=0.125, batch_norm=True)
+    with torch.no_grad():  # non-trivial running statistics, so eval mode matters
+        m.train()(torch.randn(8, 3, 64, 64))
+    return m
+
+
+@pytest.fixture
+def images():
+    return torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+
+
+def hand_captured(model, images, layer, classes):
+    """Activations and gradients the plain way: a hook that keeps the output, a full backward."""
+    store = {}
+    module = dict(model.named_modules())[layer]
+    handle = module.register_forward_hook(lambda m, i, o: store.__setitem__("a", o))
+    try:
+        model.eval()
+        logits = model(images)
+        store["a"].retain_grad()
+        logits.gather(1, classes[:, None]).sum().backward()
+    finally:
+        handle.remove()
+        model.zero_grad(set_to_none=True)
+    return store["a"].detach(), store["a"].grad
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_maps_equal_the_reference_epilogue_on_hand_captured_tensors(model, images, method):
+    layer = default_target_layer(model)
+    with GradCAM(model, method=method) as cam:
+        out = cam(images)
+    acts, grads = hand_captured(model, images, layer, out.classes[:, 0])
+    expected = gradcam_reference(acts, grads, (64, 64), method=method)
+    assert out.maps.shape == (4, 1, 64, 64) and out.maps.dtype == torch.float32
+    torch.testing.assert_close(out.maps[:, 0], expected, atol=1e-4, rtol=0)
+    torch.testing.assert_close(out.scores[:, 0], out.logits.softmax(1).amax(1))
+
+
+def test_top_k_equals_k_separate_calls(model, images):
+    cam = GradCAM(model)
+    top = cam(images, top_k=3)
+    assert top.classes.shape == (4, 3) and top.maps.shape == (4, 3, 64, 64)
+    assert torch.equal(top.classes, top.logits.topk(3, dim=1).indices)
+    for k in range(3):
+        single = cam(images, targets=top.classes[:, k])
+        torch.testing.assert_close(single.maps[:, 0], top.maps[:, k], atol=1e-6, rtol=0)
+    two_d = cam(images, targets=top.classes)
+    torch.testing.assert_close(two_d.maps, top.maps, atol=1e-6, rtol=0)
+
+
+def test_no_parameter_grad_is_touched_and_state_is_restored(model, images):
+    model.train()
+    model.head.eval()  # a mixed state must come back exactly
+    for p in model.features[:10].parameters():
+        p.requires_grad_(False)
+    sentinel = torch.full_like(model.head[-1].weight, 7.0)
+    model.head[-1].weight.grad = sentinel
+    modes = [m.training for m in model.modules()]
+    flags = [p.requires_grad for p in model.parameters()]
+    GradCAM(model, method="gradcam++")(images, top_k=2)
+    assert [m.training for m in model.modules()] == modes
+    assert [p.requires_grad for p in model.parameters()] == flags
+    assert model.head[-1].weight.grad is sentinel and torch.equal(sentinel, torch.full_like(sentinel, 7.0))
+    assert all(p.grad is None for n, p in model.named_parameters() if n != "head.5.weight")
+
+
+def hook_count(model):
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules())
+
+
+def test_state_and_hooks_survive_an_exception(model, images):
+    model.train()
+    before = hook_count(model)
+    with pytest.raises(ValueError, match="class index 9 is out of range for a model with 6 classes"):
+        with GradCAM(model) as cam:
+            cam(images, targets=[0, 1, 2, 9])
+    assert model.training and all(m.training for m in model.modules())
+    assert all(p.requires_grad for p in model.parameters())
+    assert hook_count(model) == before
+
+
+def live_tensors():
+    gc.collect()
+    with warnings.catch_warnings():  # isinstance() on torch's deprecated module attributes warns
+        warnings.simplefilter("ignore")
+        return sum(isinstance(o, torch.Tensor) for o in gc.get_objects())
+
+
+def test_fifty_calls_grow_neither_hooks_nor_live_tensors(model, images):
+    cam = GradCAM(model, target_layer=["features.38", default_target_layer(model)])
+    cam(images, top_k=2)
+    tensors = live_tensors()
+    hooks = hook_count(model)
+    for _ in range(50):
+        out = cam(images, top_k=2)
+    del out
+    assert hook_count(model) == hooks == 0
+    assert live_tensors() <= tensors
+
+
+def test_several_layers_average_their_normalised_maps(model, images):
+    layers = ["features.38", default_target_layer(model)]
+    both = GradCAM(model, target_layer=layers)(images)
+    singles = [GradCAM(model, target_layer=layer)(images, targets=both.classes).maps for layer in layers]
+    torch.testing.assert_close(both.maps, (singles[0] + singles[1]) / 2, atol=1e-6, rtol=0)
+
+
+def test_channels_last_under_bf16_autocast(model, images):
+    fp32 = GradCAM(model)(images)
+    model = model.to(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = GradCAM(model)(images.contiguous(memory_format=torch.channels_last), targets=fp32.classes)
+    assert bf16.maps.dtype == torch.float32 and torch.isfinite(bf16.maps).all()
+    a, b = fp32.maps.flatten(1), bf16.maps.flatten(1)
+    corr = torch.nn.functional.cosine_similarity(a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True))
+    assert (corr > 0.9).all(), corr
+
+
+def test_errors_name_the_problem(model, images):
+    with pytest.raises(ValueError, match=r"no layer named 'features\.99' in SportsVGG; close matches: features\.9"):
+        GradCAM(model, target_layer="features.99")
+    cam = GradCAM(model)
+    with pytest.raises(ValueError, match=r"targets of shape \(3,\) do not match the batch of 4 images"):
+        cam(images, targets=[0, 1, 2])
+    with pytest.raises(ValueError, match="top_k=7 must be an integer in"):
+        cam(images, top_k=7)
+    with pytest.raises(ValueError, match=r"layer 'head.2' gives a tensor of shape \(4, 128\); expected a \(B, C, h, w\)"):
+        GradCAM(model, target_layer="head.2")(images)
+    with pytest.raises(ValueError, match="method='gradcam3'"):
+        GradCAM(model, method="gradcam3")
+
+
+def test_token_sequences_become_grids():
+    B, g, D = 2, 3, 5
+    tokens = torch.arange(B * (g * g + 1) * D, dtype=torch.float32).reshape(B, g * g + 1, D)
+    grid = as_maps(tokens, B, "x")
+    assert grid.shape == (B, D, g, g)
+    assert torch.equal(grid[1, :, 2, 1], tokens[1, 1 + 2 * g + 1])  # class token dropped, row-major patches
+    assert torch.equal(as_maps(tokens.transpose(0, 1), B, "x", batch_first=False), grid)
+    with pytest.raises(ValueError, match="20 tokens do not form a square grid after 0 or 1 prefix token"):
+        as_maps(torch.zeros(B, 20, D), B, "x")
+    with_registers = as_maps(torch.zeros(B, 21, D), B, "x", prefix_tokens=5)  # class + 4 register tokens
+    assert with_registers.shape == (B, D, 4, 4)
+
+
+class ClipClassifier(nn.Module):
+    """An open_clip image tower with a fixed linear head: logits like a zero-shot classifier's."""
+
+    def __init__(self, clip, num_classes=4):
+        super().__init__()
+        self.clip = clip
+        self.head = nn.Parameter(torch.randn(clip.visual.output_dim, num_classes))
+
+    def forward(self, x):
+        f = self.clip.encode_image(x, normalize=True)
+        return 10 * f @ self.head
+
+
+def tiny_clip(vision_cfg):
+    import open_clip
+
+    torch.manual_seed(0)
+    text = open_clip.model.CLIPTextCfg(context_length=8, vocab_size=64, width=32, heads=2, layers=1)
+    return ClipClassifier(open_clip.model.CLIP(embed_dim=16, vision_cfg=vision_cfg, text_cfg=text)).eval()
+
+
+def test_open_clip_vit_default_layer_and_token_reshape():
+    import open_clip
+
+    model = tiny_clip(open_clip.model.CLIPVisionCfg(layers=2, width=32, head_width=16, patch_size=8, image_size=32))
+    assert default_target_layer(model) == "clip.visual.transformer.resblocks.1.ln_1"
+    x = torch.randn(3, 3, 32, 32)
+    out = GradCAM(model)(x, top_k=2)
+    assert out.maps.shape == (3, 2, 32, 32)
+    acts, grads = hand_captured(model, x, "clip.visual.transformer.resblocks.1.ln_1", out.classes[:, 0])
+    assert acts.shape == (3, 17, 32)  # 4x4 patches + class token, batch first
+    to_grid = lambda t: t[:, 1:].transpose(1, 2).reshape(3, 32, 4, 4)  # noqa: E731
+    expected = gradcam_reference(to_grid(acts), to_grid(grads), (32, 32))
+    torch.testing.assert_close(out.maps[:, 0], expected, atol=1e-4, rtol=0)
+
+
+def test_open_clip_modified_resnet_default_layer():
+    import open_clip
+
+    model = tiny_clip(open_clip.model.CLIPVisionCfg(layers=(1, 1, 1, 1), width=16, image_size=64))
+    assert default_target_layer(model) == "clip.visual.layer4"
+    out = GradCAM(model)(torch.randn(2, 3, 64, 64))
+    assert out.maps.shape == (2, 1, 64, 64) and float(out.maps.max()) > 0.99

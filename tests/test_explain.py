@@ -1,0 +1,80 @@
+"""experiments/explain.py end to end on a tiny model trained on the synthetic set (CPU)."""
+import csv
+import json
+
+import pytest
+from PIL import Image
+
+import explain
+import train_vgg19
+from trees import write_image, write_truncated_jpeg
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A tiny VGG19 (global-average-pooling head) trained for a few epochs: 3 classes at 48 px."""
+    tmp = tmp_path_factory.mktemp("explain")
+    args = ["--data", "synthetic", "--synthetic-root", str(tmp / "syn"), "--synthetic-classes", "3",
+            "--synthetic-train-per-class", "300", "--synthetic-eval-per-class", "40", "--synthetic-size", "48",
+            "--image-size", "48", "--width", "0.125", "--phase2-epochs", "4", "--batch-size", "16", "--lr", "3e-3",
+            "--dropout", "0", "--label-smoothing", "0", "--pool", "1", "--out", str(tmp / "runs"), "--name", "tiny",
+            "--no-progress", "--workers", "0", "--gradcam-images", "0"]
+    accuracy = train_vgg19.main(args)
+    return tmp, tmp / "runs" / "tiny", accuracy
+
+
+def test_explains_a_dataset_split_with_localisation_metrics(run, capsys):
+    tmp, run_dir, accuracy = run
+    out = tmp / "out"
+    report = explain.main(["--checkpoint", str(run_dir), "--data", "synthetic", "--split", "test",
+                           "--method", "gradcam,layercam", "--top-k", "2", "--out", str(out), "--no-progress",
+                           "--deletion-steps", "4"])
+    m = report["metrics"]
+    assert report["images"] == 120 and report["boxes"] and report["pointing_tolerance_px"] == 3
+    assert m["accuracy"] == pytest.approx(accuracy, abs=1e-6)
+    # The maps must point at the object far more often than smooth random maps do.
+    assert m["pointing_game/random"] < 0.4
+    assert m["pointing_game/gradcam"] > m["pointing_game/random"] + 0.25, m
+    assert m["energy_in_box/gradcam"] > m["energy_in_box/random"], m
+    for key in ("deletion_auc/gradcam", "insertion_auc/layercam", "average_drop/gradcam",
+                "increase_in_confidence/layercam", "pointing_game_strict/gradcam"):
+        assert 0 <= m[key] <= (100 if "drop" in key or "increase" in key else 1), key
+    rows = list(csv.DictReader(open(out / "predictions.csv")))
+    assert len(rows) == 120 and set(rows[0]) == {"file", "true", "top1", "score1", "top2", "score2"}
+    assert sum(r["true"] == r["top1"] for r in rows) / 120 == pytest.approx(accuracy, abs=1e-6)
+    overlays = sorted((out / "overlays").rglob("*.png"))
+    assert len(overlays) == 240  # top-1 and top-2 for every image
+    with Image.open(overlays[0]) as im:
+        assert im.size == (48, 48)
+    with Image.open(out / "grid.png") as im:
+        assert im.size[0] > 400
+    assert json.loads((out / "metrics.json").read_text())["metrics"] == m
+    assert "pointing_game/gradcam" in capsys.readouterr().out
+
+
+def test_a_folder_of_images_with_an_unreadable_one(run, tmp_path):
+    _, run_dir, _ = run
+    folder = tmp_path / "photos"
+    for i in range(3):
+        write_image(folder / "nested" / f"{i}.png", (40 * i, 90, 200), size=(60, 50))
+    write_truncated_jpeg(folder / "broken.jpg")
+    (folder / "notes.txt").write_text("not an image")
+    report = explain.main(["--checkpoint", str(run_dir), "--images", str(folder), "--out", str(tmp_path / "o"),
+                           "--no-progress", "--deletion-steps", "0"])
+    assert report["images"] == 3 and not report["boxes"]
+    assert report["skipped_files"][0]["path"] == "broken.jpg" and len(report["skipped_files"]) == 1
+    assert "accuracy" not in report["metrics"] and "pointing_game/gradcam" not in report["metrics"]
+    rows = list(csv.DictReader(open(tmp_path / "o" / "predictions.csv")))
+    assert [r["file"] for r in rows] == ["nested/0.png", "nested/1.png", "nested/2.png"]
+    assert (tmp_path / "o" / "overlays" / "nested" / "0_top1.png").is_file()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--data", "synthetic", "--images", "x"], "exactly one of --data"),
+    (["--data", "synthetic", "--method", "gradcam3"], r"unknown method\(s\) \['gradcam3'\]"),
+    (["--data", "synthetic", "--top-k", "9"], "--top-k 9 exceeds the model's 3 classes"),
+    (["--data", "synthetic", "--layer", "features.99"], "no layer named 'features.99'"),
+])
+def test_bad_command_lines(run, tmp_path, args, message):
+    with pytest.raises(SystemExit, match=message):
+        explain.main(["--checkpoint", str(run[1]), "--out", str(tmp_path / "o"), "--no-progress", *args])
