@@ -6,8 +6,8 @@
 Writes into --out: overlays/ (one PNG per image and class), grid.png (the first images, labelled),
 predictions.csv (file, true class when known, top-k classes and scores) and metrics.json: accuracy,
 the pointing game (with the standard tolerance, 15 px at 224 px, and strict) and energy-in-box per
-method next to a random-map baseline (when the data has object boxes, like the synthetic set's
-boxes.csv), deletion/insertion AUC, Average Drop and Increase in Confidence, and the files skipped
+method next to two baselines, random smooth maps and a map peaking at the image centre (when the
+data has object boxes, like the synthetic set's boxes.csv), deletion/insertion AUC, Average Drop and Increase in Confidence, and the files skipped
 as unreadable.
 """
 from __future__ import annotations
@@ -30,8 +30,8 @@ from common import option, parse_config, pick_device, setup_logging, timestamp  
 from train_vgg19 import SYNTHETIC_DATA, load_run  # noqa: E402
 
 from sportsnet.cam import GradCAM  # noqa: E402
-from sportsnet.cam.metrics import (average_drop_increase, deletion_insertion, energy_in_box,  # noqa: E402
-                                   pointing_game, random_maps)
+from sportsnet.cam.metrics import (average_drop_increase, center_maps, deletion_insertion,  # noqa: E402
+                                   energy_in_box, pointing_game, random_maps)
 from sportsnet.cam.overlay import overlay, save_grid  # noqa: E402
 from sportsnet.data import ImageListDataset, Sports100, build_transforms, denormalize, read_boxes, summarize_skipped  # noqa: E402
 from sportsnet.data.images import is_image_file  # noqa: E402
@@ -170,8 +170,9 @@ def main(argv=None) -> dict:
             add("accuracy", pred == labels)
         if boxes is not None:
             b = boxes[idx]
-            rand = random_maps((len(idx), size, size), generator=gen, device=device)
-            for m, maps in [*((m, o.maps[:, 0]) for m, o in outs.items()), ("random", rand)]:
+            baselines = [("random", random_maps((len(idx), size, size), generator=gen, device=device)),
+                         ("center", center_maps((len(idx), size, size), device=device))]
+            for m, maps in [*((m, o.maps[:, 0]) for m, o in outs.items()), *baselines]:
                 add(f"pointing_game/{m}", pointing_game(maps, b, tolerance).cpu())
                 add(f"pointing_game_strict/{m}", pointing_game(maps, b).cpu())
                 add(f"energy_in_box/{m}", energy_in_box(maps, b).cpu())

@@ -6,8 +6,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from sportsnet.cam.metrics import (average_drop_increase, deletion_insertion, energy_in_box, pointing_game,
-                                   random_maps)
+from sportsnet.cam.metrics import (average_drop_increase, center_maps, deletion_insertion, energy_in_box,
+                                   pointing_game, random_maps)
 from sportsnet.cam.overlay import colorize, overlay, save_grid
 
 BOXES = torch.tensor([[2, 3, 6, 8], [0, 0, 4, 4]])  # x0, y0, x1, y1 (exclusive)
@@ -38,6 +38,13 @@ def test_random_maps_are_seeded_smooth_and_normalised():
     assert torch.equal(a, b) and a.shape == (3, 32, 32)
     assert torch.allclose(a.amin(dim=(1, 2)), torch.zeros(3)) and torch.allclose(a.amax(dim=(1, 2)), torch.ones(3), atol=1e-6)
     assert (a[:, :, 1:] - a[:, :, :-1]).abs().max() < 0.3  # smooth: no pixel-to-pixel noise
+
+
+def test_center_maps_point_at_the_centre():
+    maps = center_maps((2, 9, 7))
+    assert maps.shape == (2, 9, 7) and maps[0, 4, 3] == 1 and maps.min() >= 0
+    boxes = torch.tensor([[2, 3, 5, 6], [0, 0, 2, 2]])  # around the centre; in a corner
+    assert pointing_game(maps, boxes).tolist() == [True, False]
 
 
 class Patch(nn.Module):

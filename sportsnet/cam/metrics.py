@@ -3,7 +3,8 @@
 Localisation, for data with object boxes ``(x0, y0, x1, y1)`` in pixels (x1, y1 exclusive):
 - :func:`pointing_game`: is the map's maximum inside the box?
 - :func:`energy_in_box`: the share of the map's mass inside the box.
-- :func:`random_maps`: smooth random maps, the baseline that gives these numbers a meaning.
+- :func:`random_maps` and :func:`center_maps`: the baselines that give these numbers a meaning (random
+  smooth maps; a map always peaking at the centre, which objects kept inside the image favour).
 
 Faithfulness to the model (forward passes of the batch, under ``torch.inference_mode``):
 - :func:`deletion_insertion`: the target class's probability as pixels are removed (replaced by the
@@ -69,6 +70,17 @@ def random_maps(shape: tuple[int, int, int], grid: int = 7, generator: torch.Gen
     maps = F.interpolate(noise, size=(H, W), mode="bilinear", align_corners=False)[:, 0]
     lo, hi = maps.amin(dim=(1, 2), keepdim=True), maps.amax(dim=(1, 2), keepdim=True)
     return ((maps - lo) / (hi - lo + 1e-7)).to(device)
+
+
+def center_maps(shape: tuple[int, int, int], device=None) -> torch.Tensor:
+    """``(B, H, W)`` maps peaking at the image centre: the baseline of a "centre prior". When objects
+    must lie inside the image they cluster around its centre, so this baseline is far stronger than
+    random maps, and a heatmap method should beat it."""
+    B, H, W = shape
+    ys = torch.arange(H, dtype=torch.float32, device=device)[:, None] - (H - 1) / 2
+    xs = torch.arange(W, dtype=torch.float32, device=device)[None, :] - (W - 1) / 2
+    dist = (ys / H) ** 2 + (xs / W) ** 2
+    return (1 - dist / dist.max()).expand(B, H, W)
 
 
 @torch.inference_mode()
