@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -50,9 +51,17 @@ def parse_config(cls: type[T], argv: Sequence[str] | None, defaults: T, descript
     return dataclasses.replace(defaults, **ns), set(ns)
 
 
+def _quiet_chatty_libraries(record: logging.LogRecord) -> bool:
+    """open_clip logs each step of building a model at INFO on the root logger; keep its warnings."""
+    return record.levelno >= logging.WARNING or f"{os.sep}open_clip{os.sep}" not in record.pathname
+
+
 def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr)
+    for handler in logging.getLogger().handlers:
+        if _quiet_chatty_libraries not in handler.filters:
+            handler.addFilter(_quiet_chatty_libraries)
 
 
 def pick_device(name: str) -> torch.device:

@@ -9,13 +9,13 @@ from .classnames import SPORTS100_CLASSES
 from .images import IMAGE_EXTENSIONS, ImageListDataset, Skipped, UnreadableImageError, load_rgb, summarize_skipped
 from .logical_rhythm import LogicalRhythm
 from .sports100 import Sports100
-from .subsets import LabeledSubset, few_shot_subset, fraction_subset, stratified_split
+from .subsets import LabeledSubset, few_shot_indices, few_shot_subset, fraction_subset, stratified_split
 from .synthetic import make_synthetic_sports, read_boxes
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms, denormalize
 
 __all__ = [
     "Captions", "IMAGE_EXTENSIONS", "IMAGENET_MEAN", "IMAGENET_STD", "ImageListDataset", "LabeledSubset",
     "LogicalRhythm", "SPORTS100_CLASSES", "Skipped", "Sports100", "UnreadableImageError", "build_transforms",
-    "denormalize", "few_shot_subset", "fraction_subset", "load_rgb", "make_synthetic_sports", "read_boxes",
+    "denormalize", "few_shot_indices", "few_shot_subset", "fraction_subset", "load_rgb", "make_synthetic_sports", "read_boxes",
     "stratified_split", "summarize_skipped",
 ]

@@ -29,10 +29,9 @@ def _targets(dataset: Dataset) -> list[int]:
     return [int(t) for t in targets]
 
 
-def _per_class(dataset: Dataset, seed: int) -> dict[int, list[int]]:
-    """Indices of each class (every class in ``dataset.classes``, even empty ones), shuffled with ``seed``."""
-    targets = _targets(dataset)
-    num_classes = max(len(getattr(dataset, "classes", [])), max(targets, default=-1) + 1)
+def _per_class(targets: Sequence[int], num_classes: int, seed: int) -> dict[int, list[int]]:
+    """Indices of each class (every class in [0, num_classes), even empty ones), shuffled with ``seed``."""
+    num_classes = max(num_classes, max(targets, default=-1) + 1)
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(targets), generator=g).tolist()
     by_class: dict[int, list[int]] = {c: [] for c in range(num_classes)}
@@ -42,9 +41,26 @@ def _per_class(dataset: Dataset, seed: int) -> dict[int, list[int]]:
     return by_class
 
 
-def _name(dataset: Dataset, c: int) -> str:
-    classes = getattr(dataset, "classes", [])
+def _name(classes: Sequence[str], c: int) -> str:
     return repr(classes[c]) if c < len(classes) else str(c)
+
+
+def few_shot_indices(targets: Sequence[int], k: int, seed: int = 0, classes: Sequence[str] = ()) -> list[int]:
+    """Sorted indices of exactly ``k`` samples per class (every class in ``classes``, or every label
+    seen), chosen with ``seed``. Raises ``ValueError`` naming the classes with fewer than ``k``."""
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"k={k!r} must be a positive integer (images per class)")
+    targets = [int(t) for t in targets]
+    by_class = _per_class(targets, len(classes), seed)
+    short = {c: len(ix) for c, ix in by_class.items() if len(ix) < k}
+    if short:
+        worst = sorted(short.items(), key=lambda kv: kv[1])[:5]
+        names = ", ".join(f"{_name(classes, c)} has {n}" for c, n in worst)
+        raise ValueError(
+            f"k={k} but {len(short)} class(es) have fewer than {k} samples ({names}); "
+            f"the smallest class allows k <= {min(len(ix) for ix in by_class.values())}"
+        )
+    return sorted(i for ix in by_class.values() for i in ix[:k])
 
 
 def few_shot_subset(dataset: Dataset, k: int, seed: int = 0) -> LabeledSubset:
@@ -52,18 +68,7 @@ def few_shot_subset(dataset: Dataset, k: int, seed: int = 0) -> LabeledSubset:
 
     Raises ``ValueError`` naming the classes that have fewer than ``k`` samples.
     """
-    if not isinstance(k, int) or k < 1:
-        raise ValueError(f"k={k!r} must be a positive integer (images per class)")
-    by_class = _per_class(dataset, seed)
-    short = {c: len(ix) for c, ix in by_class.items() if len(ix) < k}
-    if short:
-        worst = sorted(short.items(), key=lambda kv: kv[1])[:5]
-        names = ", ".join(f"{_name(dataset, c)} has {n}" for c, n in worst)
-        raise ValueError(
-            f"k={k} but {len(short)} class(es) have fewer than {k} samples ({names}); "
-            f"the smallest class allows k <= {min(len(ix) for ix in by_class.values())}"
-        )
-    return LabeledSubset(dataset, sorted(i for ix in by_class.values() for i in ix[:k]))
+    return LabeledSubset(dataset, few_shot_indices(_targets(dataset), k, seed, getattr(dataset, "classes", [])))
 
 
 def stratified_split(dataset: Dataset, fraction: float, seed: int = 0) -> tuple[LabeledSubset, LabeledSubset]:
@@ -73,7 +78,7 @@ def stratified_split(dataset: Dataset, fraction: float, seed: int = 0) -> tuple[
         raise ValueError(f"fraction={fraction!r} must be in (0, 1]")
     part: list[int] = []
     rest: list[int] = []
-    for ix in _per_class(dataset, seed).values():
+    for ix in _per_class(_targets(dataset), len(getattr(dataset, "classes", [])), seed).values():
         n = min(len(ix), max(1, round(fraction * len(ix)))) if ix else 0
         part += ix[:n]
         rest += ix[n:]

@@ -180,6 +180,19 @@ class EvalResult:
     images: int
     confusion: torch.Tensor  # (C, C) int64 on CPU
 
+    @classmethod
+    def from_logits(cls, logits: torch.Tensor, targets: torch.Tensor, num_classes: int) -> "EvalResult":
+        """Metrics of precomputed ``(N, C)`` logits (e.g. from cached features), loss = cross-entropy."""
+        logits, targets = logits.float(), targets.long().to(logits.device)
+        if logits.dim() != 2 or logits.shape[1] != num_classes or len(logits) != len(targets):
+            raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} do not fit "
+                             f"{num_classes} classes")
+        c1, c5 = _topk_correct(logits, targets, (1, 5))
+        n = max(1, len(targets))
+        confusion = torch.bincount(targets * num_classes + logits.argmax(1), minlength=num_classes ** 2)
+        return cls(nn.functional.cross_entropy(logits, targets).item() if len(targets) else float("nan"),
+                   c1.item() / n, c5.item() / n, len(targets), confusion.view(num_classes, num_classes).cpu())
+
     @property
     def per_class_accuracy(self) -> torch.Tensor:
         """(C,) accuracy of each class; NaN for classes with no images."""

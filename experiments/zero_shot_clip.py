@@ -1,0 +1,118 @@
+"""Zero-shot sports classification with CLIP, and a prompt-set ablation.
+
+    python experiments/zero_shot_clip.py --data /path/to/sports100 --model ViT-B-32 --pretrained openai
+    python experiments/zero_shot_clip.py --data /path/to/logical_rhythm --split train --prompts imagenet
+    python experiments/zero_shot_clip.py --pretrained none        # no weights: the pipeline end to end
+
+Image features are encoded once (cached under --cache-dir) and scored against each prompt set's text
+classifier. Writes into runs/<name>/: test_report.{json,md} (top-1/top-5, per-class accuracy, worst
+classes, confusion matrix) with PNGs, prompt_ablation.{json,md}, and TensorBoard events.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from clip_data import encode_split, open_split, resolve_data  # noqa: E402
+from common import (config_markdown, new_run_dir, option, parse_config, pick_device, pick_precision,  # noqa: E402
+                    setup_logging, timestamp, write_json)
+
+from sportsnet.engine import EvalResult, write_report  # noqa: E402
+from sportsnet.engine.loop import PRECISIONS  # noqa: E402
+from sportsnet.engine.report import confusion_figure  # noqa: E402
+from sportsnet.models.clip import load_clip  # noqa: E402
+from sportsnet.models.prompts import prompt_names, prompt_sets  # noqa: E402
+from sportsnet.models.zero_shot import build_text_classifier  # noqa: E402
+from sportsnet.plotting import figure_to_array  # noqa: E402
+
+log = logging.getLogger("zero_shot_clip")
+
+
+@dataclass
+class ZeroShotConfig:
+    data: str = option("", "100-Sports or Logical Rhythm folder, or 'synthetic'; empty: data/sports100 if present")
+    split: str = option("test", "split to evaluate (Logical Rhythm: train, the only labelled one)")
+    model: str = option("ViT-B-32", "open_clip architecture")
+    pretrained: str = option("openai", "pretrained tag, a local checkpoint file, or 'none' (random weights)")
+    prompts: str = option("sports", "prompt set of the main report", ("single", "sports", "imagenet"))
+    precision: str = option("auto", "autocast precision", ("auto",) + PRECISIONS)
+    batch_size: int = option(64, "images per batch")
+    workers: int = option(2, "data-loader workers")
+    device: str = option("auto", "cpu, cuda, cuda:N or auto")
+    out: str = option("runs", "folder for run folders")
+    name: str = option("", "run folder name (default: zeroshot-<model>-<weights>-<data>-<time>)")
+    cache_dir: str = option("data/cache/features", "image-feature cache ('' to disable)")
+    progress: bool = option(True, "progress bars")
+    synthetic_classes: int = option(10, "synthetic set: number of classes")
+    synthetic_size: int = option(96, "synthetic set: image side in pixels")
+
+
+def main(argv=None) -> dict:
+    setup_logging()
+    cfg, _ = parse_config(ZeroShotConfig, argv, ZeroShotConfig(), __doc__)
+    if cfg.batch_size < 1:
+        raise SystemExit(f"error: --batch-size {cfg.batch_size} must be >= 1")
+    kind, root = resolve_data(cfg.data)
+    device = pick_device(cfg.device)
+    precision = pick_precision(cfg.precision, device)
+    torch.manual_seed(0)  # --pretrained none: the same random model every run
+    try:
+        bundle = load_clip(cfg.model, cfg.pretrained, device=device)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
+    if bundle.pretrained == "none":
+        print("no pretrained weights (--pretrained none): random weights, accuracy will be near chance", flush=True)
+    ds = open_split(kind, root, cfg.split, bundle.transforms(False),
+                    dict(num_classes=cfg.synthetic_classes, size=cfg.synthetic_size))
+    classes = ds.classes
+    names = prompt_names(classes, kind)
+    feats, labels = encode_split(bundle, ds, device=device, precision=precision, batch_size=cfg.batch_size,
+                                 workers=cfg.workers, cache_dir=cfg.cache_dir, progress=cfg.progress,
+                                 desc=f"encode {cfg.split}")
+    scale = float(bundle.model.logit_scale.detach().exp())
+
+    results: dict[str, EvalResult] = {}
+    for set_name, templates in prompt_sets().items():
+        weights = build_text_classifier(bundle.model, bundle.tokenizer, names, templates).cpu()
+        results[set_name] = EvalResult.from_logits(scale * feats @ weights, labels, len(classes))
+    main_result = results[cfg.prompts]
+
+    data_tag = kind if kind != "sports100" else root.name
+    run_dir = new_run_dir(cfg.out, cfg.name or f"zeroshot-{bundle.name}-{Path(bundle.pretrained).name}-{data_tag}-{timestamp()}")
+    write_json(run_dir / "config.json", dataclasses.asdict(cfg))
+    ablation = {k: {"top1": r.acc1, "top5": r.acc5, "templates": len(prompt_sets()[k])} for k, r in results.items()}
+    (run_dir / "prompt_ablation.json").write_text(json.dumps(ablation, indent=2) + "\n")
+    rows = "\n".join(f"| {k} | {v['templates']} | {100 * v['top1']:.2f}% | {100 * v['top5']:.2f}% |" for k, v in ablation.items())
+    table = f"| prompt set | templates | top-1 | top-5 |\n|---|---|---|---|\n{rows}\n"
+    (run_dir / "prompt_ablation.md").write_text(f"# Prompt-set ablation ({bundle.name}, {bundle.pretrained}, {kind} {cfg.split})\n\n{table}")
+    paths = write_report(run_dir, main_result, classes, split=cfg.split, extra={
+        "run": {"model": bundle.name, "pretrained": bundle.pretrained, "data": str(root), "dataset": kind,
+                "prompts": cfg.prompts, "device": str(device), "precision": precision},
+        "prompt_names": dict(zip(classes, names)), "prompt_ablation": ablation, "skipped": {s.path: s.reason for s in ds.skipped},
+    })
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(log_dir=str(run_dir)) as writer:
+        writer.add_text("config", config_markdown(cfg))
+        writer.add_text("prompt_ablation", table)
+        for k, r in results.items():
+            writer.add_scalar(f"zero_shot/top1_{k}", r.acc1, 0)
+            writer.add_scalar(f"zero_shot/top5_{k}", r.acc5, 0)
+        writer.add_image(f"{cfg.split}/confusion_matrix", figure_to_array(confusion_figure(main_result.confusion, classes)),
+                         0, dataformats="HWC")
+    print(table)
+    print(f"report: {paths['markdown']}; TensorBoard: tensorboard --logdir {cfg.out}")
+    print(f"{cfg.split} top-1 accuracy: {100 * main_result.acc1:.2f}%")
+    return {"run_dir": run_dir, "top1": main_result.acc1, "ablation": ablation}
+
+
+if __name__ == "__main__":
+    main()

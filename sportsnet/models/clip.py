@@ -1,0 +1,166 @@
+"""Loading open_clip models: any architecture, weights from a tag (downloaded into open_clip's cache)
+or a local checkpoint, the tokenizer, and the image preprocessing that belongs to the model.
+
+OpenAI's weights were trained with QuickGELU: asked for ``ViT-B-32`` with ``pretrained="openai"``, we
+load ``ViT-B-32-quickgelu`` (or force QuickGELU) instead of silently losing accuracy.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torchvision.transforms import InterpolationMode
+
+from ..data.transforms import build_transforms
+
+log = logging.getLogger(__name__)
+NO_WEIGHTS = ("none", "", None)
+
+
+@dataclass
+class ClipBundle:
+    """A loaded CLIP model with what belongs to it."""
+
+    model: nn.Module  # open_clip CLIP: encode_image / encode_text, visual, logit_scale
+    tokenizer: Any
+    name: str  # the architecture actually built (e.g. with -quickgelu)
+    pretrained: str  # tag, file path, or "none"
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: InterpolationMode
+
+    def transforms(self, train: bool = False, **kwargs):
+        """Our v2 pipeline with the model's size, statistics and (bicubic) resize; eval resizes the
+        shorter side to the input size and centre-crops, as CLIP's own preprocessing does."""
+        return build_transforms(train, self.image_size, mean=self.mean, std=self.std,
+                                interpolation=self.interpolation, resize_ratio=1.0, **kwargs)
+
+
+def _open_clip():
+    try:
+        import open_clip
+    except ImportError as e:  # pragma: no cover - a dependency of the package
+        raise ImportError("open_clip is required for CLIP models: pip install 'open-clip-torch>=3.2,<4'") from e
+    return open_clip
+
+
+def _resolve_name(open_clip, name: str, tag_cfg: dict | None) -> tuple[str, bool]:
+    """Pick the QuickGELU variant a tag was trained with: ``(model name, force_quick_gelu)``."""
+    if not tag_cfg or not tag_cfg.get("quick_gelu") or name.endswith("-quickgelu"):
+        return name, False
+    variant = f"{name}-quickgelu"
+    if variant in open_clip.list_models():
+        log.info("%s weights were trained with QuickGELU: building %s", name, variant)
+        return variant, False
+    log.warning("%s weights were trained with QuickGELU and there is no %s config: forcing QuickGELU", name, variant)
+    return name, True
+
+
+def weights_url(tag_cfg: dict) -> str:
+    """Where a tag's weights can be fetched by hand, as a plain state dict (the Hugging Face copy; the
+    original OpenAI files are TorchScript archives, which a weights-only loader rightly refuses)."""
+    if tag_cfg.get("hf_hub"):
+        return f"https://huggingface.co/{tag_cfg['hf_hub'].rstrip('/')}/resolve/main/open_clip_pytorch_model.bin"
+    return tag_cfg.get("url", "(no download location known)")
+
+
+def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A state dict from a local file: safetensors, or a torch file loaded with ``weights_only=True``
+    (a plain state dict, or one under ``"state_dict"`` / ``"model"``; ``module.`` prefixes dropped)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise RuntimeError(f"refusing to load {str(path)!r}: not a weights file that loads with "
+                               f"weights_only=True ({type(e).__name__})") from e
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{str(path)!r} does not hold a state dict of tensors")
+    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
+
+
+def describe_mismatch(model: nn.Module, state: dict[str, torch.Tensor], limit: int = 5) -> str:
+    """A short account of why ``state`` does not fit ``model`` (keys missing, unexpected, mis-shaped)."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in state and state[k].shape != own[k].shape]
+    parts = []
+    for label, items in (("shape mismatches", shapes), ("missing from the checkpoint", missing),
+                         ("not in the model", unexpected)):
+        if items:
+            more = f" (+{len(items) - limit} more)" if len(items) > limit else ""
+            parts.append(f"{len(items)} {label}: {items[:limit]}{more}")
+    return "; ".join(parts) or "no differences"
+
+
+def load_clip(name: str, pretrained: str | None = "openai", device: str | torch.device = "cpu",
+              cache_dir: str | None = None) -> ClipBundle:
+    """Build an open_clip model with its weights, tokenizer and preprocessing settings.
+
+    Args:
+        name: an open_clip architecture (``open_clip.list_models()``), e.g. ``"ViT-B-32"``, ``"RN50"``.
+        pretrained: a tag (``open_clip.list_pretrained_tags_by_model(name)``, downloaded into open_clip's
+            cache), a local checkpoint file, or ``"none"`` for random weights.
+        cache_dir: where open_clip caches downloads (its default otherwise).
+    """
+    open_clip = _open_clip()
+    if name not in open_clip.list_models():
+        close = [m for m in open_clip.list_models() if name.lower().split("-")[0] in m.lower()][:8]
+        raise ValueError(f"unknown open_clip model {name!r}; e.g. {close or open_clip.list_models()[:8]}")
+    tag = None if pretrained in NO_WEIGHTS else str(pretrained)
+    local = tag is not None and (os.path.sep in tag or tag.endswith((".pt", ".pth", ".bin", ".safetensors")))
+    if local and not Path(tag).is_file():
+        raise FileNotFoundError(f"pretrained checkpoint {tag!r} does not exist")
+    tag_cfg = None
+    if tag is not None and not local:
+        tag_cfg = open_clip.get_pretrained_cfg(name, tag) or open_clip.get_pretrained_cfg(f"{name}-quickgelu", tag)
+        if not tag_cfg:
+            raise ValueError(f"{tag!r} is neither a pretrained tag of {name} "
+                             f"({open_clip.list_pretrained_tags_by_model(name)}) nor an existing file")
+    arch, force_quick_gelu = _resolve_name(open_clip, name, tag_cfg)
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            arch, pretrained=None if local else tag, device=device, cache_dir=cache_dir,
+            force_quick_gelu=force_quick_gelu)
+    except RuntimeError as e:
+        if tag_cfg is None:
+            raise
+        raise FileNotFoundError(
+            f"could not fetch the {arch} weights {tag!r} ({str(e).splitlines()[0][:200]}). Offline, download "
+            f"{weights_url(tag_cfg)} elsewhere and pass its path: --pretrained /path/to/that/file (or "
+            f"pretrained='/path' in code)"
+        ) from e
+    if local:
+        if not arch.endswith("-quickgelu") and f"{arch}-quickgelu" in open_clip.list_models():
+            log.warning("%s: a weights file does not say which activation it was trained with; if these are "
+                        "OpenAI (QuickGELU) weights, use %s-quickgelu or they lose accuracy", tag, arch)
+        state = load_state_dict_file(tag)
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError:
+            raise ValueError(f"{tag!r} does not fit {arch}: {describe_mismatch(model, state)}") from None
+    cfg = getattr(model.visual, "preprocess_cfg", {}) or {}
+    size = getattr(model.visual, "image_size", 224)
+    size = size[0] if isinstance(size, (tuple, list)) else int(size)
+    interp = {"bicubic": InterpolationMode.BICUBIC, "bilinear": InterpolationMode.BILINEAR}.get(
+        cfg.get("interpolation", "bicubic"), InterpolationMode.BICUBIC)
+    mean = tuple(cfg.get("mean", getattr(model.visual, "image_mean", None) or (0.48145466, 0.4578275, 0.40821073)))
+    std = tuple(cfg.get("std", getattr(model.visual, "image_std", None) or (0.26862954, 0.26130258, 0.27577711)))
+    return ClipBundle(model.eval(), open_clip.get_tokenizer(arch), arch, tag or "none", size, mean, std, interp)
+
+
