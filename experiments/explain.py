@@ -1,7 +1,12 @@
-"""Explain a trained classifier's predictions: overlays, a predictions CSV, and faithfulness metrics.
+"""Explain a classifier's predictions: overlays, a predictions CSV, and faithfulness metrics.
 
     python experiments/explain.py --checkpoint runs/<run> --data synthetic --split test --method all
     python experiments/explain.py --checkpoint runs/<run>/checkpoints/best.pt --images my_photos/ --top-k 3
+    python experiments/explain.py --clip ViT-B-32 --pretrained openai --data /path/to/sports100
+    python experiments/explain.py --clip RN50 --pretrained openai --images my_photos/ --prompt "a person surfing"
+
+The classifier is a train_vgg19 run (--checkpoint) or CLIP zero-shot (--clip): over the dataset's
+classes, the 100 sports for a folder of images, or free-text prompts (--prompt, ';' between several).
 
 Writes into --out: overlays/ (one PNG per image and class), grid.png (the first images, labelled),
 predictions.csv (file, true class when known, top-k classes and scores) and metrics.json: accuracy,
@@ -26,15 +31,20 @@ from torchvision.utils import save_image
 from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from clip_data import open_split, resolve_data  # noqa: E402
 from common import option, parse_config, pick_device, setup_logging, timestamp  # noqa: E402
-from train_vgg19 import SYNTHETIC_DATA, load_run  # noqa: E402
+from train_vgg19 import load_run  # noqa: E402
 
 from sportsnet.cam import GradCAM  # noqa: E402
 from sportsnet.cam.metrics import (average_drop_increase, center_maps, deletion_insertion,  # noqa: E402
                                    energy_in_box, pointing_game, random_maps)
 from sportsnet.cam.overlay import overlay, save_grid  # noqa: E402
-from sportsnet.data import ImageListDataset, Sports100, build_transforms, denormalize, read_boxes, summarize_skipped  # noqa: E402
+from sportsnet.data import (IMAGENET_MEAN, IMAGENET_STD, SPORTS100_CLASSES, ImageListDataset,  # noqa: E402
+                            build_transforms, denormalize, read_boxes, summarize_skipped)
 from sportsnet.data.images import is_image_file  # noqa: E402
+from sportsnet.models.clip import load_clip  # noqa: E402
+from sportsnet.models.prompts import prompt_names, prompt_sets  # noqa: E402
+from sportsnet.models.zero_shot import ZeroShotClassifier  # noqa: E402
 from sportsnet.ops import METHODS  # noqa: E402
 
 log = logging.getLogger("explain")
@@ -43,6 +53,10 @@ log = logging.getLogger("explain")
 @dataclass
 class ExplainConfig:
     checkpoint: str = option("", "a train_vgg19 run folder (uses its best.pt) or a checkpoint file")
+    clip: str = option("", "or an open_clip architecture to explain zero-shot (e.g. ViT-B-32, RN50)")
+    pretrained: str = option("openai", "--clip weights: a tag, a local checkpoint file, or 'none'")
+    prompts: str = option("sports", "--clip: prompt set of the class names", ("single", "sports", "imagenet"))
+    prompt: str = option("", "--clip: explain free-text prompts instead of class names (';' between several)")
     data: str = option("", "100-Sports-layout folder or 'synthetic' (the demo's set); use with --split")
     split: str = option("test", "split of --data", ("train", "valid", "test"))
     images: str = option("", "a folder of images (searched recursively) instead of --data")
@@ -72,22 +86,61 @@ def transformed_box(box, image_size: tuple[int, int], size: int, resize: int) ->
     return [clip(x0 * scale - left), clip(y0 * scale - top), clip(x1 * scale - left), clip(y1 * scale - top)]
 
 
-def build_dataset(cfg: ExplainConfig, train_cfg, classes, transform):
-    """The images to explain, and per-sample boxes in model-input pixels (or None)."""
-    if cfg.images:
-        root = Path(cfg.images)
-        if not root.is_dir():
-            raise SystemExit(f"error: --images {cfg.images} is not a folder")
-        files = sorted(str(p) for p in root.rglob("*") if p.is_file() and is_image_file(p))
-        if not files:
-            raise SystemExit(f"error: no image files under {cfg.images}")
-        return ImageListDataset(root, [(f, -1) for f in files], list(classes), transform), None
-    root = Path(train_cfg.synthetic_root if cfg.data == "synthetic" else cfg.data)
-    ds = Sports100(root, cfg.split, transform=transform)
-    if ds.classes != list(classes):
-        raise SystemExit(f"error: the data's classes ({len(ds.classes)}, e.g. {ds.classes[:3]}) are not the "
-                         f"checkpoint's ({len(classes)}, e.g. {list(classes)[:3]})")
-    return ds, (root / "boxes.csv" if (root / "boxes.csv").is_file() else None)
+@dataclass
+class Subject:
+    """What is explained: the model and how its inputs are made."""
+
+    model: torch.nn.Module
+    classes: list[str]
+    transform: object
+    mean: tuple
+    std: tuple
+    size: int
+    resize: int
+    name: str
+
+
+def vgg_subject(cfg: ExplainConfig, device) -> tuple[Subject, object]:
+    model, train_cfg, classes = load_run(cfg.checkpoint, device)
+    size, resize = train_cfg.image_size, round(train_cfg.image_size * train_cfg.eval_resize_ratio)
+    transform = build_transforms(False, size, grayscale=train_cfg.grayscale, resize_ratio=train_cfg.eval_resize_ratio)
+    return Subject(model, classes, transform, IMAGENET_MEAN, IMAGENET_STD, size, resize, Path(cfg.checkpoint).name), train_cfg
+
+
+def clip_subject(cfg: ExplainConfig, device, classes: list[str], kind: str) -> Subject:
+    torch.manual_seed(0)  # --pretrained none: the same random model every run
+    try:
+        bundle = load_clip(cfg.clip, cfg.pretrained, device=device)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
+    if cfg.prompt:
+        texts = [t.strip() for t in cfg.prompt.split(";") if t.strip()]
+        model = ZeroShotClassifier.from_names(bundle, texts, ["{}"])
+    else:
+        model = ZeroShotClassifier.from_names(bundle, prompt_names(classes, kind), prompt_sets()[cfg.prompts],
+                                              labels=classes)
+    return Subject(model.to(device).eval(), list(model.classes), bundle.transforms(False), bundle.mean, bundle.std,
+                   bundle.image_size, bundle.image_size, f"{bundle.name} ({bundle.pretrained})")
+
+
+def open_images(cfg: ExplainConfig, transform, classes) -> ImageListDataset:
+    root = Path(cfg.images)
+    if not root.is_dir():
+        raise SystemExit(f"error: --images {cfg.images} is not a folder")
+    files = sorted(str(p) for p in root.rglob("*") if p.is_file() and is_image_file(p))
+    if not files:
+        raise SystemExit(f"error: no image files under {cfg.images}")
+    ds = ImageListDataset(root, [(f, -1) for f in files], list(classes), transform)
+    ds.verify()
+    return ds
+
+
+def open_data(cfg: ExplainConfig, synthetic_root: str | None) -> tuple[str, Path]:
+    """``(kind, root)`` of --data; 'synthetic' is the VGG run's own (already written) set, or the CLIP
+    scripts' set."""
+    if cfg.data == "synthetic" and synthetic_root:
+        return "sports100", Path(synthetic_root)
+    return resolve_data(cfg.data)
 
 
 def attach_boxes(ds: ImageListDataset, boxes_csv: Path, size: int, resize: int) -> torch.Tensor:
@@ -121,8 +174,10 @@ class Indexed(torch.utils.data.Dataset):
 def main(argv=None) -> dict:
     setup_logging()
     cfg, _ = parse_config(ExplainConfig, argv, ExplainConfig(), __doc__)
-    if not cfg.checkpoint:
-        raise SystemExit("error: --checkpoint is required (a train_vgg19 run folder or checkpoint file)")
+    if bool(cfg.checkpoint) == bool(cfg.clip):
+        raise SystemExit("error: give --checkpoint (a train_vgg19 run) or --clip (an open_clip architecture)")
+    if cfg.prompt and not cfg.clip:
+        raise SystemExit("error: --prompt needs --clip (free-text targets come from CLIP's text encoder)")
     if bool(cfg.images) == bool(cfg.data):
         raise SystemExit("error: give exactly one of --data (with --split) or --images")
     methods = list(METHODS) if cfg.method == "all" else [m.strip() for m in cfg.method.split(",")]
@@ -132,17 +187,28 @@ def main(argv=None) -> dict:
     if cfg.batch_size < 1 or cfg.top_k < 1:
         raise SystemExit(f"error: --batch-size ({cfg.batch_size}) and --top-k ({cfg.top_k}) must be >= 1")
     device = pick_device(cfg.device)
-    model, train_cfg, classes = load_run(cfg.checkpoint, device)
+    if cfg.checkpoint:
+        subject, train_cfg = vgg_subject(cfg, device)
+        kind, root = open_data(cfg, train_cfg.synthetic_root) if cfg.data else (None, None)
+        ds = open_images(cfg, subject.transform, subject.classes) if cfg.images else \
+            open_split(kind, root, cfg.split, subject.transform)
+        if cfg.data and ds.classes != subject.classes:
+            raise SystemExit(f"error: the data's classes ({len(ds.classes)}, e.g. {ds.classes[:3]}) are not the "
+                             f"checkpoint's ({len(subject.classes)}, e.g. {subject.classes[:3]})")
+    else:
+        kind, root = open_data(cfg, None) if cfg.data else ("sports100", None)
+        probe = open_split(kind, root, cfg.split, None) if cfg.data else None
+        subject = clip_subject(cfg, device, probe.classes if probe else SPORTS100_CLASSES, kind)
+        ds = open_images(cfg, subject.transform, subject.classes) if cfg.images else probe
+        ds.transform = subject.transform
+    model, classes, size = subject.model, subject.classes, subject.size
     if cfg.top_k > len(classes):
         raise SystemExit(f"error: --top-k {cfg.top_k} exceeds the model's {len(classes)} classes")
-    size, resize = train_cfg.image_size, round(train_cfg.image_size * train_cfg.eval_resize_ratio)
-    transform = build_transforms(False, size, grayscale=train_cfg.grayscale, resize_ratio=train_cfg.eval_resize_ratio)
-    ds, boxes_csv = build_dataset(cfg, train_cfg, classes, transform)
-    ds.verify()
-    boxes = attach_boxes(ds, boxes_csv, size, resize) if boxes_csv is not None else None
+    boxes_csv = root / "boxes.csv" if cfg.data and (root / "boxes.csv").is_file() else None
+    boxes = attach_boxes(ds, boxes_csv, size, subject.resize) if boxes_csv is not None else None
     out_dir = Path(cfg.out or f"outputs/explain-{timestamp()}")
     (out_dir / "overlays").mkdir(parents=True, exist_ok=True)
-    labelled = bool(ds.samples) and ds.samples[0][1] >= 0
+    labelled = bool(ds.samples) and ds.samples[0][1] >= 0 and not cfg.prompt
 
     layers = [x.strip() for x in cfg.layer.split(",") if x.strip()] or None
     try:
@@ -185,7 +251,7 @@ def main(argv=None) -> dict:
             ad = average_drop_increase(model, images, o.maps[:, 0], top1)
             add(f"average_drop/{m}", torch.full((len(idx),), ad["average_drop"]))
             add(f"increase_in_confidence/{m}", torch.full((len(idx),), ad["increase_in_confidence"]))
-        pictures = denormalize(images)
+        pictures = denormalize(images, subject.mean, subject.std)
         for j, i in enumerate(idx.tolist()):
             name = ds.relpath(ds.samples[i][0])
             row = {"file": name, "true": classes[int(labels[j])] if labelled else ""}
@@ -204,14 +270,14 @@ def main(argv=None) -> dict:
             grid = save_grid(out_dir / "grid.png", pictures[:n], first.maps[:n, 0],
                              true_names=[classes[int(v)] for v in labels[:n]] if labelled else None,
                              pred_names=[classes[int(v)] for v in pred[:n]], scores=first.scores[:n, 0].tolist(),
-                             title=f"{methods[0]} on {Path(cfg.checkpoint).name}")
+                             title=f"{methods[0]} on {subject.name}")
 
     with open(out_dir / "predictions.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["file"])
         writer.writeheader()
         writer.writerows(rows)
     metrics = {k: sums[k] / counts[k] for k in sorted(sums)}
-    report = {"checkpoint": cfg.checkpoint, "images": len(ds), "methods": methods, "target_layer": cams[methods[0]].target_layers,
+    report = {"model": subject.name, "checkpoint": cfg.checkpoint, "images": len(ds), "methods": methods, "target_layer": cams[methods[0]].target_layers,
               "pointing_tolerance_px": tolerance if boxes is not None else None,
               "metrics": metrics, "skipped": summarize_skipped(ds.skipped), "skipped_files": [dataclasses.asdict(s) for s in ds.skipped],
               "boxes": boxes_csv is not None, "config": dataclasses.asdict(cfg)}

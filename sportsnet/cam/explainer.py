@@ -2,7 +2,7 @@
 
     with GradCAM(model, target_layer="features.35", method="gradcam") as cam:
         out = cam(images)                    # the predicted class
-        out = cam(images, targets=labels)    # (B,) or (B, K) classes
+        out = cam(images, targets=labels)    # one class, (B,) or (B, K) classes
         out = cam(images, top_k=3)           # the 3 best classes, one forward pass
     out.maps     # (B, K, H, W) float32 in [0, 1] on the images' device
     out.classes  # (B, K) class indices; out.scores (B, K) softmax probabilities
@@ -92,11 +92,13 @@ class GradCAM:
                 raise ValueError(f"top_k={top_k!r} must be an integer in [1, {C}] (the number of classes)")
             return logits.topk(k, dim=1).indices
         t = torch.as_tensor(targets, device=logits.device).long()
+        if t.dim() == 0:  # one class for every image
+            t = t.expand(B)
         if t.dim() == 1:
             t = t[:, None]
         if t.dim() != 2 or t.shape[0] != B:
             raise ValueError(f"targets of shape {tuple(torch.as_tensor(targets).shape)} do not match the batch of "
-                             f"{B} images; expected (B,) or (B, K)")
+                             f"{B} images; expected an index, (B,) or (B, K)")
         bad = (t < 0) | (t >= C)
         if bad.any():  # one host sync, only for user-given targets
             raise ValueError(f"class index {int(t[bad][0])} is out of range for a model with {C} classes")
