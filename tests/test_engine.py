@@ -42,7 +42,7 @@ def test_optimizer_groups_are_named_and_scaled():
 
 def test_checkpoint_save_is_atomic_when_the_disk_fills(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
-    save_checkpoint({"epoch": 1, "w": torch.ones(3)}, path)
+    save_checkpoint(path, {"epoch": 1, "w": torch.ones(3)})
 
     def full_disk(obj, fh, *a, **k):
         fh.write(b"partial bytes")
@@ -50,7 +50,7 @@ def test_checkpoint_save_is_atomic_when_the_disk_fills(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", full_disk)
     with pytest.raises(CheckpointWriteError, match="disk is full; the previous last.pt is intact"):
-        save_checkpoint({"epoch": 2, "w": torch.zeros(3)}, path)
+        save_checkpoint(path, {"epoch": 2, "w": torch.zeros(3)})
     monkeypatch.undo()
     assert load_checkpoint(path)["epoch"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temporary left behind
@@ -73,7 +73,7 @@ def test_load_checkpoint_refuses_code_execution(tmp_path):
 
 
 def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
-    save_checkpoint({"rng": capture_rng_state()}, tmp_path / "c.pt")
+    save_checkpoint(tmp_path / "c.pt", {"rng": capture_rng_state()})
     first = (random.random(), np.random.rand(), torch.rand(1).item())
     restore_rng_state(load_checkpoint(tmp_path / "c.pt")["rng"])
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == first

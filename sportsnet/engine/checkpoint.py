@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +33,11 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     """Write ``state`` to ``path`` atomically: a temporary file in the same folder, flushed and
     fsynced, then renamed over ``path``. A crash or a full disk leaves the previous file intact."""
+    if isinstance(path, dict) and not isinstance(state, dict):
+        raise TypeError("save_checkpoint(path, state): the path comes first")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -94,3 +97,19 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def describe_mismatch(model: nn.Module, state: dict[str, torch.Tensor], limit: int = 5) -> str:
+    """A short account of why ``state`` does not fit ``model`` (keys missing, unexpected, mis-shaped)."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in state and state[k].shape != own[k].shape]
+    parts = []
+    for label, items in (("shape mismatches", shapes), ("missing from the checkpoint", missing),
+                         ("not in the model", unexpected)):
+        if items:
+            more = f" (+{len(items) - limit} more)" if len(items) > limit else ""
+            parts.append(f"{len(items)} {label}: {items[:limit]}{more}")
+    return "; ".join(parts) or "no differences"

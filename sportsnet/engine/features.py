@@ -62,7 +62,7 @@ class FeatureCache:
                 return saved["features"], saved["labels"]
         feats, labels = compute()
         if path is not None:
-            save_checkpoint({"key": key, "features": feats, "labels": labels}, path)
+            save_checkpoint(path, {"key": key, "features": feats, "labels": labels})
         return feats, labels
 
 

@@ -190,13 +190,13 @@ def fit(
                 best_acc1, best_epoch = val.acc1, epoch
             if on_epoch_end is not None:
                 on_epoch_end(epoch, val)
-            save_checkpoint({
+            save_checkpoint(last_path, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                 "scheduler": scheduler.state_dict(), "phase": pi, "phase_epoch": phase_epoch, "epoch": epoch,
                 "global_step": global_step, "best_acc1": best_acc1, "best_epoch": best_epoch,
                 "history": history, "classes": list(classes), "config": dict(config or {}),
                 "rng": capture_rng_state(),
-            }, last_path)
+            })
             if is_best:
                 _link_or_copy(last_path, best_path)
             if writer is not None:

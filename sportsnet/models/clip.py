@@ -17,6 +17,7 @@ from torch import nn
 from torchvision.transforms import InterpolationMode
 
 from ..data.transforms import build_transforms
+from ..engine.checkpoint import describe_mismatch
 
 log = logging.getLogger(__name__)
 NO_WEIGHTS = ("none", "", None)
@@ -70,10 +71,12 @@ def weights_url(tag_cfg: dict) -> str:
     return tag_cfg.get("url", "(no download location known)")
 
 
-def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """A state dict from a local file: safetensors, or a torch file loaded with ``weights_only=True``
-    (a plain state dict, or one under ``"state_dict"`` / ``"model"``; ``module.`` prefixes dropped)."""
+def read_weights_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
+    """``(state dict, metadata)`` from a local file: safetensors, or a torch file loaded with
+    ``weights_only=True`` (a plain state dict, or one under ``"state_dict"`` / ``"model"``, whose
+    other plain entries such as ``"arch"`` are the metadata; ``module.`` prefixes dropped)."""
     path = Path(path)
+    meta: dict = {}
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -86,26 +89,11 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
                                f"weights_only=True ({type(e).__name__})") from e
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
+            meta = {k: v for k, v in state.items() if isinstance(v, (str, int, float, bool))}
             state = state[key]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{str(path)!r} does not hold a state dict of tensors")
-    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
-
-
-def describe_mismatch(model: nn.Module, state: dict[str, torch.Tensor], limit: int = 5) -> str:
-    """A short account of why ``state`` does not fit ``model`` (keys missing, unexpected, mis-shaped)."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in own if k in state and state[k].shape != own[k].shape]
-    parts = []
-    for label, items in (("shape mismatches", shapes), ("missing from the checkpoint", missing),
-                         ("not in the model", unexpected)):
-        if items:
-            more = f" (+{len(items) - limit} more)" if len(items) > limit else ""
-            parts.append(f"{len(items)} {label}: {items[:limit]}{more}")
-    return "; ".join(parts) or "no differences"
+    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}, meta
 
 
 def load_clip(name: str, pretrained: str | None = "openai", device: str | torch.device = "cpu",
@@ -133,6 +121,19 @@ def load_clip(name: str, pretrained: str | None = "openai", device: str | torch.
             raise ValueError(f"{tag!r} is neither a pretrained tag of {name} "
                              f"({open_clip.list_pretrained_tags_by_model(name)}) nor an existing file")
     arch, force_quick_gelu = _resolve_name(open_clip, name, tag_cfg)
+    if local:
+        state, meta = read_weights_file(tag)
+        saved = meta.get("arch")
+        if saved and saved != arch:  # e.g. written by experiments/pretrain_clip.py
+            raise ValueError(f"{tag!r} holds {saved} weights, not {arch}: pass --model {saved}")
+        if not saved and not arch.endswith("-quickgelu") and f"{arch}-quickgelu" in open_clip.list_models():
+            log.warning("%s: a weights file does not say which activation it was trained with; if these are "
+                        "OpenAI (QuickGELU) weights, use %s-quickgelu or they lose accuracy", tag, arch)
+    # With a local file the weights are loaded below: open_clip's "initialized randomly" would mislead.
+    quiet = (lambda record: "initialized randomly" not in record.getMessage()) if local else None
+    root_logger = logging.getLogger()
+    if quiet:
+        root_logger.addFilter(quiet)
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(
             arch, pretrained=None if local else tag, device=device, cache_dir=cache_dir,
@@ -145,11 +146,10 @@ def load_clip(name: str, pretrained: str | None = "openai", device: str | torch.
             f"{weights_url(tag_cfg)} elsewhere and pass its path: --pretrained /path/to/that/file (or "
             f"pretrained='/path' in code)"
         ) from e
+    finally:
+        if quiet:
+            root_logger.removeFilter(quiet)
     if local:
-        if not arch.endswith("-quickgelu") and f"{arch}-quickgelu" in open_clip.list_models():
-            log.warning("%s: a weights file does not say which activation it was trained with; if these are "
-                        "OpenAI (QuickGELU) weights, use %s-quickgelu or they lose accuracy", tag, arch)
-        state = load_state_dict_file(tag)
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError:

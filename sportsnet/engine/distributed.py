@@ -1,0 +1,96 @@
+"""Multi-process helpers for runs under ``torchrun``: joining the process group, the rank queries,
+sums across ranks, and an unpadded evaluation sharding. Every helper is the identity (or rank 0 of
+1) in a plain single-process run, so the training code has one path."""
+from __future__ import annotations
+
+import os
+from typing import Any, Iterator, Sized
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import Sampler
+
+
+def world() -> tuple[int, int]:
+    """``(rank, world_size)``; ``(0, 1)`` outside a process group."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def is_main() -> bool:
+    return world()[0] == 0
+
+
+def init_from_env(device: str = "auto") -> torch.device | None:
+    """Join the process group when launched by torchrun (``WORLD_SIZE`` > 1): NCCL with one GPU per
+    process (``cuda:LOCAL_RANK``) when CUDA is there and ``device`` is ``auto`` or ``cuda``, else gloo
+    on CPU. Returns this process's device, or ``None`` when not under torchrun."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    cuda = torch.cuda.is_available() and device in ("auto", "cuda")
+    dev = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}") if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(dev)
+    if world()[1] == 1:
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return dev
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if world()[1] > 1:
+        dist.barrier()
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum of ``t`` over ranks (in place, and returned)."""
+    if world()[1] > 1:
+        dist.all_reduce(t)
+    return t
+
+
+def any_rank(flag: bool, device: torch.device | str = "cpu") -> bool:
+    """True on every rank when ``flag`` is true on any (one tiny all-reduce)."""
+    if world()[1] == 1:
+        return flag
+    t = torch.tensor([1 if flag else 0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def sync_buffers(module: torch.nn.Module) -> None:
+    """Rank 0's buffers (e.g. BatchNorm running statistics, which each rank updates from its own
+    batches) on every rank, so all ranks evaluate, and rank 0 saves, the same model."""
+    if world()[1] > 1:
+        for b in module.buffers():
+            dist.broadcast(b, src=0)
+
+
+def broadcast_object(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank (e.g. a run folder name containing a timestamp)."""
+    if world()[1] == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+class ShardSampler(Sampler[int]):
+    """Indices ``rank, rank + world, ...`` of a dataset, in order and without padding, so the shards'
+    summed metrics are exactly those of one process over the whole set (``DistributedSampler``
+    pads with repeated samples to equalise shards, which would count some images twice)."""
+
+    def __init__(self, data: Sized, rank: int | None = None, world_size: int | None = None):
+        r, w = world()
+        self.n, self.rank, self.world_size = len(data), r if rank is None else rank, w if world_size is None else world_size
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.n, self.world_size))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.n, self.world_size))
