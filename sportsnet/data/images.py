@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
+import struct
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 log = logging.getLogger(__name__)
@@ -27,8 +27,12 @@ class UnreadableImageError(OSError):
 
     def __init__(self, path: str | os.PathLike, reason: str):
         self.path = str(path)
-        self.reason = reason
+        # Without the path (PIL repeats it), so summarize_skipped groups files with the same cause.
+        self.reason = reason.replace(f"'{self.path}'", "").replace(self.path, "").replace("  ", " ").strip()
         super().__init__(f"cannot decode image {self.path!r}: {reason}")
+
+    def __reduce__(self):  # picklable, so a data-loader worker's error reaches the parent as itself
+        return type(self), (self.path, self.reason)
 
 
 @dataclass(frozen=True)
@@ -68,26 +72,55 @@ def resolve_under(root: str | os.PathLike, relpath: str) -> Path:
     return Path(root) / norm
 
 
+def entry_is(entry: os.DirEntry, kind: str) -> bool:
+    """``entry.is_dir()`` / ``is_file()`` that answers False for a link it cannot follow (a link to
+    itself raises ELOOP) instead of raising, so a folder scan skips such entries."""
+    try:
+        return entry.is_dir() if kind == "dir" else entry.is_file()
+    except OSError:
+        return False
+
+
+# EXIF orientation -> the transposition that undoes it (applied without re-writing the EXIF block,
+# which fails on files whose other tags have unexpected types).
+_ORIENTATION = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+                5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+                8: Image.Transpose.ROTATE_90}
+
+
+def _orientation(img: Image.Image) -> int:
+    try:
+        value = img.getexif().get(0x0112, 1)
+        return int(value) if isinstance(value, int) else 1
+    except Exception:  # an unparsable EXIF block: the pixels are still fine, keep them as stored
+        return 1
+
+
 def load_rgb(path: str | os.PathLike) -> Image.Image:
     """Decode an image file to an RGB PIL image.
 
     EXIF orientation is applied; grayscale, palette, 16-bit, RGBA and CMYK files are converted to RGB.
     Raises :class:`UnreadableImageError` (naming the file and the cause) for anything that cannot be
-    fully decoded: a truncated file, a non-image, or a decompression bomb.
+    fully decoded: a truncated file, a non-image, or a decompression bomb (more pixels than
+    ``PIL.Image.MAX_IMAGE_PIXELS``, refused from the header, before decoding). Thread-safe: it
+    changes no process-wide state (``verify`` calls it from a thread pool).
     """
     try:
-        with warnings.catch_warnings():
-            # PIL only *warns* between MAX_IMAGE_PIXELS and twice that; treat it as the error it is.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                img.load()
-                img = ImageOps.exif_transpose(img)
-                return _to_rgb(img)
-    except FileNotFoundError:
+        with Image.open(path) as img:  # reads the header only; PIL raises itself above 2x the limit
+            limit = Image.MAX_IMAGE_PIXELS
+            if limit and img.width * img.height > limit:
+                raise UnreadableImageError(path, f"decompression bomb: {img.width}x{img.height} = "
+                                                 f"{img.width * img.height} pixels exceeds the limit of {limit} "
+                                                 f"(PIL.Image.MAX_IMAGE_PIXELS)")
+            img.load()
+            turn = _ORIENTATION.get(_orientation(img))
+            out = img.transpose(turn) if turn is not None else img
+            return _to_rgb(out)
+    except (FileNotFoundError, UnreadableImageError):
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+    except (UnidentifiedImageError, Image.DecompressionBombError) as e:
         raise UnreadableImageError(path, f"{type(e).__name__}: {e}") from e
-    except (OSError, SyntaxError, ValueError) as e:  # PIL's truncation and corrupt-data errors
+    except (OSError, SyntaxError, ValueError, TypeError, struct.error) as e:  # truncated or corrupt data
         raise UnreadableImageError(path, f"{type(e).__name__}: {e}") from e
 
 

@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .images import ImageListDataset, Skipped, is_image_file, resolve_under
+from .images import ImageListDataset, Skipped, entry_is, is_image_file, resolve_under
 
 CSV_NAME = "train_labels.csv"
 UNLABELED = -1
@@ -69,7 +69,7 @@ class LogicalRhythm(ImageListDataset):
                 raise FileNotFoundError(f"split folder {str(test_dir)!r} is missing; expected test/<n>.jpg")
             samples, skipped = [], []
             for f in sorted(os.scandir(test_dir), key=lambda e: e.name):
-                if f.is_file() and is_image_file(f.name):
+                if entry_is(f, "file") and is_image_file(f.name):
                     samples.append((f.path, UNLABELED))
                 else:
                     skipped.append(Skipped(f"test/{f.name}", "not an image file"))

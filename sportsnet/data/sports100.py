@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from .images import ImageListDataset, Skipped, is_image_file, resolve_under
+from .images import ImageListDataset, Skipped, entry_is, is_image_file, resolve_under
 
 SPLITS = ("train", "valid", "test")
 CSV_NAME = "sports.csv"
@@ -48,13 +48,13 @@ def _scan_split(root: Path, split: str) -> tuple[dict[str, list[str]], list[Skip
     files: dict[str, list[str]] = {}
     skipped: list[Skipped] = []
     for class_entry in sorted(os.scandir(split_dir), key=lambda e: e.name):
-        if not class_entry.is_dir():
+        if not entry_is(class_entry, "dir"):
             skipped.append(Skipped(f"{split}/{class_entry.name}", "not a class folder"))
             continue
         names = []
         for f in sorted(os.scandir(class_entry.path), key=lambda e: e.name):
             rel = f"{split}/{class_entry.name}/{f.name}"
-            if not f.is_file():
+            if not entry_is(f, "file"):
                 skipped.append(Skipped(rel, "not a regular file"))
             elif not is_image_file(f.name):
                 skipped.append(Skipped(rel, f"not an image file ({Path(f.name).suffix or 'no extension'})"))
