@@ -28,8 +28,11 @@ from common import (config_markdown, new_run_dir, option, parse_config, pick_dev
 from sportsnet.cam import GradCAM  # noqa: E402
 from sportsnet.cam.overlay import grid_figure  # noqa: E402
 from sportsnet.data import Sports100, build_transforms, denormalize, make_synthetic_sports, summarize_skipped  # noqa: E402
+from sportsnet.data.images import UnreadableImageError  # noqa: E402
 from sportsnet.plotting import figure_to_array, save_figure  # noqa: E402
-from sportsnet.engine import FitOptions, Phase, evaluate, fit, load_checkpoint, write_report  # noqa: E402
+from sportsnet.engine import (FitOptions, NonFiniteLossError, Phase, TrainingInterrupted, describe_mismatch,  # noqa: E402
+                              evaluate, fit, load_checkpoint, write_report)
+from sportsnet.engine.distributed import ShardSampler, barrier, broadcast_object, init_from_env, is_main, shutdown, world  # noqa: E402
 from sportsnet.engine.loop import PRECISIONS  # noqa: E402
 from sportsnet.engine.optim import OPTIMIZERS  # noqa: E402
 from sportsnet.models import RECIPES, load_imagenet_weights, recipe_phases, sports_vgg19  # noqa: E402
@@ -84,6 +87,7 @@ class TrainConfig:
     log_every: int = option(20, "steps between progress/TensorBoard updates (each is a host sync)")
     gradcam_images: int = option(16, "validation images in the Grad-CAM grid logged every epoch (0: none)")
     verify_images: bool = option(True, "decode every image once up front; report and drop unreadable ones")
+    strict: bool = option(False, "stop at the first unreadable image instead of skipping it")
     progress: bool = option(True, "tqdm progress bars")
     synthetic_classes: int = option(10, "synthetic set: number of classes")
     synthetic_train_per_class: int = option(200, "synthetic set: training images per class")
@@ -122,8 +126,9 @@ def load_run(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.M
     model = build_model(cfg, len(classes))
     try:
         model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
-        raise SystemExit(f"error: {ckpt_path} does not fit the model its config describes: {str(e).splitlines()[0]}")
+    except RuntimeError:
+        raise SystemExit(f"error: {ckpt_path} does not fit the model its config describes "
+                         f"({model.arch}, {len(classes)} classes): {describe_mismatch(model, ckpt['model'])}") from None
     return model.to(device).eval(), cfg, classes
 
 
@@ -198,10 +203,14 @@ def build_data(cfg: TrainConfig):
         root = Path(cfg.data)
     train_tf = build_transforms(True, cfg.image_size, grayscale=cfg.grayscale, scale=(cfg.crop_scale, 1.0))
     eval_tf = build_transforms(False, cfg.image_size, grayscale=cfg.grayscale, resize_ratio=cfg.eval_resize_ratio)
-    splits = {s: Sports100(root, s, transform=train_tf if s == "train" else eval_tf) for s in ("train", "valid", "test")}
+    splits = {s: Sports100(root, s, transform=train_tf if s == "train" else eval_tf, strict=cfg.strict)
+              for s in ("train", "valid", "test")}
     if cfg.verify_images:
         for ds in splits.values():
-            ds.verify()
+            try:
+                ds.verify()
+            except UnreadableImageError as e:  # --strict
+                raise SystemExit(f"error: {e} (--strict stops at the first unreadable image)") from None
     skipped = {s: summarize_skipped(ds.skipped) for s, ds in splits.items() if ds.skipped}
     if skipped:
         log.warning("skipped files: %s", skipped)
@@ -213,6 +222,15 @@ def loaders(cfg: TrainConfig, splits, device: torch.device):
     # Workers are recreated every epoch (not persistent): their RNG seeds then come from the loader's
     # generator, which fit() reseeds per epoch, so a resumed run augments exactly like an uninterrupted one.
     common = dict(num_workers=workers, pin_memory=device.type == "cuda")
+    if world()[1] > 1:  # torchrun: --batch-size is per process; evaluation shards add up to the whole split
+        from torch.utils.data import DistributedSampler
+
+        sampler = DistributedSampler(splits["train"], shuffle=True, seed=cfg.seed, drop_last=True)
+        train = DataLoader(splits["train"], batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
+                           generator=torch.Generator(), **common)
+        val, test = (DataLoader(splits[s], batch_size=2 * cfg.batch_size, sampler=ShardSampler(splits[s]), **common)
+                     for s in ("valid", "test"))
+        return train, val, test
     train = DataLoader(splits["train"], batch_size=cfg.batch_size, shuffle=True, drop_last=True,
                        generator=torch.Generator(), **common)
     val = DataLoader(splits["valid"], batch_size=2 * cfg.batch_size, **common)
@@ -240,7 +258,16 @@ def main(argv=None) -> float:
     setup_logging()
     cfg, ckpt = resolve_config(argv)
     check_config(cfg)
-    device = pick_device(cfg.device)
+    device = init_from_env(cfg.device) or pick_device(cfg.device)
+    try:
+        return train(cfg, ckpt, device)
+    finally:
+        shutdown()
+
+
+def train(cfg: TrainConfig, ckpt: dict | None, device: torch.device) -> float:
+    """The run; under torchrun every rank calls it, and rank 0 writes the files."""
+    main_rank = is_main()
     precision = pick_precision(cfg.precision, device)
     torch.manual_seed(cfg.seed)
 
@@ -248,9 +275,15 @@ def main(argv=None) -> float:
         run_dir = Path(cfg.resume) if Path(cfg.resume).is_dir() else Path(cfg.resume).parent.parent
     else:
         data_tag = "synthetic" if cfg.data == "synthetic" else Path(cfg.data).name
-        run_dir = new_run_dir(cfg.out, cfg.name or f"vgg19-{cfg.recipe}-{data_tag}-{timestamp()}")
-        write_json(run_dir / "config.json", dataclasses.asdict(cfg))
-    root, splits, skipped = build_data(cfg)
+        name = broadcast_object(cfg.name or f"vgg19-{cfg.recipe}-{data_tag}-{timestamp()}")
+        run_dir = new_run_dir(cfg.out, name) if main_rank else Path(cfg.out) / name
+        if main_rank:
+            write_json(run_dir / "config.json", dataclasses.asdict(cfg))
+    if main_rank:  # rank 0 writes the synthetic set (if needed) before the others read it
+        root, splits, skipped = build_data(cfg)
+    barrier()
+    if not main_rank:
+        root, splits, skipped = build_data(cfg)
     classes = splits["train"].classes
     train_loader, val_loader, test_loader = loaders(cfg, splits, device)
 
@@ -268,12 +301,12 @@ def main(argv=None) -> float:
 
     from torch.utils.tensorboard import SummaryWriter
 
-    writer = SummaryWriter(log_dir=str(run_dir))
-    if ckpt is None:
+    writer = SummaryWriter(log_dir=str(run_dir)) if main_rank else None
+    if ckpt is None and writer is not None:
         writer.add_text("config", config_markdown(cfg))
-    log.info("data %s: %s; model %s (%s, width %g, %.1fM parameters) on %s, %s", root,
+    log.info("data %s: %s; model %s (%s, width %g, %.1fM parameters) on %s, %s, %d process(es)", root,
              {s: len(d) for s, d in splits.items()}, model.arch, cfg.recipe, cfg.width,
-             sum(p.numel() for p in model.parameters()) / 1e6, device, precision)
+             sum(p.numel() for p in model.parameters()) / 1e6, device, precision, world()[1])
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     if cfg.gradcam_images > 0:
@@ -285,14 +318,29 @@ def main(argv=None) -> float:
             writer.add_image("val/gradcam", figure_to_array(fig), epoch, dataformats="HWC")
 
     with logging_redirect_tqdm():
-        result = fit(model, phases, train_loader, val_loader, loss_fn=nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
-                     device=device, classes=classes, run_dir=run_dir, options=options,
-                     config=dataclasses.asdict(cfg), writer=writer, resume=ckpt, on_epoch_end=log_gradcam)
+        try:
+            result = fit(model, phases, train_loader, val_loader,
+                         loss_fn=nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), device=device,
+                         classes=classes, run_dir=run_dir, options=options, config=dataclasses.asdict(cfg),
+                         writer=writer, resume=ckpt, on_epoch_end=log_gradcam)
+        except TrainingInterrupted as e:
+            if writer is not None:
+                writer.close()
+            if main_rank:
+                print(f"{e}\ncontinue with: python experiments/train_vgg19.py --resume {run_dir}", flush=True)
+            raise SystemExit(128 + e.signum) from None
+        except NonFiniteLossError as e:
+            if writer is not None:
+                writer.close()
+            raise SystemExit(f"error: {e}") from None
 
         # The test report is for the checkpoint with the best validation accuracy.
+        barrier()  # rank 0 has written it
         model.load_state_dict(load_checkpoint(result.best_checkpoint)["model"])
         test = evaluate(model, test_loader, device=device, num_classes=len(classes), precision=precision,
-                        channels_last=cfg.channels_last, progress=cfg.progress, desc="test")
+                        channels_last=cfg.channels_last, progress=cfg.progress and main_rank, desc="test")
+        if not main_rank:
+            return test.acc1
         if cfg.gradcam_images > 0:
             save_figure(gradcam_grid(model, cam_images, cam_labels, classes,
                                      f"Grad-CAM of the best checkpoint (epoch {result.best_epoch})"),

@@ -274,3 +274,22 @@ def test_full_finetuning_of_the_image_tower_is_an_option(tmp_path, monkeypatch):
     start = load_clip("tiny-vit-test", "none").model.visual.state_dict()
     tuned = load_checkpoint(result["run_dir"] / "ft-4-1" / "checkpoints" / "best.pt")["model"]
     assert not torch.equal(tuned["visual.conv1.weight"], start["conv1.weight"])  # the tower itself was trained
+
+
+class _Exploit:
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+def test_a_clip_weights_pickle_that_runs_code_is_refused(tmp_path):
+    import pickle
+
+    evil, marker = tmp_path / "open_clip_pytorch_model.bin", tmp_path / "pwned"
+    evil.write_bytes(pickle.dumps({"state_dict": {"x": _Exploit(str(marker))}}, protocol=2))
+    with pytest.raises(RuntimeError, match="refusing to load .*weights_only=True"):
+        load_clip("tiny-vit-test", str(evil))
+    assert not marker.exists()
+

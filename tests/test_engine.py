@@ -131,6 +131,59 @@ def test_nan_loss_is_caught_at_the_log_step_with_lr_and_precision():
         train_one_epoch(net, loader, opt, nn.functional.cross_entropy, device=CPU, log_every=4, progress=False)
 
 
+def test_fit_saves_a_diagnostic_checkpoint_on_nan_and_keeps_the_last_good_one(tmp_path):
+    torch.manual_seed(0)
+    net = tiny_net()
+    loader = DataLoader(tiny_problem(), batch_size=8, shuffle=True, generator=torch.Generator())
+    opts = FitOptions(progress=False, channels_last=False, log_every=2)
+    fit(net, [Phase("p", 1, 0.1, {"all": list(net.parameters())})], loader, loader, loss_fn=nn.functional.cross_entropy,
+        device=CPU, classes=["a", "b"], run_dir=tmp_path, options=opts)
+    good = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    net[0].bias.data.fill_(float("nan"))
+    with pytest.raises(NonFiniteLossError, match=r"training loss is nan at step \d+ .*precision fp32\); the weights at "
+                                                 r"that point are in .*nonfinite\.pt, the last good checkpoint is"):
+        fit(net, [Phase("p", 2, 0.1, {"all": list(net.parameters())})], loader, loader,
+            loss_fn=nn.functional.cross_entropy, device=CPU, classes=["a", "b"], run_dir=tmp_path, options=opts)
+    diag = load_checkpoint(tmp_path / "checkpoints" / "nonfinite.pt")
+    assert torch.isnan(diag["model"]["0.bias"]).all() and "nan" in diag["error"]
+    still = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert all(torch.equal(still["model"][k], good["model"][k]) for k in good["model"])
+
+
+def test_a_signal_stops_fit_after_the_current_step_with_a_resumable_checkpoint(tmp_path):
+    import os
+    import signal
+
+    from sportsnet.engine import TrainingInterrupted
+
+    def run(resume=None, stop_at=None):
+        torch.manual_seed(0)
+        net = tiny_net()
+        loader = DataLoader(tiny_problem(), batch_size=8, shuffle=True, generator=torch.Generator())
+
+        def loss(logits, target):  # sends SIGTERM to this process during step `stop_at`
+            calls.append(1)
+            if len(calls) == stop_at:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return nn.functional.cross_entropy(logits, target)
+
+        calls = []
+        return net, fit(net, [Phase("p", 2, 0.05, {"all": list(net.parameters())})], loader, loader, loss_fn=loss,
+                        device=CPU, classes=["a", "b"], run_dir=tmp_path / ("b" if stop_at or resume else "a"),
+                        options=FitOptions(progress=False, channels_last=False), resume=resume)
+
+    straight, _ = run()
+    with pytest.raises(TrainingInterrupted, match=r"SIGTERM: stopped at step 3/\d+ of epoch 2") as info:
+        run(stop_at=len(DataLoader(tiny_problem(), batch_size=8)) + 3)  # step 3 of the second epoch
+    assert info.value.signum == signal.SIGTERM and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    ckpt = load_checkpoint(info.value.checkpoint)
+    assert ckpt["epoch"] == 1 and ckpt["step_in_epoch"] == 3
+    resumed, result = run(resume=ckpt)
+    assert result.history[-1]["epoch"] == 2
+    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+
+
 def test_frozen_batch_norm_keeps_its_running_statistics():
     torch.manual_seed(0)
     net = tiny_net(batch_norm=True)
@@ -188,3 +241,18 @@ def test_only_fp16_scales_the_loss_and_every_precision_learns(precision, scaled)
                              scaler=scaler, channels_last=False, progress=False) for _ in range(3)]
     assert scaler.is_enabled() == scaled
     assert stats[-1].loss < stats[0].loss and stats[-1].acc1 > 0.9
+
+
+def test_a_second_ctrl_c_stops_at_once_and_handlers_are_restored():
+    import os
+    import signal
+
+    from sportsnet.engine.fit import stop_on_signals
+
+    before = signal.getsignal(signal.SIGINT)
+    with stop_on_signals() as received:
+        os.kill(os.getpid(), signal.SIGINT)  # the first: noted, training would finish its step
+        assert received == [signal.SIGINT]
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)  # the second: now
+    assert signal.getsignal(signal.SIGINT) is before

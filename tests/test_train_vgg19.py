@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -62,39 +63,63 @@ def run_script(args):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def test_sigkill_after_epoch_one_then_resume_matches_an_uninterrupted_run(tmp_path):
-    full = run_script(tiny_args(tmp_path, "full", "--precision", "fp32", epochs=3))
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("full")
+    full = run_script(tiny_args(tmp, "full", "--precision", "fp32", epochs=3))
     out, _ = full.communicate(timeout=600)
     assert full.returncode == 0, out
+    return load_checkpoint(tmp / "runs" / "full" / "checkpoints" / "last.pt")
 
+
+@pytest.mark.parametrize("sig, delay", [(signal.SIGKILL, 0.0), (signal.SIGKILL, 1.0), (signal.SIGTERM, 1.0)],
+                         ids=["sigkill-at-epoch-end", "sigkill-mid-epoch", "sigterm-mid-epoch"])
+def test_killed_or_stopped_then_resumed_matches_an_uninterrupted_run(tmp_path, uninterrupted, sig, delay):
     victim = run_script(tiny_args(tmp_path, "killed", "--precision", "fp32", epochs=3))
     for line in victim.stdout:
         if "epoch 1/3" in line:  # logged right after last.pt of epoch 1 is in place
-            victim.send_signal(signal.SIGKILL)
+            time.sleep(delay)  # ...then epoch 2 is under way (about 3 s per epoch here)
+            victim.send_signal(sig)
             break
-    victim.wait(timeout=60)
-    assert victim.returncode == -signal.SIGKILL
+    out, _ = victim.communicate(timeout=120)
     run = tmp_path / "runs" / "killed"
-    assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 1
+    last = load_checkpoint(run / "checkpoints" / "last.pt")
+    if sig == signal.SIGKILL:
+        assert victim.returncode == -signal.SIGKILL
+        assert last["epoch"] == 1 and "step_in_epoch" not in last
+    else:  # the current step finishes, a mid-epoch checkpoint is written, the exit says how to go on
+        assert victim.returncode == 128 + signal.SIGTERM, out
+        assert last["epoch"] == 1 and 0 < last["step_in_epoch"] < 56, last.get("step_in_epoch")
+        assert f"SIGTERM: stopped at step {last['step_in_epoch']}/56 of epoch 2" in out
+        assert f"continue with: python experiments/train_vgg19.py --resume {run}" in out
 
     resumed = run_script(["--resume", str(run), "--no-progress"])
     out, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, out
-    assert "resuming after epoch 1" in out
+    assert ("resuming epoch 2 at step" if sig == signal.SIGTERM else "resuming after epoch 1") in out
 
-    a = load_checkpoint(tmp_path / "runs" / "full" / "checkpoints" / "last.pt")
-    b = load_checkpoint(run / "checkpoints" / "last.pt")
-    assert a["epoch"] == b["epoch"] == 3
+    a, b = uninterrupted, load_checkpoint(run / "checkpoints" / "last.pt")
+    assert a["epoch"] == b["epoch"] == 3 and a["global_step"] == b["global_step"]
     assert a["model"].keys() == b["model"].keys()
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
     assert [h["val_acc1"] for h in a["history"]] == [h["val_acc1"] for h in b["history"]]
+    assert [h["train_loss"] for h in a["history"]] == pytest.approx([h["train_loss"] for h in b["history"]])
 
 
 def test_resume_refuses_flags_that_would_change_the_run(tmp_path):
     train_vgg19.main(tiny_args(tmp_path, "r", "--precision", "fp32", epochs=1))
     with pytest.raises(SystemExit, match=r"drop --lr \(only .* may change\)"):
         train_vgg19.resolve_config(["--resume", str(tmp_path / "runs" / "r"), "--lr", "0.1"])
+    # A checkpoint that does not fit (here: one class more than its weights have) names the tensors.
+    from sportsnet.engine import save_checkpoint
+
+    ckpt = load_checkpoint(tmp_path / "runs" / "r" / "checkpoints" / "best.pt")
+    ckpt["classes"] = ckpt["classes"] + ["extra"]
+    save_checkpoint(tmp_path / "other.pt", ckpt)
+    with pytest.raises(SystemExit, match=r"does not fit the model its config describes \(vgg19\S*, 4 classes\): "
+                                         r"2 shape mismatches: \['\S+: checkpoint \(3, \d+\) vs model \(4, "):
+        train_vgg19.load_run(tmp_path / "other.pt")
 
 
 @pytest.mark.parametrize("args, message", [
@@ -107,3 +132,83 @@ def test_bad_command_lines_fail_before_any_work(tmp_path, args, message):
     with pytest.raises(SystemExit, match=message):
         train_vgg19.main(tiny_args(tmp_path, "bad") + args)
     assert not (tmp_path / "syn").exists() and not (tmp_path / "runs").exists()
+
+
+def test_torchrun_two_processes_then_resume_in_one_and_evaluation_matches_one_process(tmp_path):
+    """gloo on CPU: the ranks split the data, only rank 0 writes, SIGTERM to torchrun stops every rank
+    at the same step with one checkpoint, a single process resumes it, and the reported test accuracy
+    (summed over evaluation shards in the 2-process part) is exactly a one-process evaluation."""
+    from sportsnet.data import Sports100, build_transforms
+    from sportsnet.engine import evaluate
+
+    args = tiny_args(tmp_path, "ddp", "--precision", "fp32", "--batch-size", "8", epochs=2)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    launcher = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                                 str(EXPERIMENTS / "train_vgg19.py"), *args], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in launcher.stdout:
+        lines.append(line)
+        if "epoch 1/2" in line:
+            time.sleep(0.5)
+            launcher.send_signal(signal.SIGTERM)
+            break
+    out = "".join(lines) + launcher.communicate(timeout=120)[0]
+    assert "2 process(es)" in out and "Unable to shutdown" not in out, out
+    run = tmp_path / "runs" / "ddp"
+    ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
+    # 900 images / 2 ranks / 8 per batch = 56 steps per epoch per rank (not 112: the data was split).
+    assert ckpt["world_size"] == 2 and ckpt["epoch"] == 1 and 56 < ckpt["global_step"] < 112
+    assert len(ckpt["history"]) == 1 and 0 < ckpt["step_in_epoch"] < 56
+    assert out.count("SIGTERM: stopped at step") == 1  # printed by rank 0 only
+    assert len(list(run.glob("events.out.tfevents.*"))) == 1
+
+    # The 2-process validation accuracy of epoch 1 (summed over the ranks' shards) is exactly a
+    # one-process evaluation of the epoch-1 weights (best.pt: the only finished epoch so far).
+    model, cfg, classes = train_vgg19.load_run(run / "checkpoints" / "best.pt")
+    val = Sports100(tmp_path / "syn", "valid", transform=build_transforms(False, 48, resize_ratio=cfg.eval_resize_ratio))
+    one = evaluate(model, torch.utils.data.DataLoader(val, batch_size=32), device=torch.device("cpu"), num_classes=3,
+                   progress=False)
+    assert ckpt["history"][0]["val_acc1"] == one.acc1 and ckpt["history"][0]["val_loss"] == pytest.approx(one.loss)
+
+    resumed = run_script(["--resume", str(run), "--no-progress"])
+    out, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, out
+    assert "resuming a 2-process checkpoint with 1 processes" in out
+    assert f"resuming epoch 2 at step {2 * ckpt['step_in_epoch']} of 112" in out
+    final = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert final["epoch"] == 2 and final["world_size"] == 1 and len(final["history"]) == 2
+    assert final["history"][0] == ckpt["history"][0]
+
+
+def test_an_unknown_flag_is_a_one_line_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        train_vgg19.main(tiny_args(tmp_path, "bad") + ["--bogus-flag", "3"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith("error: unrecognized arguments: --bogus-flag 3")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_unreadable_images_are_counted_in_the_report_or_stop_the_run_under_strict(tmp_path):
+    from trees import write_truncated_jpeg
+
+    from sportsnet.data import make_synthetic_sports
+
+    make_synthetic_sports(tmp_path / "syn", num_classes=3, train_per_class=300, eval_per_class=40, size=48)
+    (tmp_path / "data").mkdir()
+    import shutil
+
+    shutil.copytree(tmp_path / "syn", tmp_path / "data" / "sports", ignore=shutil.ignore_patterns("*.json", "*.csv"))
+    root = tmp_path / "data" / "sports"
+    cls = sorted(p.name for p in (root / "train").iterdir())[0]
+    write_truncated_jpeg(root / "train" / cls / "zz_broken.jpg")
+    (root / "train" / cls / "zz_empty.jpg").write_bytes(b"")
+    args = [a if a != "synthetic" else str(root) for a in tiny_args(tmp_path, "hostile", "--precision", "fp32",
+                                                                   "--weights", "none", epochs=1)]
+    with pytest.raises(SystemExit, match=r"error: cannot decode image .*zz_broken\.jpg.*--strict stops at the first"):
+        train_vgg19.main(args + ["--strict", "--name", "strict"])
+    train_vgg19.main(args)
+    report = json.loads((tmp_path / "runs" / "hostile" / "test_report.json").read_text())
+    assert sum(report["skipped"]["train"].values()) == 2, report["skipped"]
+

@@ -16,6 +16,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .distributed import all_reduce_sum, world
+
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
@@ -73,6 +75,8 @@ class TrainStats:
     seconds: float
     images_per_s: float
     logs: list[StepLog] = field(default_factory=list)
+    interrupted: bool = False  # should_stop() ended the epoch early, after ``steps`` steps
+    sums: dict[str, float] = field(default_factory=dict)  # running totals, to continue a stopped epoch
 
 
 def train_one_epoch(
@@ -92,12 +96,22 @@ def train_one_epoch(
     on_log: Callable[[StepLog], None] | None = None,
     progress: bool = True,
     desc: str = "train",
+    should_stop: Callable[[], bool] | None = None,
+    skip_batches: int = 0,
+    after_skip: Callable[[], None] | None = None,
+    carry: dict[str, float] | None = None,
 ) -> TrainStats:
     """One pass over ``loader``: forward under autocast, scaled backward, optional clipping, step.
 
     ``scheduler`` steps once per optimizer step. Every ``log_every`` steps (and at the end) the
     running loss/accuracy are read back, checked for NaN/inf (:class:`NonFiniteLossError` names the
     step), and passed to ``on_log``. Group learning rates are logged under each group's ``"name"``.
+
+    Stopping and continuing an epoch: ``should_stop()`` is asked after every optimizer step; when it
+    says yes the epoch ends there (``interrupted=True``, ``sums`` holds the running totals).
+    ``skip_batches`` draws and discards the first batches of ``loader`` (the same ones, when its
+    order is seeded) and then calls ``after_skip`` (e.g. to restore RNG states); ``carry`` is the
+    stopped epoch's ``sums``. Together they continue the epoch exactly where it stopped.
     """
     model.train()
     for m in model.modules():
@@ -107,13 +121,23 @@ def train_one_epoch(
     scaler = scaler or make_grad_scaler(device, precision)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     zero = torch.zeros((), device=device)
-    loss_sum, correct1, correct5 = zero.clone(), zero.clone(), zero.clone()
-    seen = window_seen = steps = 0
+    # A stopped epoch's totals are global (summed over ranks): rank 0 carries them on.
+    carry = carry if carry and world()[0] == 0 else {}
+    loss_sum, correct1, correct5 = (torch.tensor(float(carry.get(k, 0.0)), device=device)
+                                    for k in ("loss_sum", "correct1", "correct5"))
+    seen, steps, window_seen = int(carry.get("seen", 0)), skip_batches, 0
     logs: list[StepLog] = []
-    t_start = t_window = time.perf_counter()
     window_loss, window_c1 = zero.clone(), zero.clone()
     total = len(loader) if hasattr(loader, "__len__") else None
-    bar = tqdm(loader, total=total, desc=desc, leave=False, disable=not progress, dynamic_ncols=True)
+    batches = iter(loader)
+    for _ in range(skip_batches):  # fast-forward: same batches, same worker RNG streams, not trained on
+        next(batches)
+    if after_skip is not None:
+        after_skip()
+    t_start = t_window = time.perf_counter()
+    interrupted = False
+    bar = tqdm(batches, total=total, initial=skip_batches, desc=desc, leave=False, disable=not progress,
+               dynamic_ncols=True)
     for images, target in bar:
         images = to_device(images, device, channels_last)
         target = target.to(device, non_blocking=True)
@@ -162,12 +186,21 @@ def train_one_epoch(
             window_loss.zero_()
             window_c1.zero_()
             window_seen, t_window = 0, now
+        if should_stop is not None and should_stop() and steps != total:
+            interrupted = True
+            break
     bar.close()
-    if seen == 0:
+    if seen == 0 and steps == skip_batches:
         raise ValueError("the training loader yielded no batches (is the dataset smaller than one batch with drop_last?)")
     seconds = time.perf_counter() - t_start
-    loss_v, acc1, acc5 = (torch.stack([loss_sum, correct1, correct5]) / seen).tolist()
-    return TrainStats(loss_v, acc1, acc5, seen, steps, seconds, seen / seconds, logs)
+    done = max(seen - int(carry.get("seen", 0)), 1)
+    # Metrics of all ranks (the identity in one process).
+    totals = all_reduce_sum(torch.stack([loss_sum, correct1, correct5, torch.tensor(float(seen), device=device)]))
+    *totals, seen = totals.tolist()
+    seen = int(seen)
+    loss_v, acc1, acc5 = (v / seen for v in totals)
+    sums = {"loss_sum": totals[0], "correct1": totals[1], "correct5": totals[2], "seen": seen}
+    return TrainStats(loss_v, acc1, acc5, seen, steps, seconds, done / seconds, logs, interrupted, sums)
 
 
 @dataclass
@@ -242,7 +275,12 @@ def evaluate(
             seen += target.shape[0]
     finally:
         model.train(was_training)
+    # Shards of a multi-process evaluation (ShardSampler) add up to the whole set.
+    totals = all_reduce_sum(torch.stack([loss_sum, correct1, correct5, torch.tensor(float(seen), device=device)]))
+    all_reduce_sum(confusion)
+    *totals, seen = totals.tolist()
+    seen = int(seen)
     if seen == 0:
         raise ValueError("the evaluation loader yielded no batches")
-    loss_v, acc1, acc5 = (torch.stack([loss_sum, correct1, correct5]) / seen).tolist()
+    loss_v, acc1, acc5 = (v / seen for v in totals)
     return EvalResult(loss_v, acc1, acc5, seen, confusion.view(num_classes, num_classes).cpu())
