@@ -3,6 +3,7 @@
     python experiments/pretrain_clip.py --data /path/to/flickr8k --model ViT-B-32 --pretrained openai
     python experiments/pretrain_clip.py --data /path/to/flickr8k --lock-image      # train the text tower only
     python experiments/pretrain_clip.py --pretrained none --lr 5e-4 --epochs 20    # from scratch, synthetic captions
+    python experiments/pretrain_clip.py --resume runs/<name>                       # continue after a crash or kill
     torchrun --nproc_per_node=4 experiments/pretrain_clip.py --data /path/to/flickr8k --batch-size 128
 
 Trains with the symmetric InfoNCE loss (learnable temperature, clamped at 100) on the train split;
@@ -32,7 +33,7 @@ from common import (config_markdown, new_run_dir, option, parse_config, pick_dev
                     setup_logging, timestamp, write_json)
 
 from sportsnet.data import Captions, make_synthetic_sports, summarize_skipped  # noqa: E402
-from sportsnet.engine import load_checkpoint, save_checkpoint  # noqa: E402
+from sportsnet.engine import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint  # noqa: E402
 from sportsnet.engine.contrastive import encode_retrieval_set, retrieval_metrics, train_contrastive_epoch  # noqa: E402
 from sportsnet.engine.distributed import barrier, broadcast_object, init_from_env, shutdown, world  # noqa: E402
 from sportsnet.engine.loop import PRECISIONS, make_grad_scaler  # noqa: E402
@@ -40,6 +41,7 @@ from sportsnet.engine.optim import warmup_cosine  # noqa: E402
 from sportsnet.models.clip import load_clip  # noqa: E402
 
 log = logging.getLogger("pretrain_clip")
+RUNTIME_FLAGS = {"resume", "workers", "progress", "device", "log_every"}
 DEFAULT_FLICKR = "data/flickr8k"
 
 
@@ -66,6 +68,7 @@ class PretrainConfig:
     name: str = option("", "run folder name (default: pretrain-<model>-<weights>-<data>-<time>)")
     log_every: int = option(20, "optimizer steps between logged losses")
     progress: bool = option(True, "progress bars")
+    resume: str = option("", "run folder (or its last.pt) to continue with its saved config")
     synthetic_size: int = option(SYNTHETIC_DEFAULTS["size"], "synthetic set: image side in pixels")
 
 
@@ -102,7 +105,17 @@ def retrieval_table(results: dict[str, dict[str, float]]) -> str:
 
 def main(argv=None) -> dict:
     setup_logging()
-    cfg, _ = parse_config(PretrainConfig, argv, PretrainConfig(), __doc__)
+    cfg, given = parse_config(PretrainConfig, argv, PretrainConfig(), __doc__)
+    ckpt = None
+    if cfg.resume:
+        path = Path(cfg.resume)
+        ckpt = load_checkpoint(path / "checkpoints" / "last.pt" if path.is_dir() else path)
+        fixed = sorted(given - RUNTIME_FLAGS)
+        if fixed:
+            raise SystemExit(f"error: --resume continues with the run's saved config; drop "
+                             f"{', '.join('--' + f.replace('_', '-') for f in fixed)} (only "
+                             f"{', '.join(sorted('--' + f.replace('_', '-') for f in RUNTIME_FLAGS))} may change)")
+        cfg = dataclasses.replace(PretrainConfig(**ckpt["config"]), **{k: getattr(cfg, k) for k in given})
     for flag in ("epochs", "batch_size", "accum_steps"):
         if getattr(cfg, flag) < 1:
             raise SystemExit(f"error: --{flag.replace('_', '-')} {getattr(cfg, flag)} must be >= 1")
@@ -114,19 +127,20 @@ def main(argv=None) -> dict:
     device = init_from_env(cfg.device) or pick_device(cfg.device)
     rank, size = world()
     try:
-        return _run(cfg, kind, root, device, rank, size)
+        return _run(cfg, kind, root, device, rank, size, ckpt)
     finally:
         shutdown()
 
 
-def _run(cfg: PretrainConfig, kind: str, root: Path, device: torch.device, rank: int, size: int) -> dict:
+def _run(cfg: PretrainConfig, kind: str, root: Path, device: torch.device, rank: int, size: int,
+         ckpt: dict | None = None) -> dict:
     precision = pick_precision(cfg.precision, device)
     if kind == "synthetic" and rank == 0:
         make_synthetic_sports(root, **{**SYNTHETIC_DEFAULTS, "size": cfg.synthetic_size})
     barrier()
     torch.manual_seed(cfg.seed)
-    try:
-        bundle = load_clip(cfg.model, cfg.pretrained, device=device)
+    try:  # a resumed run gets its weights from the checkpoint, not from the (maybe unreachable) tag
+        bundle = load_clip(ckpt["arch"] if ckpt else cfg.model, "none" if ckpt else cfg.pretrained, device=device)
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
     model, tokenizer = bundle.model, bundle.tokenizer
@@ -165,20 +179,37 @@ def _run(cfg: PretrainConfig, kind: str, root: Path, device: torch.device, rank:
                                                     precision=precision)
         return retrieval_metrics(img, txt, text_image)
 
-    name = broadcast_object(cfg.name or f"pretrain-{bundle.name}-{Path(bundle.pretrained).stem}-{kind}-{timestamp()}")
-    run_dir = new_run_dir(cfg.out, name) if rank == 0 else Path(cfg.out) / name
+    pretrained = ckpt["pretrained"] if ckpt else bundle.pretrained
+    if ckpt:
+        run_dir = Path(cfg.resume) if Path(cfg.resume).is_dir() else Path(cfg.resume).parent.parent
+    else:
+        name = broadcast_object(cfg.name or f"pretrain-{bundle.name}-{Path(pretrained).stem}-{kind}-{timestamp()}")
+        run_dir = new_run_dir(cfg.out, name) if rank == 0 else Path(cfg.out) / name
     writer = None
-    results: dict[str, dict] = {}
+    results: dict[str, dict] = dict(ckpt["results"]) if ckpt else {}
+    best, best_epoch, step, start = -1.0, 0, 0, 1
+    if ckpt:
+        model.load_state_dict(ckpt["state_dict"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+        best, best_epoch, step, start = ckpt["best"], ckpt["best_epoch"], ckpt["global_step"], ckpt["epoch"] + 1
+        restore_rng_state(ckpt["rng"])
+        log.info("resuming after epoch %d of %d (best valid mean recall %.3f at epoch %d)", ckpt["epoch"], cfg.epochs,
+                 best, best_epoch)
     if rank == 0:
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(log_dir=str(run_dir))
-        writer.add_text("config", config_markdown(cfg))
-        results["test, before training"] = score("test")
-        log.info("before training: %s", _fmt(results["test, before training"]))
+        if not ckpt:
+            writer.add_text("config", config_markdown(cfg))
+            rng = capture_rng_state()  # scoring draws no randomness, but keep the training stream exact
+            results["test, before training"] = score("test")
+            restore_rng_state(rng)
+            log.info("before training: %s", _fmt(results["test, before training"]))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("%s (%s): %d trainable parameters; %d train pairs, %d steps/epoch of %d pairs, precision %s, %d process(es)",
-             bundle.name, bundle.pretrained, trainable, len(train), steps_per_epoch, per_step, precision, size)
+             bundle.name, pretrained, trainable, len(train), steps_per_epoch, per_step, precision, size)
 
     def on_log(entry):
         if writer is not None:
@@ -188,9 +219,8 @@ def _run(cfg: PretrainConfig, kind: str, root: Path, device: torch.device, rank:
             for group, lr in entry.lrs.items():
                 writer.add_scalar(f"lr/{group}", lr, entry.step)
 
-    best, best_epoch, step = -1.0, 0, 0
-    meta = {"arch": bundle.name, "pretrained": bundle.pretrained, "config": dataclasses.asdict(cfg)}
-    for epoch in range(1, cfg.epochs + 1):
+    meta = {"arch": bundle.name, "pretrained": pretrained, "config": {**dataclasses.asdict(cfg), "resume": ""}}
+    for epoch in range(start, cfg.epochs + 1):
         if sampler is not None:
             sampler.set_epoch(epoch)
         g.manual_seed(cfg.seed + epoch)
@@ -204,13 +234,16 @@ def _run(cfg: PretrainConfig, kind: str, root: Path, device: torch.device, rank:
             for k, v in val.items():
                 writer.add_scalar(f"valid/{k}", v, epoch)
             writer.add_scalar("train/epoch_loss", stats.loss, epoch)
-            state = {"state_dict": model.state_dict(), **meta, "epoch": epoch, "valid": val,
-                     "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict()}
-            save_checkpoint(run_dir / "checkpoints" / "last.pt", state)
-            if val["mean_recall"] > best:
+            is_best = val["mean_recall"] > best
+            if is_best:
                 best, best_epoch = val["mean_recall"], epoch
                 save_checkpoint(run_dir / "checkpoints" / "best.pt",
                                 {"state_dict": model.state_dict(), **meta, "epoch": epoch, "valid": val})
+            # last.pt after best.pt: a run killed in between resumes with both in place.
+            save_checkpoint(run_dir / "checkpoints" / "last.pt", {
+                "state_dict": model.state_dict(), **meta, "epoch": epoch, "valid": val, "global_step": step,
+                "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "scheduler": scheduler.state_dict(),
+                "best": best, "best_epoch": best_epoch, "results": results, "rng": capture_rng_state()})
             log.info("epoch %d: loss %.4f, temperature %.4f; valid %s", epoch, stats.loss,
                      1 / float(model.logit_scale.detach().exp()), _fmt(val))
         barrier()
@@ -222,11 +255,11 @@ def _run(cfg: PretrainConfig, kind: str, root: Path, device: torch.device, rank:
         writer.add_scalar(f"test/{k}", v, best_epoch)
     table = retrieval_table(results)
     chance = {"image->text R@1": 1 / max(1, len(evals["test"])), "test images": len(evals["test"])}
-    write_json(run_dir / "retrieval.json", {"model": bundle.name, "pretrained": bundle.pretrained, "data": kind,
+    write_json(run_dir / "retrieval.json", {"model": bundle.name, "pretrained": pretrained, "data": kind,
                                             "results": results, "best_epoch": best_epoch, "chance": chance,
                                             "skipped": skipped, "config": dataclasses.asdict(cfg)})
     (run_dir / "retrieval.md").write_text(
-        f"# Retrieval on the {kind} test split\n\n{bundle.name} ({bundle.pretrained}), {len(evals['test'])} images; "
+        f"# Retrieval on the {kind} test split\n\n{bundle.name} ({pretrained}), {len(evals['test'])} images; "
         f"recall in %, chance R@1 = {100 / max(1, len(evals['test'])):.2f}%.\n\n{table}")
     writer.add_text("retrieval", table)
     writer.close()

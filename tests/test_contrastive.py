@@ -201,3 +201,50 @@ def test_pretrain_bad_command_lines(tmp_path, monkeypatch, args, message):
     with pytest.raises(SystemExit, match=message):
         pretrain_clip.main(["--model", "tiny-vit-test", "--pretrained", "none", "--data", "synthetic", "--workers", "0",
                             "--synthetic-size", "64", "--no-progress", *args])
+
+
+RUNNER = ("import sys; sys.path[:0] = [{tests!r}, {experiments!r}]; import clip_tiny; clip_tiny.register(); "
+          "import pretrain_clip; pretrain_clip.main(sys.argv[1:])")
+
+
+def test_pretrain_killed_after_an_epoch_resumes_to_the_same_weights(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import EXPERIMENTS
+    from sportsnet.engine import load_checkpoint
+
+    code = RUNNER.format(tests=str(EXPERIMENTS.parent / "tests"), experiments=str(EXPERIMENTS))
+    args = ["--model", "tiny-vit-test", "--pretrained", "none", "--data", "synthetic", "--workers", "0",
+            "--no-progress", "--synthetic-size", "64", "--epochs", "3", "--lr", "1e-3", "--batch-size", "32",
+            "--warmup-steps", "5", "--out", "runs"]
+
+    def start(*extra):
+        return subprocess.Popen([sys.executable, "-c", code, *extra], cwd=tmp_path, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+
+    full = start(*args, "--name", "full")
+    out, _ = full.communicate(timeout=600)
+    assert full.returncode == 0, out
+    victim = start(*args, "--name", "killed")
+    for line in victim.stdout:
+        if "epoch 1: loss" in line:  # logged after last.pt of epoch 1 is written
+            victim.send_signal(signal.SIGKILL)
+            break
+    victim.wait(timeout=60)
+    assert load_checkpoint(tmp_path / "runs" / "killed" / "checkpoints" / "last.pt")["epoch"] == 1
+    resumed = start("--resume", "runs/killed", "--no-progress")
+    out, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, out
+    assert "resuming after epoch 1 of 3" in out
+    a = load_checkpoint(tmp_path / "runs" / "full" / "checkpoints" / "last.pt")
+    b = load_checkpoint(tmp_path / "runs" / "killed" / "checkpoints" / "last.pt")
+    assert a["epoch"] == b["epoch"] == 3 and a["global_step"] == b["global_step"]
+    for k in a["state_dict"]:
+        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
+    assert a["results"] == b["results"] and a["best_epoch"] == b["best_epoch"]
+    with pytest.raises(SystemExit, match=r"drop --lr"):
+        import pretrain_clip
+
+        pretrain_clip.main(["--resume", str(tmp_path / "runs" / "killed"), "--lr", "0.1"])
