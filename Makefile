@@ -45,6 +45,8 @@ test: install
 bench: install
 	SPORTSNET_REQUIRE_EXT=1 $(PY) benchmarks/bench_gradcam.py
 	SPORTSNET_REQUIRE_EXT=1 $(PY) benchmarks/bench_explain.py
+	$(PY) benchmarks/bench_train.py
+	$(PY) benchmarks/bench_data.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info sportsnet/*.so

@@ -38,7 +38,19 @@ def explain_table(p: dict) -> str:
     return render(p)
 
 
-RENDERERS = {"gradcam": gradcam_table, "explain": explain_table}
+def train_table(p: dict) -> str:
+    from bench_train import train_table as render
+
+    return render(p)
+
+
+def data_table(p: dict) -> str:
+    from bench_data import data_table as render
+
+    return render(p)
+
+
+RENDERERS = {"gradcam": gradcam_table, "explain": explain_table, "train_step": train_table, "data_pipeline": data_table}
 
 
 def main(argv=None) -> None:

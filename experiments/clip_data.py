@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from sportsnet.data import LogicalRhythm, Sports100, make_synthetic_sports
-from sportsnet.engine.features import FeatureCache, extract_features, files_fingerprint
+from sportsnet.data.cache import files_fingerprint
+from sportsnet.engine.features import FeatureCache, extract_features
 
 log = logging.getLogger("clip_data")
 DEFAULT_SPORTS = "data/sports100"

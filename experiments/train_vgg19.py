@@ -28,6 +28,7 @@ from common import (config_markdown, new_run_dir, option, parse_config, pick_dev
 from sportsnet.cam import GradCAM  # noqa: E402
 from sportsnet.cam.overlay import grid_figure  # noqa: E402
 from sportsnet.data import Sports100, build_transforms, denormalize, make_synthetic_sports, summarize_skipped  # noqa: E402
+from sportsnet.data.cache import DecodedImages, one_size  # noqa: E402
 from sportsnet.data.images import UnreadableImageError  # noqa: E402
 from sportsnet.plotting import figure_to_array, save_figure  # noqa: E402
 from sportsnet.engine import (FitOptions, NonFiniteLossError, Phase, TrainingInterrupted, describe_mismatch,  # noqa: E402
@@ -41,7 +42,7 @@ log = logging.getLogger("train_vgg19")
 DEFAULT_DATA = "data/sports100"
 SYNTHETIC_DATA = "data/synthetic"
 # Flags that may change when resuming; everything else comes from the checkpoint's config.
-RUNTIME_FLAGS = {"resume", "workers", "progress", "device", "log_every"}
+RUNTIME_FLAGS = {"resume", "workers", "progress", "device", "log_every", "data_path", "cache_dir"}
 
 
 @dataclass
@@ -88,6 +89,10 @@ class TrainConfig:
     gradcam_images: int = option(16, "validation images in the Grad-CAM grid logged every epoch (0: none)")
     verify_images: bool = option(True, "decode every image once up front; report and drop unreadable ones")
     strict: bool = option(False, "stop at the first unreadable image instead of skipping it")
+    data_path: str = option("auto", "cache: decode every image once into a memory-mapped file (exact, faster); "
+                            "plain: decode from disk every epoch; auto: cache when a split's images share one size",
+                            ("auto", "cache", "plain"))
+    cache_dir: str = option("data/cache/decoded", "folder of the decoded-image caches")
     progress: bool = option(True, "tqdm progress bars")
     synthetic_classes: int = option(10, "synthetic set: number of classes")
     synthetic_train_per_class: int = option(200, "synthetic set: training images per class")
@@ -211,6 +216,16 @@ def build_data(cfg: TrainConfig):
                 ds.verify()
             except UnreadableImageError as e:  # --strict
                 raise SystemExit(f"error: {e} (--strict stops at the first unreadable image)") from None
+    if cfg.data_path != "plain":
+        for s, ds in splits.items():
+            ok, sizes = one_size([p for p, _ in ds.samples])
+            if ok:
+                splits[s] = DecodedImages(ds, cfg.cache_dir)
+            elif cfg.data_path == "cache":
+                raise SystemExit(f"error: --data-path cache needs the {s} images to share one size; found "
+                                 f"{dict(sizes.most_common(5))} (use --data-path plain or auto)")
+            else:
+                log.info("%s: images of several sizes %s: decoding from disk every epoch", s, dict(sizes.most_common(3)))
     skipped = {s: summarize_skipped(ds.skipped) for s, ds in splits.items() if ds.skipped}
     if skipped:
         log.warning("skipped files: %s", skipped)

@@ -18,7 +18,7 @@ def run(tmp_path_factory):
             "--synthetic-train-per-class", "300", "--synthetic-eval-per-class", "40", "--synthetic-size", "48",
             "--image-size", "48", "--width", "0.125", "--phase2-epochs", "4", "--batch-size", "16", "--lr", "3e-3",
             "--dropout", "0", "--label-smoothing", "0", "--pool", "1", "--out", str(tmp / "runs"), "--name", "tiny",
-            "--no-progress", "--workers", "0", "--gradcam-images", "0"]
+            "--no-progress", "--workers", "0", "--gradcam-images", "0", "--cache-dir", str(tmp / "cache")]
     accuracy = train_vgg19.main(args)
     return tmp, tmp / "runs" / "tiny", accuracy
 

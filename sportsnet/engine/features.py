@@ -66,15 +66,6 @@ class FeatureCache:
         return feats, labels
 
 
-def files_fingerprint(paths: Iterable[str]) -> str:
-    """A digest of file paths, sizes and modification times (what a feature cache depends on)."""
-    h = hashlib.sha256()
-    for p in paths:
-        st = os.stat(p)
-        h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()[:16]
-
-
 @torch.no_grad()
 def head_accuracy(head: nn.Module, feats: torch.Tensor, labels: torch.Tensor, batch_size: int = 4096) -> float:
     head.eval()

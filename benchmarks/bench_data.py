@@ -1,0 +1,132 @@
+"""Data-pipeline speed: images/s from files on disk to a ready training batch, three ways.
+
+    python benchmarks/bench_data.py                    # the synthetic set at 224 px, 13.5k images
+    python benchmarks/bench_data.py --per-class 20     # a smaller set, for a quick look
+
+The set is the synthetic sports set written at 224 px with the real 100-Sports' size (100 classes x
+135 training images = 13,500 JPEGs; written once under data/bench/, about 3 minutes). Each path feeds
+a DataLoader (``--workers`` processes, shuffled, ``--batch-size``) with the training transforms of
+``train_vgg19.py`` (random resized crop to 224, flip, float, normalise), and is timed from a fresh
+iterator until ``--images`` images have been delivered (worker start-up included, alike for all):
+- ``plain``: what ImageFolder does: PIL decode per image (``load_rgb``), then the transforms;
+- ``decode_jpeg``: the file's bytes decoded by ``torchvision.io.decode_jpeg`` on a uint8 tensor, then
+  the same transforms on the tensor (not exact: its pixels can differ from PIL's by a level or two,
+  and it has no EXIF rotation);
+- ``cache``: ``sportsnet.data.cache.DecodedImages``: every image decoded once into a memory-mapped
+  uint8 file (built before timing, reported separately), workers slice it; exact: the same pixels
+  and the same random draws as ``plain``, so it is ``train_vgg19.py``'s default (``--data-path auto``).
+Variants are interleaved (rep 1 of each, then rep 2...). Target: cache >= 3x plain on 2 CPU cores.
+Results: benchmarks/results/data_cpu.json.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import environment, summary, table, time_interleaved, write_json  # noqa: E402
+
+from sportsnet.data import Sports100, build_transforms, make_synthetic_sports  # noqa: E402
+from sportsnet.data.cache import DecodedImages  # noqa: E402
+
+TARGET_CACHE_VS_PLAIN = 3.0
+
+
+class DecodeJpeg(Dataset):
+    """Files decoded by torchvision.io.decode_jpeg (libjpeg-turbo on a uint8 tensor)."""
+
+    def __init__(self, base: Sports100):
+        self.samples, self.transform = base.samples, base.transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        from torchvision.io import ImageReadMode, decode_jpeg, read_file
+
+        path, target = self.samples[i]
+        return self.transform(decode_jpeg(read_file(path), mode=ImageReadMode.RGB)), target
+
+
+def data_table(p: dict) -> str:
+    """The Markdown table of a result file (benchmarks/tables.py, the READMEs)."""
+    env, c, t = p["environment"], p["config"], p["target"]
+    rows = [[name, f"{r['images_per_s']:.0f}", f"{r['images_per_s_p25']:.0f}-{r['images_per_s_p75']:.0f}",
+             f"{r['vs_plain']:.2f}x"] for name, r in p["results"].items()]
+    head = (f"`{env['device']}`, torch {env['torch']}, {env['time'][:10]}; {c['train_images']} JPEGs at {c['size']} px, "
+            f"{c['workers']} workers, batch {c['batch_size']}, {c['images_timed_per_rep']} images per repetition; "
+            f"cache file {p['cache_file_mb']:.0f} MB, built in {p['setup_seconds']['build_or_open_cache']:.0f} s "
+            f"(0 when it existed).")
+    return (head + "\n\n" + table(rows, ["path", "images/s", "p25-p75", "vs plain"])
+            + f"\n\nTarget (cache >= {t['cache_vs_plain']:g}x plain): measured {t['measured']:.2f}x, "
+              f"**{'met' if t['met'] else 'not met'}**.")
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--root", default="data/bench/sports224", help="where the benchmark set is written")
+    p.add_argument("--classes", type=int, default=100)
+    p.add_argument("--per-class", type=int, default=135, help="training images per class")
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--cache-dir", default="data/cache/decoded")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--images", type=int, default=2048, help="images per timed repetition")
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2, help="torch threads of the main process")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    t0 = time.perf_counter()
+    root = make_synthetic_sports(args.root, num_classes=args.classes, train_per_class=args.per_class,
+                                 eval_per_class=1, size=args.size, seed=0)
+    made = time.perf_counter() - t0
+    tf = build_transforms(True, args.size)
+    base = Sports100(root, "train", transform=tf)
+    t0 = time.perf_counter()
+    cached = DecodedImages(base, args.cache_dir)
+    cache_seconds = time.perf_counter() - t0
+    datasets = {"plain": base, "decode_jpeg": DecodeJpeg(base), "cache": cached}
+    batches = max(1, args.images // args.batch_size)
+
+    def run(ds):
+        def f(i: int) -> None:
+            loader = DataLoader(ds, batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
+                                generator=torch.Generator().manual_seed(i), drop_last=True)
+            for k, (x, _) in enumerate(loader):
+                assert x.shape == (args.batch_size, 3, args.size, args.size)
+                if k + 1 == batches:
+                    break
+        return f
+
+    times = time_interleaved({k: run(ds) for k, ds in datasets.items()}, torch.device("cpu"), reps=args.reps,
+                             warmup=0)
+    n = batches * args.batch_size
+    rows, results = [], {}
+    plain_ips = n / summary(times["plain"])["median_s"]
+    for name, t in times.items():
+        s = summary(t)
+        ips = n / s["median_s"]
+        results[name] = {"images_per_s": ips, "images_per_s_p25": n / s["p75_s"], "images_per_s_p75": n / s["p25_s"],
+                         "vs_plain": ips / plain_ips, **s}
+        rows.append([name, f"{ips:.0f}", f"{n / s['p75_s']:.0f}-{n / s['p25_s']:.0f}", f"{ips / plain_ips:.2f}x"])
+    env = environment(torch.device("cpu"))
+    gain = results["cache"]["vs_plain"]
+    payload = {"benchmark": "data_pipeline", "environment": env,
+               "config": {**vars(args), "train_images": len(base), "images_timed_per_rep": n},
+               "setup_seconds": {"write_set_if_missing": made, "build_or_open_cache": cache_seconds},
+               "cache_file_mb": cached.data_path.stat().st_size / 2**20, "results": results,
+               "target": {"cache_vs_plain": TARGET_CACHE_VS_PLAIN, "measured": gain, "met": gain >= TARGET_CACHE_VS_PLAIN}}
+    path = write_json("data_cpu", payload)
+    print(f"\n{env['device']}, {args.workers} workers, batch {args.batch_size}, {len(base)} images at {args.size} px "
+          f"(cache built/opened in {cache_seconds:.0f} s)\n"
+          + table(rows, ["path", "images/s", "p25-p75", "vs plain"]) + f"\n-> {path}")
+
+
+if __name__ == "__main__":
+    main()
