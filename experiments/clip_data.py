@@ -3,20 +3,61 @@ features encoded once (cached on disk, keyed by model, weights, files and transf
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from common import option, pick_device, pick_precision
 from sportsnet.data import LogicalRhythm, Sports100, make_synthetic_sports
 from sportsnet.data.cache import files_fingerprint
 from sportsnet.engine.features import FeatureCache, extract_features
+from sportsnet.engine.loop import PRECISIONS
+from sportsnet.models.clip import load_clip
 
 log = logging.getLogger("clip_data")
 DEFAULT_SPORTS = "data/sports100"
 SYNTHETIC_CLIP = "data/synthetic_clip"  # apart from the VGG demo's set, whose parameters differ
 SYNTHETIC_DEFAULTS = dict(num_classes=10, train_per_class=60, eval_per_class=10, size=96)
+
+
+@dataclass
+class ClipRunConfig:
+    """The options zero_shot_clip.py and finetune_clip.py share (each adds its own)."""
+
+    data: str = option("", "100-Sports or Logical Rhythm folder, or 'synthetic'; empty: data/sports100 if present")
+    model: str = option("ViT-B-32", "open_clip architecture")
+    pretrained: str = option("openai", "pretrained tag, a local checkpoint file, or 'none' (random weights)")
+    prompts: str = option("sports", "prompt set of the zero-shot head", ("single", "sports", "imagenet"))
+    precision: str = option("auto", "autocast precision", ("auto",) + PRECISIONS)
+    batch_size: int = option(64, "images per batch")
+    workers: int = option(2, "data-loader workers")
+    device: str = option("auto", "cpu, cuda, cuda:N or auto")
+    out: str = option("runs", "folder for run folders")
+    name: str = option("", "run folder name (default: from the script, model, weights, data and time)")
+    cache_dir: str = option("data/cache/features", "image-feature cache ('' to disable)")
+    progress: bool = option(True, "progress bars")
+    synthetic_classes: int = option(10, "synthetic set: number of classes")
+    synthetic_size: int = option(96, "synthetic set: image side in pixels")
+
+
+def load_clip_or_exit(model: str, pretrained: str, device):
+    """``load_clip`` with the same random weights every run for ``none``; errors as one-line exits."""
+    torch.manual_seed(0)
+    try:
+        return load_clip(model, pretrained, device=device)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+def start(cfg: ClipRunConfig):
+    """What both scripts do first: ``(kind, root, device, precision, bundle)``."""
+    kind, root = resolve_data(cfg.data)
+    device = pick_device(cfg.device)
+    precision = pick_precision(cfg.precision, device)
+    return kind, root, device, precision, load_clip_or_exit(cfg.model, cfg.pretrained, device)
 
 
 def resolve_data(data: str) -> tuple[str, Path]:

@@ -31,7 +31,7 @@ from torchvision.utils import save_image
 from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from clip_data import open_split, resolve_data  # noqa: E402
+from clip_data import load_clip_or_exit, open_split, resolve_data  # noqa: E402
 from common import option, parse_config, pick_device, setup_logging, timestamp  # noqa: E402
 from train_vgg19 import load_run  # noqa: E402
 
@@ -42,7 +42,6 @@ from sportsnet.cam.overlay import overlay, save_grid  # noqa: E402
 from sportsnet.data import (IMAGENET_MEAN, IMAGENET_STD, SPORTS100_CLASSES, ImageListDataset,  # noqa: E402
                             build_transforms, denormalize, read_boxes, summarize_skipped)
 from sportsnet.data.images import is_image_file  # noqa: E402
-from sportsnet.models.clip import load_clip  # noqa: E402
 from sportsnet.models.prompts import prompt_names, prompt_sets  # noqa: E402
 from sportsnet.models.zero_shot import ZeroShotClassifier  # noqa: E402
 from sportsnet.ops import METHODS  # noqa: E402
@@ -108,11 +107,7 @@ def vgg_subject(cfg: ExplainConfig, device) -> tuple[Subject, object]:
 
 
 def clip_subject(cfg: ExplainConfig, device, classes: list[str], kind: str) -> Subject:
-    torch.manual_seed(0)  # --pretrained none: the same random model every run
-    try:
-        bundle = load_clip(cfg.clip, cfg.pretrained, device=device)
-    except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"error: {e}") from None
+    bundle = load_clip_or_exit(cfg.clip, cfg.pretrained, device)
     if cfg.prompt:
         texts = [t.strip() for t in cfg.prompt.split(";") if t.strip()]
         model = ZeroShotClassifier.from_names(bundle, texts, ["{}"])

@@ -29,16 +29,14 @@ import torch
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from clip_data import encode_split, open_split, resolve_data  # noqa: E402
-from common import (config_markdown, new_run_dir, option, parse_config, pick_device, pick_precision,  # noqa: E402
+from clip_data import ClipRunConfig, encode_split, open_split, start  # noqa: E402
+from common import (config_markdown, new_run_dir, option, parse_config,  # noqa: E402
                     setup_logging, timestamp, write_json)
 
 from sportsnet.data import LabeledSubset, few_shot_indices  # noqa: E402
 from sportsnet.engine import FitOptions, Phase, evaluate, fit, load_checkpoint  # noqa: E402
 from sportsnet.engine.features import fit_logistic, head_accuracy, train_head  # noqa: E402
-from sportsnet.engine.loop import PRECISIONS  # noqa: E402
 from sportsnet.models.adapters import ClipAdapter, LinearProbe, TipAdapter, wise_ft, zero_shot_linear  # noqa: E402
-from sportsnet.models.clip import load_clip  # noqa: E402
 from sportsnet.models.prompts import prompt_names, prompt_sets  # noqa: E402
 from sportsnet.models.zero_shot import ZeroShotClassifier, build_text_classifier  # noqa: E402
 from sportsnet.plotting import figure_to_array, save_figure  # noqa: E402
@@ -53,11 +51,7 @@ GRIDS = {"l2": (1e-6, 1e-4, 1e-2), "wise_alpha": tuple(i / 10 for i in range(11)
 
 
 @dataclass
-class FinetuneConfig:
-    data: str = option("", "100-Sports or Logical Rhythm folder, or 'synthetic'; empty: data/sports100 if present")
-    model: str = option("ViT-B-32", "open_clip architecture")
-    pretrained: str = option("openai", "pretrained tag, a local checkpoint file, or 'none' (random weights)")
-    prompts: str = option("sports", "prompt set of the zero-shot head", ("single", "sports", "imagenet"))
+class FinetuneConfig(ClipRunConfig):
     shots: str = option("1,2,4,8,16,all", "images per class used for training, comma-separated ('all': every image)")
     seeds: str = option("1,2,3", "seeds of the few-shot draws and of training")
     methods: str = option(",".join(METHODS), f"comma-separated subset of {', '.join(METHODS)}")
@@ -65,18 +59,8 @@ class FinetuneConfig:
     full_finetune: bool = option(False, "also fine-tune the whole image tower on the k-shot images (slow)")
     finetune_epochs: int = option(3, "epochs of --full-finetune")
     finetune_lr: float = option(1e-5, "learning rate of --full-finetune")
-    precision: str = option("auto", "autocast precision", ("auto",) + PRECISIONS)
-    batch_size: int = option(64, "images per batch when encoding / fine-tuning")
-    workers: int = option(2, "data-loader workers")
-    device: str = option("auto", "cpu, cuda, cuda:N or auto")
-    out: str = option("runs", "folder for run folders")
-    name: str = option("", "run folder name (default: fewshot-<model>-<weights>-<data>-<time>)")
-    cache_dir: str = option("data/cache/features", "image-feature cache ('' to disable)")
-    progress: bool = option(True, "progress bars")
-    synthetic_classes: int = option(10, "synthetic set: number of classes")
     synthetic_train_per_class: int = option(60, "synthetic set: training images per class")
     synthetic_eval_per_class: int = option(10, "synthetic set: images per class in valid and in test")
-    synthetic_size: int = option(96, "synthetic set: image side in pixels")
 
 
 def parse_shots(text: str) -> list[int | str]:
@@ -178,14 +162,7 @@ def main(argv=None) -> dict:
                          f"--seeds and --shots must not be empty")
     if cfg.steps < 1 or cfg.batch_size < 1:
         raise SystemExit(f"error: --steps ({cfg.steps}) and --batch-size ({cfg.batch_size}) must be >= 1")
-    kind, root = resolve_data(cfg.data)
-    device = pick_device(cfg.device)
-    precision = pick_precision(cfg.precision, device)
-    torch.manual_seed(0)  # --pretrained none: the same random model every run
-    try:
-        bundle = load_clip(cfg.model, cfg.pretrained, device=device)
-    except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"error: {e}") from None
+    kind, root, device, precision, bundle = start(cfg)
     synthetic = dict(num_classes=cfg.synthetic_classes, train_per_class=cfg.synthetic_train_per_class,
                      eval_per_class=cfg.synthetic_eval_per_class, size=cfg.synthetic_size)
     train_split = "train"

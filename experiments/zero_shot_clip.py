@@ -17,17 +17,14 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from clip_data import encode_split, open_split, resolve_data  # noqa: E402
-from common import (config_markdown, new_run_dir, option, parse_config, pick_device, pick_precision,  # noqa: E402
+from clip_data import ClipRunConfig, encode_split, open_split, start  # noqa: E402
+from common import (config_markdown, new_run_dir, option, parse_config,  # noqa: E402
                     setup_logging, timestamp, write_json)
 
 from sportsnet.engine import EvalResult, write_report  # noqa: E402
-from sportsnet.engine.loop import PRECISIONS  # noqa: E402
 from sportsnet.engine.report import confusion_figure  # noqa: E402
-from sportsnet.models.clip import load_clip  # noqa: E402
 from sportsnet.models.prompts import prompt_names, prompt_sets  # noqa: E402
 from sportsnet.models.zero_shot import build_text_classifier  # noqa: E402
 from sportsnet.plotting import figure_to_array  # noqa: E402
@@ -36,22 +33,8 @@ log = logging.getLogger("zero_shot_clip")
 
 
 @dataclass
-class ZeroShotConfig:
-    data: str = option("", "100-Sports or Logical Rhythm folder, or 'synthetic'; empty: data/sports100 if present")
+class ZeroShotConfig(ClipRunConfig):
     split: str = option("test", "split to evaluate (Logical Rhythm: train, the only labelled one)")
-    model: str = option("ViT-B-32", "open_clip architecture")
-    pretrained: str = option("openai", "pretrained tag, a local checkpoint file, or 'none' (random weights)")
-    prompts: str = option("sports", "prompt set of the main report", ("single", "sports", "imagenet"))
-    precision: str = option("auto", "autocast precision", ("auto",) + PRECISIONS)
-    batch_size: int = option(64, "images per batch")
-    workers: int = option(2, "data-loader workers")
-    device: str = option("auto", "cpu, cuda, cuda:N or auto")
-    out: str = option("runs", "folder for run folders")
-    name: str = option("", "run folder name (default: zeroshot-<model>-<weights>-<data>-<time>)")
-    cache_dir: str = option("data/cache/features", "image-feature cache ('' to disable)")
-    progress: bool = option(True, "progress bars")
-    synthetic_classes: int = option(10, "synthetic set: number of classes")
-    synthetic_size: int = option(96, "synthetic set: image side in pixels")
 
 
 def main(argv=None) -> dict:
@@ -59,14 +42,7 @@ def main(argv=None) -> dict:
     cfg, _ = parse_config(ZeroShotConfig, argv, ZeroShotConfig(), __doc__)
     if cfg.batch_size < 1:
         raise SystemExit(f"error: --batch-size {cfg.batch_size} must be >= 1")
-    kind, root = resolve_data(cfg.data)
-    device = pick_device(cfg.device)
-    precision = pick_precision(cfg.precision, device)
-    torch.manual_seed(0)  # --pretrained none: the same random model every run
-    try:
-        bundle = load_clip(cfg.model, cfg.pretrained, device=device)
-    except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"error: {e}") from None
+    kind, root, device, precision, bundle = start(cfg)
     if bundle.pretrained == "none":
         print("no pretrained weights (--pretrained none): random weights, accuracy will be near chance", flush=True)
     ds = open_split(kind, root, cfg.split, bundle.transforms(False),

@@ -12,6 +12,7 @@ from sportsnet.models.adapters import ClipAdapter, LinearProbe, TipAdapter, wise
 from sportsnet.models.clip import _resolve_name, load_clip
 from sportsnet.models.prompts import SPORTS, prompt_names, prompt_sets
 from sportsnet.models.zero_shot import ZeroShotClassifier, build_text_classifier
+from trees import write_malicious_pickle
 
 clip_tiny.register()
 
@@ -276,19 +277,9 @@ def test_full_finetuning_of_the_image_tower_is_an_option(tmp_path, monkeypatch):
     assert not torch.equal(tuned["visual.conv1.weight"], start["conv1.weight"])  # the tower itself was trained
 
 
-class _Exploit:
-    def __init__(self, target):
-        self.target = target
-
-    def __reduce__(self):
-        return (open, (self.target, "w"))
-
-
 def test_a_clip_weights_pickle_that_runs_code_is_refused(tmp_path):
-    import pickle
-
     evil, marker = tmp_path / "open_clip_pytorch_model.bin", tmp_path / "pwned"
-    evil.write_bytes(pickle.dumps({"state_dict": {"x": _Exploit(str(marker))}}, protocol=2))
+    write_malicious_pickle(evil, "x", marker, nest="state_dict")
     with pytest.raises(RuntimeError, match="refusing to load .*weights_only=True"):
         load_clip("tiny-vit-test", str(evil))
     assert not marker.exists()

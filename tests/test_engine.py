@@ -1,6 +1,5 @@
 import errno
 import math
-import pickle
 import random
 
 import numpy as np
@@ -12,6 +11,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from sportsnet.engine import (CheckpointWriteError, FitOptions, NonFiniteLossError, Phase, build_optimizer,
                               capture_rng_state, evaluate, fit, load_checkpoint, restore_rng_state,
                               save_checkpoint, train_one_epoch, warmup_cosine)
+from trees import write_malicious_pickle
 
 CPU = torch.device("cpu")
 
@@ -56,17 +56,9 @@ def test_checkpoint_save_is_atomic_when_the_disk_fills(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temporary left behind
 
 
-class _Exploit:
-    def __init__(self, target):
-        self.target = target
-
-    def __reduce__(self):
-        return (open, (self.target, "w"))
-
-
 def test_load_checkpoint_refuses_code_execution(tmp_path):
     evil, marker = tmp_path / "ckpt.pt", tmp_path / "pwned"
-    evil.write_bytes(pickle.dumps({"model": _Exploit(str(marker))}, protocol=2))
+    write_malicious_pickle(evil, "model", marker)
     with pytest.raises(RuntimeError, match="refusing to load .*weights_only=True"):
         load_checkpoint(evil)
     assert not marker.exists()

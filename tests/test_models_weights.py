@@ -6,6 +6,7 @@ import torch
 import torchvision
 
 from sportsnet.models import hub_checkpoint_path, load_imagenet_weights, sports_vgg19, vgg19
+from trees import write_malicious_pickle
 
 
 @pytest.fixture(scope="module")
@@ -81,17 +82,9 @@ def test_a_corrupt_cached_download_is_detected_by_its_hash(tmp_path, monkeypatch
         load_imagenet_weights(vgg19(), "imagenet")
 
 
-class _Exploit:
-    def __init__(self, target):
-        self.target = target
-
-    def __reduce__(self):
-        return (open, (self.target, "w"))
-
-
 def test_a_pickle_that_runs_code_is_refused(tmp_path):
     evil, marker = tmp_path / "vgg19.pth", tmp_path / "pwned"
-    evil.write_bytes(pickle.dumps({"features.0.weight": _Exploit(str(marker))}, protocol=2))
+    write_malicious_pickle(evil, "features.0.weight", marker)
     with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
         load_imagenet_weights(vgg19(), evil)
     assert not marker.exists()

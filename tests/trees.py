@@ -67,3 +67,23 @@ def write_sports_csv(root: Path, rows: list[list], release: str = "new") -> None
         else:
             w.writerow(["filepaths", "labels", "data set"])
             w.writerows(r[1:] for r in rows)
+
+
+class _OpensAFile:
+    """Unpickling this calls ``open(target, "w")``: it creates a file, proving code ran."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+def write_malicious_pickle(path: Path, key: str, marker: Path, nest: str | None = None) -> None:
+    """A torch-like file whose ``key`` entry (under ``nest`` when given) would create ``marker`` if
+    loaded with a plain pickle load."""
+    import pickle
+
+    payload = {key: _OpensAFile(str(marker))}
+    path.write_bytes(pickle.dumps({nest: payload} if nest else payload, protocol=2))
+
