@@ -14,7 +14,10 @@ iterator until ``--images`` images have been delivered (worker start-up included
   and it has no EXIF rotation);
 - ``cache``: ``sportsnet.data.cache.DecodedImages``: every image decoded once into a memory-mapped
   uint8 file (built before timing, reported separately), workers slice it; exact: the same pixels
-  and the same random draws as ``plain``, so it is ``train_vgg19.py``'s default (``--data-path auto``).
+  and the same random draws as ``plain``, so it is ``train_vgg19.py``'s default (``--data-path auto``);
+- ``cache+batched``: workers deliver the cached uint8 images untouched and the whole batch is
+  augmented at once on the training device (``sportsnet.data.batch_aug.BatchRandomResizedCrop``:
+  torchvision's crop distribution, one ``roi_align`` resample; not bit-identical, meant for GPUs).
 Variants are interleaved (rep 1 of each, then rep 2...). Target: cache >= 3x plain on 2 CPU cores.
 Results: benchmarks/results/data_cpu.json.
 """
@@ -32,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import environment, summary, table, time_interleaved, write_json  # noqa: E402
 
 from sportsnet.data import Sports100, build_transforms, make_synthetic_sports  # noqa: E402
+from sportsnet.data.batch_aug import BatchRandomResizedCrop  # noqa: E402
 from sportsnet.data.cache import DecodedImages  # noqa: E402
 
 TARGET_CACHE_VS_PLAIN = 3.0
@@ -91,20 +95,25 @@ def main(argv=None) -> None:
     t0 = time.perf_counter()
     cached = DecodedImages(base, args.cache_dir)
     cache_seconds = time.perf_counter() - t0
-    datasets = {"plain": base, "decode_jpeg": DecodeJpeg(base), "cache": cached}
-    batches = max(1, args.images // args.batch_size)
+    raw = DecodedImages(Sports100(root, "train"), args.cache_dir)  # the same file; uint8 items
+    batched = BatchRandomResizedCrop(args.size)
+    datasets = {"plain": (base, None), "decode_jpeg": (DecodeJpeg(base), None), "cache": (cached, None),
+                "cache+batched": (raw, batched)}
+    batches = max(1, min(args.images, len(base)) // args.batch_size)
 
-    def run(ds):
+    def run(ds, on_device):
         def f(i: int) -> None:
             loader = DataLoader(ds, batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
                                 generator=torch.Generator().manual_seed(i), drop_last=True)
             for k, (x, _) in enumerate(loader):
-                assert x.shape == (args.batch_size, 3, args.size, args.size)
+                if on_device is not None:  # here the training device is the CPU
+                    x = on_device(x)
+                assert x.shape == (args.batch_size, 3, args.size, args.size) and x.dtype == torch.float32
                 if k + 1 == batches:
                     break
         return f
 
-    times = time_interleaved({k: run(ds) for k, ds in datasets.items()}, torch.device("cpu"), reps=args.reps,
+    times = time_interleaved({k: run(*v) for k, v in datasets.items()}, torch.device("cpu"), reps=args.reps,
                              warmup=0)
     n = batches * args.batch_size
     rows, results = [], {}
