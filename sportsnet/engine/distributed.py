@@ -38,8 +38,12 @@ def init_from_env(device: str = "auto") -> torch.device | None:
 
 
 def shutdown() -> None:
+    """Leave the process group together: no rank tears it down while another still uses it."""
     if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
 
 
 def barrier() -> None:
@@ -54,8 +58,9 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def any_rank(flag: bool, device: torch.device | str = "cpu") -> bool:
-    """True on every rank when ``flag`` is true on any (one tiny all-reduce)."""
+def any_rank(flag: bool, device: torch.device | str) -> bool:
+    """True on every rank when ``flag`` is true on any (one tiny all-reduce on ``device``: the
+    training device, since NCCL takes only CUDA tensors)."""
     if world()[1] == 1:
         return flag
     t = torch.tensor([1 if flag else 0], device=device)
