@@ -78,6 +78,18 @@ def copies_to_defeat_cache(bytes_per_copy: int, device: torch.device, limit: int
     return max(2, min(limit, -(-2 * last_level_cache_bytes(device) // max(bytes_per_copy, 1))))
 
 
+def select_devices(choice: str) -> list[torch.device]:
+    """``--device`` of the benchmark scripts: ``cpu``, ``cuda`` (an error without CUDA) or ``all``
+    (the CPU, and CUDA where present)."""
+    devices = [torch.device("cpu")] if choice in ("all", "cpu") else []
+    if choice in ("all", "cuda"):
+        if torch.cuda.is_available():
+            devices.append(torch.device("cuda"))
+        elif choice == "cuda":
+            raise SystemExit("error: --device cuda but CUDA is not available")
+    return devices
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import environment, slug, summary, table, time_interleaved, write_json  # noqa: E402
+from _common import environment, select_devices, slug, summary, table, time_interleaved, write_json  # noqa: E402
 
 from sportsnet.cam import GradCAM  # noqa: E402
 from sportsnet.models import vgg19  # noqa: E402
@@ -138,13 +138,7 @@ def main(argv=None):
     ap.add_argument("--width", type=float, default=1.0)
     ap.add_argument("--reps", type=int, default=0, help="timed repetitions (default: 5 / 3 / 2 by batch size)")
     args = ap.parse_args(argv)
-    devices = [torch.device("cpu")] if args.device in ("all", "cpu") else []
-    if args.device in ("all", "cuda"):
-        if torch.cuda.is_available():
-            devices.append(torch.device("cuda"))
-        elif args.device == "cuda":
-            raise SystemExit("error: --device cuda but CUDA is not available")
-    return [run_device(d, args) for d in devices]
+    return [run_device(d, args) for d in select_devices(args.device)]
 
 
 if __name__ == "__main__":

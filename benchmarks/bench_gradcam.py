@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (copies_to_defeat_cache, copy_bandwidth, environment, slug, summary, table,  # noqa: E402
-                     time_interleaved, write_json)
+from _common import (copies_to_defeat_cache, copy_bandwidth, environment, select_devices, slug,  # noqa: E402
+                     summary, table, time_interleaved, write_json)
 
 from sportsnet.ops import METHODS, backend, fused_gradcam, gradcam_reference  # noqa: E402
 
@@ -145,13 +145,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if backend() != "compiled":
         raise SystemExit("error: the compiled operator is not available; this benchmark compares it with the reference")
-    devices = [torch.device("cpu")] if args.device in ("all", "cpu") else []
-    if args.device in ("all", "cuda"):
-        if torch.cuda.is_available():
-            devices.append(torch.device("cuda"))
-        elif args.device == "cuda":
-            raise SystemExit("error: --device cuda but CUDA is not available")
-    return [run_device(d, args) for d in devices]
+    return [run_device(d, args) for d in select_devices(args.device)]
 
 
 if __name__ == "__main__":

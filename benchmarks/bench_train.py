@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import environment, slug, summary, table, time_interleaved, write_json  # noqa: E402
+from _common import environment, select_devices, slug, summary, table, time_interleaved, write_json  # noqa: E402
 
 from sportsnet.engine.loop import autocast, make_grad_scaler  # noqa: E402
 from sportsnet.models import vgg19  # noqa: E402
@@ -143,12 +143,8 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=2, help="CPU threads")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True, help="include torch.compile")
     args = p.parse_args(argv)
-    devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
-    for d in devices:
-        if d == "cuda" and not torch.cuda.is_available():
-            print("no CUDA here: skipping the GPU part", flush=True)
-            continue
-        run_device(torch.device(d), args)
+    for device in select_devices(args.device):
+        run_device(device, args)
 
 
 if __name__ == "__main__":

@@ -39,8 +39,8 @@ class ClipRunConfig:
     name: str = option("", "run folder name (default: from the script, model, weights, data and time)")
     cache_dir: str = option("data/cache/features", "image-feature cache ('' to disable)")
     progress: bool = option(True, "progress bars")
-    synthetic_classes: int = option(10, "synthetic set: number of classes")
-    synthetic_size: int = option(96, "synthetic set: image side in pixels")
+    synthetic_classes: int = option(SYNTHETIC_DEFAULTS["num_classes"], "synthetic set: number of classes")
+    synthetic_size: int = option(SYNTHETIC_DEFAULTS["size"], "synthetic set: image side in pixels")
 
 
 def load_clip_or_exit(model: str, pretrained: str, device):

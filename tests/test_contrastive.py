@@ -143,6 +143,7 @@ def test_retrieval_metrics_count_any_caption_of_an_image():
 def test_training_steps_lower_the_loss_and_clamp_the_temperature():
     bundle, x, tokens = tiny_batch(16)
     model = bundle.model
+    assert model.logit_scale.exp().item() == pytest.approx(1 / 0.07)  # the learnable temperature's start
     with torch.no_grad():
         model.logit_scale.fill_(5.0)  # above log(100): clamped after the first step
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)

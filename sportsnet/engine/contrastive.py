@@ -26,10 +26,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .distributed import world
-from .loop import NonFiniteLossError, autocast, make_grad_scaler
+from .loop import autocast, check_finite, group_lrs, make_grad_scaler
 
-INIT_LOGIT_SCALE = math.log(1 / 0.07)
-MAX_LOGIT_SCALE = math.log(100.0)
+MAX_LOGIT_SCALE = math.log(100.0)  # the temperature starts at 0.07 (open_clip's init) and stays >= 0.01
 
 
 def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale) -> torch.Tensor:
@@ -214,12 +213,9 @@ def train_contrastive_epoch(
         if steps % log_every == 0 or steps == total:
             now = time.perf_counter()
             step_loss = (window_loss / window_steps).item()  # the one host sync of the window
-            lrs = {str(g.get("name", i)): g["lr"] for i, g in enumerate(optimizer.param_groups)}
-            if not math.isfinite(step_loss):
-                raise NonFiniteLossError(f"contrastive loss is {step_loss} at step {global_step + steps} "
-                                         f"(lr {lrs}, precision {precision})")
+            check_finite(step_loss, "contrastive loss", global_step + steps, optimizer, precision)
             log = ContrastiveLog(global_step + steps, step_loss, float(model.logit_scale.detach().exp()),
-                                 window_pairs / max(now - t_window, 1e-9), lrs)
+                                 window_pairs / max(now - t_window, 1e-9), group_lrs(optimizer))
             logs.append(log)
             if on_log is not None:
                 on_log(log)

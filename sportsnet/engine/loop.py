@@ -54,6 +54,18 @@ class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite (detected at a log step)."""
 
 
+def group_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    """Learning rate of each param group, under the group's ``"name"`` (or its index)."""
+    return {str(g.get("name", i)): g["lr"] for i, g in enumerate(optimizer.param_groups)}
+
+
+def check_finite(loss: float, what: str, step: int, optimizer: torch.optim.Optimizer, precision: str) -> None:
+    """Raise :class:`NonFiniteLossError` naming the step, learning rates and precision."""
+    if not math.isfinite(loss):
+        lrs = ", ".join(f"{k}={v:.3g}" for k, v in group_lrs(optimizer).items())
+        raise NonFiniteLossError(f"{what} is {loss} at step {step} (lr {lrs}, precision {precision})")
+
+
 @dataclass
 class StepLog:
     """What the loop reports at each log step (for TensorBoard and progress bars)."""
@@ -172,13 +184,9 @@ def train_one_epoch(
             now = time.perf_counter()
             # The one host sync of the window: read back the running loss and accuracy.
             step_loss, step_acc = (window_loss / window_seen).item(), (window_c1 / window_seen).item()
-            if not math.isfinite(step_loss):
-                lrs = ", ".join(f"{g.get('name', i)}={g['lr']:.3g}" for i, g in enumerate(optimizer.param_groups))
-                raise NonFiniteLossError(
-                    f"training loss is {step_loss} at step {global_step + steps} (lr {lrs}, precision {precision})"
-                )
+            check_finite(step_loss, "training loss", global_step + steps, optimizer, precision)
             log = StepLog(global_step + steps, step_loss, step_acc, window_seen / max(now - t_window, 1e-9),
-                          {str(g.get("name", i)): g["lr"] for i, g in enumerate(optimizer.param_groups)})
+                          group_lrs(optimizer))
             logs.append(log)
             if on_log is not None:
                 on_log(log)
