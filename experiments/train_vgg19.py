@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (config_markdown, new_run_dir, option, parse_config, pick_device, pick_precision,  # noqa: E402
@@ -28,13 +28,14 @@ from common import (config_markdown, new_run_dir, option, parse_config, pick_dev
 from sportsnet.cam import GradCAM  # noqa: E402
 from sportsnet.cam.overlay import grid_figure  # noqa: E402
 from sportsnet.data import Sports100, build_transforms, denormalize, make_synthetic_sports, summarize_skipped  # noqa: E402
+from sportsnet.data.batch_aug import collate_channels_last  # noqa: E402
 from sportsnet.data.cache import DecodedImages, one_size  # noqa: E402
 from sportsnet.data.images import UnreadableImageError  # noqa: E402
 from sportsnet.plotting import figure_to_array, save_figure  # noqa: E402
 from sportsnet.engine import (FitOptions, NonFiniteLossError, Phase, TrainingInterrupted, describe_mismatch,  # noqa: E402
                               evaluate, fit, load_checkpoint, write_report)
 from sportsnet.engine.distributed import ShardSampler, barrier, broadcast_object, init_from_env, is_main, shutdown, world  # noqa: E402
-from sportsnet.engine.loop import PRECISIONS  # noqa: E402
+from sportsnet.engine.loop import PRECISIONS, to_device  # noqa: E402
 from sportsnet.engine.optim import OPTIMIZERS  # noqa: E402
 from sportsnet.models import RECIPES, load_imagenet_weights, recipe_phases, sports_vgg19  # noqa: E402
 
@@ -89,9 +90,10 @@ class TrainConfig:
     gradcam_images: int = option(16, "validation images in the Grad-CAM grid logged every epoch (0: none)")
     verify_images: bool = option(True, "decode every image once up front; report and drop unreadable ones")
     strict: bool = option(False, "stop at the first unreadable image instead of skipping it")
-    data_path: str = option("auto", "cache: decode every image once into a memory-mapped file (exact, faster); "
-                            "plain: decode from disk every epoch; auto: cache when a split's images share one size",
-                            ("auto", "cache", "plain"))
+    data_path: str = option("auto", "cache: decode every image once into a memory-mapped uint8 file and augment "
+                            "whole batches on the training device (the same augmentation distribution, faster); "
+                            "plain: decode and augment image by image in the workers every epoch; auto: cache "
+                            "where a split's images share one size", ("auto", "cache", "plain"))
     cache_dir: str = option("data/cache/decoded", "folder of the decoded-image caches")
     progress: bool = option(True, "tqdm progress bars")
     synthetic_classes: int = option(10, "synthetic set: number of classes")
@@ -206,21 +208,24 @@ def build_data(cfg: TrainConfig):
                                      seed=cfg.seed)
     else:
         root = Path(cfg.data)
-    train_tf = build_transforms(True, cfg.image_size, grayscale=cfg.grayscale, scale=(cfg.crop_scale, 1.0))
-    eval_tf = build_transforms(False, cfg.image_size, grayscale=cfg.grayscale, resize_ratio=cfg.eval_resize_ratio)
-    splits = {s: Sports100(root, s, transform=train_tf if s == "train" else eval_tf, strict=cfg.strict)
-              for s in ("train", "valid", "test")}
+    kw = {True: dict(grayscale=cfg.grayscale, scale=(cfg.crop_scale, 1.0)),
+          False: dict(grayscale=cfg.grayscale, resize_ratio=cfg.eval_resize_ratio)}
+    splits = {s: Sports100(root, s, transform=build_transforms(s == "train", cfg.image_size, **kw[s == "train"]),
+                           strict=cfg.strict) for s in ("train", "valid", "test")}
     if cfg.verify_images:
         for ds in splits.values():
             try:
                 ds.verify()
             except UnreadableImageError as e:  # --strict
                 raise SystemExit(f"error: {e} (--strict stops at the first unreadable image)") from None
+    on_device = {}  # split -> the batch transform that replaces its per-image one (cached splits)
     if cfg.data_path != "plain":
         for s, ds in splits.items():
             ok, sizes = one_size([p for p, _ in ds.samples])
             if ok:
+                ds.transform = None  # raw uint8 items; augmented by the batch on the training device
                 splits[s] = DecodedImages(ds, cfg.cache_dir)
+                on_device[s] = build_transforms(s == "train", cfg.image_size, batched=True, **kw[s == "train"])
             elif cfg.data_path == "cache":
                 raise SystemExit(f"error: --data-path cache needs the {s} images to share one size; found "
                                  f"{dict(sizes.most_common(5))} (use --data-path plain or auto)")
@@ -229,27 +234,35 @@ def build_data(cfg: TrainConfig):
     skipped = {s: summarize_skipped(ds.skipped) for s, ds in splits.items() if ds.skipped}
     if skipped:
         log.warning("skipped files: %s", skipped)
-    return root, splits, skipped
+    return root, splits, skipped, on_device
 
 
-def loaders(cfg: TrainConfig, splits, device: torch.device):
-    workers = cfg.workers if cfg.workers >= 0 else (min(8, torch.get_num_threads()) if device.type == "cuda" else 1)
+def loaders(cfg: TrainConfig, splits, on_device: dict, device: torch.device):
+    def common(s: str) -> dict:
+        if cfg.workers >= 0:
+            workers = cfg.workers
+        elif device.type == "cuda":
+            workers = min(8, torch.get_num_threads())
+        else:  # CPU training: a cached split is a slice of a memory map, cheaper in-process than shipped by a worker
+            workers = 0 if s in on_device else 1
+        return dict(num_workers=workers, pin_memory=device.type == "cuda",
+                    collate_fn=collate_channels_last if s in on_device else None)
+
     # Workers are recreated every epoch (not persistent): their RNG seeds then come from the loader's
     # generator, which fit() reseeds per epoch, so a resumed run augments exactly like an uninterrupted one.
-    common = dict(num_workers=workers, pin_memory=device.type == "cuda")
     if world()[1] > 1:  # torchrun: --batch-size is per process; evaluation shards add up to the whole split
         from torch.utils.data import DistributedSampler
 
         sampler = DistributedSampler(splits["train"], shuffle=True, seed=cfg.seed, drop_last=True)
         train = DataLoader(splits["train"], batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
-                           generator=torch.Generator(), **common)
-        val, test = (DataLoader(splits[s], batch_size=2 * cfg.batch_size, sampler=ShardSampler(splits[s]), **common)
-                     for s in ("valid", "test"))
+                           generator=torch.Generator(), **common("train"))
+        val, test = (DataLoader(splits[s], batch_size=2 * cfg.batch_size, sampler=ShardSampler(splits[s]),
+                                **common(s)) for s in ("valid", "test"))
         return train, val, test
     train = DataLoader(splits["train"], batch_size=cfg.batch_size, shuffle=True, drop_last=True,
-                       generator=torch.Generator(), **common)
-    val = DataLoader(splits["valid"], batch_size=2 * cfg.batch_size, **common)
-    test = DataLoader(splits["test"], batch_size=2 * cfg.batch_size, **common)
+                       generator=torch.Generator(), **common("train"))
+    val = DataLoader(splits["valid"], batch_size=2 * cfg.batch_size, **common("valid"))
+    test = DataLoader(splits["test"], batch_size=2 * cfg.batch_size, **common("test"))
     return train, val, test
 
 
@@ -261,12 +274,13 @@ def gradcam_grid(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, c
                        pred_names=[classes[i] for i in pred], scores=out.scores[:, 0].tolist(), title=title)
 
 
-def fixed_images(dataset, n: int, device: torch.device, channels_last: bool):
-    """``n`` images spread evenly over ``dataset`` (the same ones every epoch)."""
+def fixed_images(dataset, n: int, device: torch.device, channels_last: bool, batch_transform=None):
+    """``n`` images spread evenly over ``dataset`` (the same ones every epoch), ready for the model."""
     idx = torch.linspace(0, len(dataset) - 1, min(n, len(dataset))).round().long().tolist()
-    images, labels = zip(*(dataset[i] for i in idx))
-    x = torch.stack(images).to(device)
-    return (x.contiguous(memory_format=torch.channels_last) if channels_last else x), torch.tensor(labels)
+    items = [dataset[i] for i in idx]
+    images, labels = collate_channels_last(items) if batch_transform else default_collate(items)
+    x = to_device(images, device, channels_last)
+    return (batch_transform(x) if batch_transform else x), labels
 
 
 def main(argv=None) -> float:
@@ -295,12 +309,12 @@ def train(cfg: TrainConfig, ckpt: dict | None, device: torch.device) -> float:
         if main_rank:
             write_json(run_dir / "config.json", dataclasses.asdict(cfg))
     if main_rank:  # rank 0 writes the synthetic set (if needed) before the others read it
-        root, splits, skipped = build_data(cfg)
+        root, splits, skipped, on_device = build_data(cfg)
     barrier()
     if not main_rank:
-        root, splits, skipped = build_data(cfg)
+        root, splits, skipped, on_device = build_data(cfg)
     classes = splits["train"].classes
-    train_loader, val_loader, test_loader = loaders(cfg, splits, device)
+    train_loader, val_loader, test_loader = loaders(cfg, splits, on_device, device)
 
     model = build_model(cfg, len(classes))
     if cfg.weights != "none" and ckpt is None:
@@ -325,7 +339,8 @@ def train(cfg: TrainConfig, ckpt: dict | None, device: torch.device) -> float:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     if cfg.gradcam_images > 0:
-        cam_images, cam_labels = fixed_images(splits["valid"], cfg.gradcam_images, device, cfg.channels_last)
+        cam_images, cam_labels = fixed_images(splits["valid"], cfg.gradcam_images, device, cfg.channels_last,
+                                              on_device.get("valid"))
 
     def log_gradcam(epoch: int, _val) -> None:
         if cfg.gradcam_images > 0:
@@ -337,7 +352,8 @@ def train(cfg: TrainConfig, ckpt: dict | None, device: torch.device) -> float:
             result = fit(model, phases, train_loader, val_loader,
                          loss_fn=nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), device=device,
                          classes=classes, run_dir=run_dir, options=options, config=dataclasses.asdict(cfg),
-                         writer=writer, resume=ckpt, on_epoch_end=log_gradcam)
+                         writer=writer, resume=ckpt, on_epoch_end=log_gradcam,
+                         train_transform=on_device.get("train"), val_transform=on_device.get("valid"))
         except TrainingInterrupted as e:
             if writer is not None:
                 writer.close()
@@ -353,7 +369,8 @@ def train(cfg: TrainConfig, ckpt: dict | None, device: torch.device) -> float:
         barrier()  # rank 0 has written it
         model.load_state_dict(load_checkpoint(result.best_checkpoint)["model"])
         test = evaluate(model, test_loader, device=device, num_classes=len(classes), precision=precision,
-                        channels_last=cfg.channels_last, progress=cfg.progress and main_rank, desc="test")
+                        channels_last=cfg.channels_last, progress=cfg.progress and main_rank, desc="test",
+                        batch_transform=on_device.get("test"))
         if not main_rank:
             return test.acc1
         if cfg.gradcam_images > 0:

@@ -1,47 +1,139 @@
-"""sportsnet.data.batch_aug.BatchRandomResizedCrop: torchvision's crop distribution, batched."""
+"""sportsnet.data.batch_aug: the per-image transforms, applied to a whole uint8 batch on its device."""
+import weakref
+
 import pytest
 import torch
+from torch.utils.data import DataLoader
 from torchvision import transforms as T
+from torchvision.transforms.v2 import functional as F
 
-from sportsnet.data import IMAGENET_MEAN, IMAGENET_STD
-from sportsnet.data.batch_aug import BatchRandomResizedCrop
-
-
-def normalised(x):
-    m = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    s = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return (x.float() / 255 - m) / s
+from sportsnet.data import IMAGENET_MEAN, IMAGENET_STD, build_transforms
+from sportsnet.data.batch_aug import BatchRandomResizedCrop, BatchResizeCenterCrop, collate_channels_last, crop_boxes
+from sportsnet.data.transforms import grayscale_stats
 
 
-def test_the_whole_image_unflipped_is_just_normalised_and_a_flip_mirrors_it():
-    x = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    keep = BatchRandomResizedCrop(32, scale=(1, 1), ratio=(1, 1), hflip=0.0)
-    torch.testing.assert_close(keep(x), normalised(x), atol=1e-4, rtol=0)
-    flip = BatchRandomResizedCrop(32, scale=(1, 1), ratio=(1, 1), hflip=1.0)
-    torch.testing.assert_close(flip(x), normalised(x).flip(-1), atol=1e-4, rtol=0)
+def images(n=6, h=40, w=52, seed=0, channels_last=False):
+    x = torch.randint(0, 256, (n, 3, h, w), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
-def test_crops_follow_torchvisions_distribution():
+def per_image(x, top, left, h, w, flip, size, grayscale=False):
+    """What the per-image v2 pipeline (build_transforms(True)) does for this crop and flip."""
+    y = F.resized_crop(x, top, left, h, w, [size, size], antialias=True)
+    y = F.to_dtype(F.horizontal_flip(y) if flip else y, torch.float32, scale=True)
+    mean, std = grayscale_stats(IMAGENET_MEAN, IMAGENET_STD) if grayscale else (IMAGENET_MEAN, IMAGENET_STD)
+    return F.normalize(F.rgb_to_grayscale(y) if grayscale else y, list(mean), list(std))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("grayscale", [False, True])
+def test_given_the_draws_the_batch_equals_the_per_image_pipeline_to_the_bit(channels_last, grayscale):
+    x = images(channels_last=channels_last)
+    aug = BatchRandomResizedCrop(24, grayscale=grayscale)
+    boxes, flips = aug.draw(len(x), 40, 52, torch.Generator().manual_seed(1))
+    flips[:2] = torch.tensor([True, False])  # both kinds, whatever the draw
+    out = aug.apply(x, boxes, flips)
+    assert out.shape == (6, 1 if grayscale else 3, 24, 24) and out.dtype == torch.float32
+    assert out.is_contiguous(memory_format=torch.channels_last if channels_last and not grayscale
+                             else torch.contiguous_format)
+    for i, ((top, left, h, w), flip) in enumerate(zip(boxes.tolist(), flips.tolist())):
+        assert torch.equal(out[i], per_image(x[i], top, left, h, w, flip, 24, grayscale)), i
+
+
+def test_calling_draws_then_applies_and_the_generator_decides():
+    x = images()
+    aug = BatchRandomResizedCrop(16)
+    a = aug(x, torch.Generator().manual_seed(3))
+    assert torch.equal(a, aug.apply(x, *aug.draw(6, 40, 52, torch.Generator().manual_seed(3))))
+    assert not torch.equal(a, aug(x, torch.Generator().manual_seed(4)))
+    torch.manual_seed(5)  # default: the global generator (what checkpoints save and restore)
+    b = aug(x)
+    torch.manual_seed(5)
+    assert torch.equal(b, aug(x))
+
+
+@pytest.mark.parametrize("grayscale", [False, True])
+def test_eval_batch_equals_the_per_image_eval_pipeline(grayscale):
+    x = images(channels_last=True)
+    ours = BatchResizeCenterCrop(24, grayscale=grayscale)(x)
+    theirs = build_transforms(False, 24, grayscale=grayscale)
+    for i in range(len(x)):
+        assert torch.equal(ours[i], theirs(x[i].contiguous())), i
+
+
+def test_crops_and_flips_follow_torchvisions_distribution():
     n, (height, width) = 20000, (180, 240)
-    ours = BatchRandomResizedCrop(224).boxes(n, height, width, torch.Generator().manual_seed(0))
+    boxes, flips = BatchRandomResizedCrop(224).draw(n, height, width, torch.Generator().manual_seed(0))
     torch.manual_seed(0)
     theirs = torch.tensor([T.RandomResizedCrop.get_params(torch.empty(3, height, width), [0.08, 1.0], [3 / 4, 4 / 3])
                            for _ in range(n)], dtype=torch.float64)  # (top, left, h, w)
-    w, h = ours[:, 2] - ours[:, 0], ours[:, 3] - ours[:, 1]
-    assert (ours[:, 0] >= 0).all() and (ours[:, 2] <= width).all() and (ours[:, 1] >= 0).all() and (ours[:, 3] <= height).all()
-    assert (w == w.round()).all() and (w > 0).all() and (h > 0).all()
-    for a, b in ((w * h / (height * width), theirs[:, 2] * theirs[:, 3] / (height * width)),
-                 (w / h, theirs[:, 3] / theirs[:, 2]), (ours[:, 0], theirs[:, 1]), (ours[:, 1], theirs[:, 0])):
+    ours = boxes.double()
+    top, left, h, w = ours.unbind(1)
+    assert boxes.dtype == torch.int64 and (top >= 0).all() and (left >= 0).all()
+    assert (top + h <= height).all() and (left + w <= width).all() and (h > 0).all() and (w > 0).all()
+    for a, b in ((w * h, theirs[:, 2] * theirs[:, 3]), (w / h, theirs[:, 3] / theirs[:, 2]), (top, theirs[:, 0]),
+                 (left, theirs[:, 1])):
         assert a.mean().item() == pytest.approx(b.mean().item(), rel=0.02)
         assert a.std().item() == pytest.approx(b.std().item(), rel=0.04)
+    assert flips.float().mean().item() == pytest.approx(0.5, abs=0.02)
+    assert not BatchRandomResizedCrop(8, hflip=0.0).draw(100, 8, 8)[1].any()
+    assert BatchRandomResizedCrop(8, hflip=1.0).draw(100, 8, 8)[1].all()
 
 
-def test_shrinking_averages_instead_of_aliasing():
-    # A 1-pixel checkerboard shrunk 8x must come out flat grey (an aliased resample would not).
-    board = ((torch.arange(64)[:, None] + torch.arange(64)[None, :]) % 2 * 255).to(torch.uint8)
-    x = board.expand(1, 3, 64, 64).contiguous()
-    out = BatchRandomResizedCrop(8, scale=(1, 1), ratio=(1, 1), hflip=0.0, mean=(0, 0, 0), std=(1, 1, 1))(x)
-    assert out.shape == (1, 3, 8, 8)
-    torch.testing.assert_close(out, torch.full_like(out, 0.5), atol=0.02, rtol=0)
-    with pytest.raises(ValueError, match=r"images must be \(B, C, H, W\)"):
-        BatchRandomResizedCrop(8)(x[0])
+def test_no_fitting_try_falls_back_to_torchvisions_centre_crop():
+    # A 1x100 strip: no crop of ratio in [3/4, 4/3] fits, so the centre crop of the clamped ratio.
+    boxes = crop_boxes(5, 1, 100, generator=torch.Generator().manual_seed(0))
+    assert boxes.tolist() == [[0, 49, 1, 1]] * 5
+    torch.manual_seed(0)
+    assert list(T.RandomResizedCrop.get_params(torch.empty(3, 1, 100), [0.08, 1.0], [3 / 4, 4 / 3])) == [0, 49, 1, 1]
+
+
+def test_channels_last_collation_in_workers_keeps_pixels_and_layout():
+    x = images(8, 12, 10)
+    items = [(x[i].permute(1, 2, 0).contiguous().permute(2, 0, 1), i % 3) for i in range(8)]  # CL views, as the cache's
+    for workers in (0, 2):
+        batches = list(DataLoader(items, batch_size=4, num_workers=workers, collate_fn=collate_channels_last))
+        got = torch.cat([b for b, _ in batches])
+        assert torch.equal(got, x) and batches[0][0].is_contiguous(memory_format=torch.channels_last)
+        assert torch.cat([t for _, t in batches]).tolist() == [i % 3 for i in range(8)]
+
+
+def test_bad_batches_and_arguments_are_named():
+    aug = build_transforms(True, 8, batched=True)
+    with pytest.raises(ValueError, match=r"uint8 \(B, 3, H, W\) batch, got torch.uint8 of shape \(3, 8, 8\)"):
+        aug(torch.zeros(3, 8, 8, dtype=torch.uint8))
+    with pytest.raises(ValueError, match=r"got torch.float32 of shape \(2, 3, 8, 8\)"):
+        build_transforms(False, 8, batched=True)(torch.zeros(2, 3, 8, 8))
+    with pytest.raises(ValueError, match=r"scale=\(0.5, 0.1\)"):
+        BatchRandomResizedCrop(8, scale=(0.5, 0.1))
+    with pytest.raises(ValueError, match="size=0"):
+        BatchResizeCenterCrop(0)
+    with pytest.raises(ValueError, match=r"resize_ratio=0.5 must be >= 1"):
+        build_transforms(False, 8, batched=True, resize_ratio=0.5)
+
+
+@pytest.mark.skipif(not hasattr(torch.Tensor, "_use_count") or not hasattr(torch._C, "_storage_Use_Count"),
+                    reason="this torch lacks the reference counters: batches are never reused there")
+@pytest.mark.parametrize("make", [lambda: BatchRandomResizedCrop(16), lambda: BatchResizeCenterCrop(16)])
+def test_a_dropped_batch_is_written_over_and_a_held_one_never_is(make):
+    x = images(4, 32, 32, channels_last=True)
+    aug = make()
+    first = aug(x)
+    ref, ptr = weakref.ref(first), first.data_ptr()
+    del first
+    second = aug(x)
+    assert second is ref() and second.data_ptr() == ptr  # dropped: reused
+    kept = second.clone()
+    third = aug(x)  # `second` is held: a fresh batch, `second` untouched
+    assert third.data_ptr() != ptr and torch.equal(second, kept)
+    view = third[1:]
+    ptr = third.data_ptr()
+    del third
+    assert aug(x).data_ptr() != ptr  # a view of it is alive
+    del view
+    batch = aug(x)
+    ptr = batch.data_ptr()
+    y = torch.nn.Conv2d(3, 2, 3)(batch).sum()
+    del batch
+    assert aug(x).data_ptr() != ptr  # autograd holds it until backward
+    y.backward()

@@ -1,10 +1,13 @@
 """A decoded-image cache: every image of a dataset decoded once into one memory-mapped uint8 file.
 
-JPEG decoding is most of the cost of feeding a training step from disk. The cache stores the pixels
-that :func:`~sportsnet.data.images.load_rgb` decodes (EXIF-rotated RGB, the same bytes the plain path
-sees) as a ``(N, 3, H, W)`` uint8 array, so a data-loader worker reads an image by slicing the map
-(the OS page cache shares it between workers) and runs the *same* transforms on it: the augmented
-images are those of the plain path, draw for draw.
+JPEG decoding is a large part of the cost of feeding a training step from disk. The cache stores the
+pixels that :func:`~sportsnet.data.images.load_rgb` decodes (EXIF-rotated RGB, the same bytes the
+plain path sees) as an ``(N, H, W, 3)`` uint8 array, so a data-loader worker (or the main process)
+reads an image by slicing the map; the OS page cache shares it between workers. An item is the
+image as a ``(3, H, W)`` channels-last view, through the wrapped dataset's ``transform`` if it has one
+(then the augmented images are the plain path's, draw for draw), else raw: the form that
+:func:`~sportsnet.data.batch_aug.collate_channels_last` batches for augmentation on the training
+device (``sportsnet.data.batch_aug``), ``train_vgg19.py``'s default.
 
 The file is keyed by the files' paths, sizes and modification times: change, add or remove an image
 and a new cache is built (the old one is left for the user to delete). It is written to a temporary
@@ -32,7 +35,7 @@ from PIL import Image
 from .images import ImageListDataset, _orientation, load_rgb
 
 log = logging.getLogger(__name__)
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: (N, H, W, 3); 1 was (N, 3, H, W)
 
 
 def files_fingerprint(paths: Iterable[str]) -> str:
@@ -69,8 +72,9 @@ def one_size(paths: Iterable[str], workers: int = 4) -> tuple[bool, Counter]:
 class DecodedImages(Dataset):
     """``dataset``'s images from a decoded-image cache under ``cache_dir`` (built on first use).
 
-    Items are ``(transform(uint8 CHW tensor), target)``, like the wrapped dataset's with its own
-    ``transform`` (``build_transforms`` pipelines accept uint8 tensors). Other attributes (``classes``,
+    Items are ``(transform(uint8 (3, H, W) tensor), target)``, like the wrapped dataset's with its own
+    ``transform`` (``build_transforms`` pipelines accept uint8 tensors), or the uint8 image itself when
+    the dataset has no transform. Other attributes (``classes``,
     ``samples``, ``skipped``...) are the wrapped dataset's. Build the cache after ``verify()``: an
     unreadable image stops the build with its name.
     """
@@ -94,8 +98,9 @@ class DecodedImages(Dataset):
             meta = json.loads(self.meta_path.read_text())
         except (OSError, ValueError):
             return None
-        n, c, h, w = meta.get("shape", (0, 0, 0, 0))
-        if not self.data_path.is_file() or self.data_path.stat().st_size != n * c * h * w:
+        n, h, w, c = meta.get("shape", (0, 0, 0, 0))
+        if meta.get("version") != FORMAT_VERSION or not self.data_path.is_file() \
+                or self.data_path.stat().st_size != n * h * w * c:
             return None
         return meta
 
@@ -106,7 +111,7 @@ class DecodedImages(Dataset):
                              f" (width x height: count): use the plain data path")
         w, h = (int(v) for v in next(iter(sizes)).split("x"))
         folder.mkdir(parents=True, exist_ok=True)
-        shape = (len(paths), 3, h, w)
+        shape = (len(paths), h, w, 3)
         tmp = folder / f".{self.data_path.name}.{os.getpid()}.tmp"
         with ThreadPoolExecutor(max(1, workers)) as pool:  # PIL releases the GIL while decoding
             array = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=shape)
@@ -115,7 +120,7 @@ class DecodedImages(Dataset):
                     img = np.asarray(load_rgb(paths[i]))
                     if img.shape[:2] != (h, w):
                         raise ValueError(f"{paths[i]} decodes to {img.shape[1]}x{img.shape[0]}, not {w}x{h}")
-                    array[i] = img.transpose(2, 0, 1)
+                    array[i] = img
 
                 list(pool.map(put, range(len(paths))))
                 array.flush()
@@ -136,10 +141,10 @@ class DecodedImages(Dataset):
         return len(self.dataset.samples)
 
     def pixels(self, index: int) -> torch.Tensor:
-        """The ``(3, H, W)`` uint8 image at ``index`` (a copy, owned by the caller)."""
+        """The ``(3, H, W)`` uint8 image at ``index``: a channels-last copy, owned by the caller."""
         if self._map is None:
             self._map = np.memmap(self.data_path, dtype=np.uint8, mode="r", shape=self.shape)
-        return torch.from_numpy(np.array(self._map[index]))
+        return torch.from_numpy(np.array(self._map[index])).permute(2, 0, 1)
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
         x = self.pixels(index)

@@ -26,6 +26,14 @@ def grayscale_stats(mean: Sequence[float], std: Sequence[float]) -> tuple[tuple[
     return (sum(mean) / len(mean),), (sum(std) / len(std),)
 
 
+def check_stats(mean: Sequence[float], std: Sequence[float]) -> None:
+    """RGB normalisation statistics: three of each, positive std."""
+    if len(mean) != 3 or len(std) != 3:
+        raise ValueError(f"mean and std need 3 (RGB) values, got mean={tuple(mean)} std={tuple(std)}")
+    if any(s <= 0 for s in std):
+        raise ValueError(f"std={tuple(std)} must be positive")
+
+
 def build_transforms(
     train: bool,
     size: int = 224,
@@ -36,8 +44,12 @@ def build_transforms(
     scale: tuple[float, float] = (0.08, 1.0),
     hflip: float = 0.5,
     resize_ratio: float = EVAL_RESIZE_RATIO,
-) -> v2.Compose:
+    batched: bool = False,
+):
     """PIL image (or uint8 tensor) -> normalised float32 ``(C, size, size)`` tensor.
+
+    ``batched=True`` gives the same transforms for a whole uint8 ``(B, 3, H, W)`` batch on its device
+    (:class:`~sportsnet.data.batch_aug.BatchRandomResizedCrop` / ``BatchResizeCenterCrop``).
 
     Train: random resized crop (``scale``) + horizontal flip (probability ``hflip``). Eval: resize the
     shorter side to ``round(size * resize_ratio)`` (ImageNet's 256/224 by default), centre crop. ``grayscale=True`` yields one channel
@@ -47,10 +59,15 @@ def build_transforms(
         raise ValueError(f"size={size} must be a positive number of pixels")
     if resize_ratio < 1:
         raise ValueError(f"resize_ratio={resize_ratio} must be >= 1 (resize to at least the crop size)")
-    if len(mean) != 3 or len(std) != 3:
-        raise ValueError(f"mean and std need 3 (RGB) values, got mean={tuple(mean)} std={tuple(std)}")
-    if any(s <= 0 for s in std):
-        raise ValueError(f"std={tuple(std)} must be positive")
+    check_stats(mean, std)
+    if batched:
+        from .batch_aug import BatchRandomResizedCrop, BatchResizeCenterCrop
+
+        if train:
+            return BatchRandomResizedCrop(size, scale=scale, hflip=hflip, mean=mean, std=std, grayscale=grayscale,
+                                          interpolation=interpolation)
+        return BatchResizeCenterCrop(size, resize_ratio=resize_ratio, mean=mean, std=std, grayscale=grayscale,
+                                     interpolation=interpolation)
     if train:
         geometry = [
             v2.RandomResizedCrop(size, scale=scale, interpolation=interpolation, antialias=True),

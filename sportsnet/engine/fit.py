@@ -152,12 +152,15 @@ def fit(
     writer=None,
     resume: dict[str, Any] | None = None,
     on_epoch_end: Callable[[int, EvalResult], None] | None = None,
+    train_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    val_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> FitResult:
     """Train ``model`` (already on ``device``) through ``phases``; see the module docstring.
 
     ``train_loader`` should be a ``DataLoader`` built with ``generator=torch.Generator()``: it is
     reseeded from ``(options.seed, epoch)`` before every epoch. ``writer`` is an optional
-    TensorBoard ``SummaryWriter``. ``resume`` is a loaded ``last.pt``.
+    TensorBoard ``SummaryWriter``. ``resume`` is a loaded ``last.pt``. ``train_transform`` /
+    ``val_transform`` run on each batch on ``device`` (``sportsnet.data.batch_aug``).
     """
     opts = options or FitOptions()
     run_dir = Path(run_dir)
@@ -257,6 +260,7 @@ def fit(
                         progress=opts.progress and main, desc=f"epoch {epoch} ({phase.name})",
                         should_stop=lambda: any_rank(bool(received), device), skip_batches=skip,
                         after_skip=(lambda r=rng_after_skip: restore_rng_state(r)) if skip else None, carry=carry,
+                        batch_transform=train_transform,
                     )
                 except NonFiniteLossError as e:
                     diag = ckpt_dir / f"nonfinite{'' if main else f'-rank{world()[0]}'}.pt"
@@ -280,7 +284,8 @@ def fit(
                                               f"checkpoint {last_path}", signum, last_path)
                 phase_epoch += 1
                 val = evaluate(forward, val_loader, device=device, num_classes=len(classes), precision=opts.precision,
-                               channels_last=opts.channels_last, progress=opts.progress and main, desc="val")
+                               channels_last=opts.channels_last, progress=opts.progress and main, desc="val",
+                               batch_transform=val_transform)
                 row = {"epoch": epoch, "phase": pi, "train_loss": stats.loss, "train_acc1": stats.acc1,
                        "train_acc5": stats.acc5, "val_loss": val.loss, "val_acc1": val.acc1, "val_acc5": val.acc5,
                        "images_per_s": stats.images_per_s, "seconds": stats.seconds}

@@ -112,6 +112,7 @@ def train_one_epoch(
     skip_batches: int = 0,
     after_skip: Callable[[], None] | None = None,
     carry: dict[str, float] | None = None,
+    batch_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> TrainStats:
     """One pass over ``loader``: forward under autocast, scaled backward, optional clipping, step.
 
@@ -124,6 +125,10 @@ def train_one_epoch(
     ``skip_batches`` draws and discards the first batches of ``loader`` (the same ones, when its
     order is seeded) and then calls ``after_skip`` (e.g. to restore RNG states); ``carry`` is the
     stopped epoch's ``sums``. Together they continue the epoch exactly where it stopped.
+
+    ``batch_transform`` runs on each batch once it is on ``device`` (augmentation on the training
+    device: ``sportsnet.data.batch_aug``); its random draws come from the global torch generator,
+    whose state checkpoints keep, so a resumed epoch augments as the uninterrupted one did.
     """
     model.train()
     for m in model.modules():
@@ -152,6 +157,8 @@ def train_one_epoch(
                dynamic_ncols=True)
     for images, target in bar:
         images = to_device(images, device, channels_last)
+        if batch_transform is not None:
+            images = batch_transform(images)
         target = target.to(device, non_blocking=True)
         with autocast(device, precision):
             logits = model(images)
@@ -253,10 +260,12 @@ def evaluate(
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     progress: bool = True,
     desc: str = "eval",
+    batch_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> EvalResult:
     """Top-1/top-5 accuracy, mean loss (plain cross-entropy unless ``loss_fn``) and the confusion matrix.
 
     Runs in eval mode and restores the model's previous mode. Targets must be in ``[0, num_classes)``.
+    ``batch_transform`` runs on each batch once it is on ``device``.
     """
     was_training = model.training
     model.eval()
@@ -269,6 +278,8 @@ def evaluate(
     try:
         for images, target in tqdm(loader, total=total, desc=desc, leave=False, disable=not progress, dynamic_ncols=True):
             images = to_device(images, device, channels_last)
+            if batch_transform is not None:
+                images = batch_transform(images)
             target = target.to(device, non_blocking=True)
             with autocast(device, precision):
                 logits = model(images)
