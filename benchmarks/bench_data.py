@@ -130,6 +130,8 @@ def measure(device: torch.device, args, base, per_image, raw, on_device, batches
                 if transform is not None:
                     x = transform(x)
                 assert x.shape == (args.batch_size, 3, args.size, args.size) and x.dtype == torch.float32
+                if transform is not None:
+                    transform.recycle(x)  # as the training loop does after each step
                 if k + 1 == batches:
                     break
         return f

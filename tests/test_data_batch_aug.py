@@ -100,10 +100,12 @@ def test_channels_last_collation_in_workers_keeps_pixels_and_layout():
 
 def test_bad_batches_and_arguments_are_named():
     aug = build_transforms(True, 8, batched=True)
-    with pytest.raises(ValueError, match=r"uint8 \(B, 3, H, W\) batch, got torch.uint8 of shape \(3, 8, 8\)"):
+    with pytest.raises(ValueError, match=r"uint8 \(B, 3, H, W\) batch with B >= 1, got torch.uint8 of shape \(3, 8, 8\)"):
         aug(torch.zeros(3, 8, 8, dtype=torch.uint8))
     with pytest.raises(ValueError, match=r"got torch.float32 of shape \(2, 3, 8, 8\)"):
         build_transforms(False, 8, batched=True)(torch.zeros(2, 3, 8, 8))
+    with pytest.raises(ValueError, match=r"B >= 1, got torch.uint8 of shape \(0, 3, 8, 8\)"):
+        build_transforms(True, 8, batched=True)(torch.zeros(0, 3, 8, 8, dtype=torch.uint8))
     with pytest.raises(ValueError, match=r"scale=\(0.5, 0.1\)"):
         BatchRandomResizedCrop(8, scale=(0.5, 0.1))
     with pytest.raises(ValueError, match="size=0"):
@@ -115,25 +117,53 @@ def test_bad_batches_and_arguments_are_named():
 @pytest.mark.skipif(not hasattr(torch.Tensor, "_use_count") or not hasattr(torch._C, "_storage_Use_Count"),
                     reason="this torch lacks the reference counters: batches are never reused there")
 @pytest.mark.parametrize("make", [lambda: BatchRandomResizedCrop(16), lambda: BatchResizeCenterCrop(16)])
-def test_a_dropped_batch_is_written_over_and_a_held_one_never_is(make):
+def test_only_a_recycled_unused_batch_is_written_over(make):
     x = images(4, 32, 32, channels_last=True)
     aug = make()
     first = aug(x)
-    ref, ptr = weakref.ref(first), first.data_ptr()
-    del first
-    second = aug(x)
-    assert second is ref() and second.data_ptr() == ptr  # dropped: reused
-    kept = second.clone()
-    third = aug(x)  # `second` is held: a fresh batch, `second` untouched
-    assert third.data_ptr() != ptr and torch.equal(second, kept)
+    kept = first.clone()
+    second = aug(x)  # not recycled: never written over, even if dropped
+    assert second.data_ptr() != first.data_ptr() and torch.equal(first, kept)
+    aug.recycle(second)
+    ref, ptr = weakref.ref(second), second.data_ptr()
+    del second
+    third = aug(x)
+    assert third is ref() and third.data_ptr() == ptr  # recycled: reused
+    aug.recycle(third)
     view = third[1:]
-    ptr = third.data_ptr()
-    del third
-    assert aug(x).data_ptr() != ptr  # a view of it is alive
+    kept = view.clone()
+    assert aug(x).data_ptr() != ptr and torch.equal(view, kept)  # recycled, but a view of it is alive
     del view
     batch = aug(x)
-    ptr = batch.data_ptr()
     y = torch.nn.Conv2d(3, 2, 3)(batch).sum()
-    del batch
-    assert aug(x).data_ptr() != ptr  # autograd holds it until backward
+    aug.recycle(batch)
+    kept = batch.clone()
+    assert aug(x).data_ptr() != batch.data_ptr() and torch.equal(batch, kept)  # autograd holds it
     y.backward()
+
+
+def test_the_loops_recycle_their_batches():
+    from sportsnet.engine.loop import evaluate, train_one_epoch
+
+    class Counting(BatchResizeCenterCrop):
+        last, reused = None, 0
+
+        def __call__(self, images):
+            out = super().__call__(images)
+            self.reused += out is self.last  # the very tensor handed out before
+            self.last = out
+            return out
+
+    x = images(24, 20, 20, channels_last=True)
+    loader = [(x[i:i + 4], torch.arange(4) % 2) for i in range(0, 24, 4)]
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                torch.nn.Linear(4, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for run in (lambda t: train_one_epoch(model, loader, opt, torch.nn.functional.cross_entropy, device=torch.device("cpu"),
+                                          progress=False, batch_transform=t),
+                lambda t: evaluate(model, loader, device=torch.device("cpu"), num_classes=2, progress=False,
+                                   batch_transform=t)):
+        t = Counting(16)
+        run(t)
+        counters = hasattr(torch.Tensor, "_use_count") and hasattr(torch._C, "_storage_Use_Count")
+        assert t.reused == (5 if counters else 0)  # six batches, one buffer

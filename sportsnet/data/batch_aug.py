@@ -11,7 +11,7 @@ batch is transformed where it will be used:
   ``v2.RandomResizedCrop`` itself calls, then flipped with probability ``hflip``;
 - :class:`BatchResizeCenterCrop` (evaluation): ``v2.Resize`` + ``v2.CenterCrop`` on the batch at once;
 - both end with the colour stage of ``build_transforms`` (``ToDtype(scale=True)``, optional
-  ``Grayscale``, ``Normalize``) through the same ``v2.functional`` calls.
+  ``Grayscale``, ``Normalize``): the same ``v2.functional`` calls, or the same arithmetic.
 
 So the output is what the per-image pipeline gives for the same crops and flips, to the bit on the
 CPU (``tests/test_data_batch_aug.py``); only where the random draws come from changes (the main
@@ -22,12 +22,13 @@ rounds, as ``v2`` does on CUDA; pixels can differ from the CPU kernel's by a lev
 Memory format is kept: a channels-last uint8 batch (what :func:`collate_channels_last` makes of
 HWC images) gives a channels-last float batch, and the CPU resampling kernel is about twice as fast
 on it. On the CPU the colour stage runs image by image (cache-resident); on a GPU, on the batch.
-The output is channels-last exactly when the input is.
+The output is channels-last exactly when the input is. A caller done with an output can hand it back
+(``recycle``) to be written over by the next call, saving the page faults of a fresh CPU batch; the
+training and evaluation loops do.
 """
 from __future__ import annotations
 
 import math
-import sys
 from typing import Callable, Sequence
 
 import torch
@@ -81,20 +82,19 @@ def crop_boxes(batch: int, height: int, width: int, scale: tuple[float, float] =
     return torch.stack([top, left, ch, cw], dim=1).long()
 
 
-def _unreferenced(t: torch.Tensor) -> bool:
-    """Whether ``t``, held by one variable of the caller, is referred to by nothing else."""
+def _unshared(t: torch.Tensor) -> bool:
+    """Whether no tensor handle but ``t``'s Python object, and no view, refers to ``t``'s memory."""
     if not hasattr(torch.Tensor, "_use_count") or not hasattr(torch._C, "_storage_Use_Count"):
         return False
-    # Python references: the caller's variable, this argument, getrefcount's own. Tensor handles:
-    # the Python object's. Storage handles: the tensor's and the storage object made to ask.
-    return (sys.getrefcount(t) == 3 and torch.Tensor._use_count(t) == 1
-            and torch._C._storage_Use_Count(t.untyped_storage()._cdata) == 2)
+    # Tensor handles: the Python object's (autograd's saved tensors add one). Storage handles: the
+    # tensor's and the storage object made to ask (a view adds one).
+    return torch.Tensor._use_count(t) == 1 and torch._C._storage_Use_Count(t.untyped_storage()._cdata) == 2
 
 
 class _BatchTransform:
     """The colour stage shared by the train and eval batch transforms."""
 
-    _spare: torch.Tensor | None = None
+    _spare: torch.Tensor | None = None  # a batch handed back by recycle()
 
     def __init__(self, size: int, mean: Sequence[float], std: Sequence[float], grayscale: bool,
                  interpolation: InterpolationMode):
@@ -105,35 +105,48 @@ class _BatchTransform:
         self.mean, self.std = grayscale_stats(mean, std) if grayscale else (tuple(mean), tuple(std))
 
     def _check(self, images: torch.Tensor) -> None:
-        if images.dim() != 4 or images.dtype != torch.uint8 or images.shape[1] != 3:
-            raise ValueError(f"images must be a uint8 (B, 3, H, W) batch, got {images.dtype} of shape "
+        if images.dim() != 4 or images.dtype != torch.uint8 or images.shape[1] != 3 or images.shape[0] == 0:
+            raise ValueError(f"images must be a uint8 (B, 3, H, W) batch with B >= 1, got {images.dtype} of shape "
                              f"{tuple(images.shape)}")
 
+    def _stats(self, device: torch.device, repeat: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """float32 mean and std on ``device`` (each value ``repeat`` times), made once per device."""
+        key = (device, repeat)
+        cache = self.__dict__.setdefault("_stats_cache", {})
+        if key not in cache:
+            cache[key] = tuple(torch.tensor(v, dtype=torch.float32).repeat(repeat).to(device) for v in (self.mean, self.std))
+        return cache[key]
+
     def colour(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 ``(B, 3, H, W)`` -> normalised float32, as ``build_transforms``' ToDtype/Grayscale/Normalize."""
+        """uint8 ``(B, 3, H, W)`` -> normalised float32: ``build_transforms``' ToDtype, Grayscale, Normalize.
+
+        Normalize is written out (``sub_(mean).div_(std)``, as ``v2.functional.normalize_image``
+        computes it) so that the statistics are made once per device, not copied to it every batch.
+        """
         x = F.to_dtype(images, torch.float32, scale=True)
         if self.grayscale:
             x = F.rgb_to_grayscale(x, num_output_channels=1)
-        return F.normalize(x, list(self.mean), list(self.std), inplace=True)
+        mean, std = self._stats(x.device)
+        return x.sub_(mean.view(-1, 1, 1)).div_(std.view(-1, 1, 1))
 
-    def _run(self, n: int, geometry: Callable[[int], torch.Tensor], images: torch.Tensor) -> torch.Tensor:
-        """``geometry(i)`` (uint8 ``(1, 3, S, S)``) for every image, then the colour stage: one float batch.
+    def _fast(self, images: torch.Tensor) -> bool:
+        """Channels-last RGB on the CPU: the image-by-image road of :meth:`_run`."""
+        return (not self.grayscale and images.device.type == "cpu"
+                and images.is_contiguous(memory_format=torch.channels_last))
 
-        Channels-last RGB on the CPU takes a faster road to the same numbers: image by image (one
-        stays in cache, a batch does not), in place, with the statistics tiled along a row of
-        ``(R, G, B)`` pixels so the arithmetic runs on long vectors, not on a channel axis of 3, and
-        into a reused output where that is safe (:meth:`_output`). Every element
-        sees the same operations as in :meth:`colour`: ``* (1/255)``, ``- mean``, ``/ std``.
+    def _run(self, n: int, geometry: Callable[[int], torch.Tensor]) -> torch.Tensor:
+        """``geometry(i)`` (uint8 ``(1, 3, S, S)``) then the colour stage, image by image, on the CPU.
+
+        Channels-last RGB on the CPU takes a faster road to the numbers of :meth:`colour`: image by
+        image (one stays in cache, a batch does not), in place, with the statistics tiled along a
+        row of ``(R, G, B)`` pixels so the arithmetic runs on long vectors, not on a channel axis of
+        3, into a recycled batch where there is one (:meth:`recycle`). Every element sees the same
+        operations: ``* (1/255)``, ``- mean``, ``/ std``.
         """
-        channels_last = images.is_contiguous(memory_format=torch.channels_last)
-        if self.grayscale or not channels_last or images.device.type != "cpu":
-            crops = torch.cat([geometry(i) for i in range(n)])
-            return self.colour(crops.contiguous(memory_format=torch.channels_last if channels_last
-                                                else torch.contiguous_format))
         first = geometry(0)
         out = self._output((n, 3, *first.shape[-2:]))
         w = out.shape[-1]
-        mean, std = (torch.tensor(v, dtype=torch.float32).repeat(w) for v in (self.mean, self.std))
+        mean, std = self._stats(out.device, repeat=w)
         hwc = out.permute(0, 2, 3, 1)  # a contiguous (B, H, W, 3) view of out's memory
         for i in range(n):
             row = hwc[i]
@@ -142,22 +155,25 @@ class _BatchTransform:
             row.sub_(mean).div_(std)
         return out
 
-    def _output(self, shape: tuple[int, ...]) -> torch.Tensor:
-        """A channels-last float32 CPU batch: the previous call's, when nothing refers to it any more.
+    def recycle(self, batch: torch.Tensor) -> None:
+        """The caller is done with ``batch`` (an output of this transform): the next call may write over it.
 
-        Writing a fresh 38 MB batch costs page faults (about 0.2 ms an image on the build machine, a
-        third of the whole transform); a batch that the caller has dropped (the training loop drops
-        each one when the next arrives) is written over instead. "Dropped" is checked three ways, all
-        of which must hold: no other Python reference, no other tensor handle (autograd keeps one
-        until backward), no view of its storage. Where this torch lacks the counters, it never reuses.
+        Writing a fresh 38 MB CPU batch costs page faults (about 0.2 ms an image on the build
+        machine, a third of the whole transform); ``train_one_epoch`` and ``evaluate`` hand each
+        batch back after its step instead. As a guard, a recycled batch is still not written over
+        while autograd holds it or a view of it is alive (where this torch lacks the counters that
+        tell, it never is).
         """
+        if batch.device.type == "cpu" and batch.dtype == torch.float32:
+            self._spare = batch
+
+    def _output(self, shape: tuple[int, ...]) -> torch.Tensor:
+        """A channels-last float32 CPU batch: the recycled one when it fits and nothing else uses it."""
         spare, self._spare = self._spare, None
-        if spare is not None and spare.shape == shape and _unreferenced(spare):
-            self._spare = spare
+        if (spare is not None and spare.shape == shape and spare.is_contiguous(memory_format=torch.channels_last)
+                and _unshared(spare)):
             return spare
-        del spare
-        self._spare = torch.empty(shape, dtype=torch.float32, memory_format=torch.channels_last)
-        return self._spare
+        return torch.empty(shape, dtype=torch.float32, memory_format=torch.channels_last)
 
 
 class BatchRandomResizedCrop(_BatchTransform):
@@ -187,7 +203,12 @@ class BatchRandomResizedCrop(_BatchTransform):
             y = F.resize_image(images[i:i + 1, :, top:top + h, left:left + w], [s, s], self.interpolation, antialias=True)
             return y.flip(-1) if flips[i] else y
 
-        return self._run(len(images), geometry, images)
+        if self._fast(images):
+            return self._run(len(images), geometry)
+        crops = torch.cat([geometry(i) for i in range(len(images))])
+        return self.colour(crops.contiguous(memory_format=torch.channels_last
+                                            if images.is_contiguous(memory_format=torch.channels_last)
+                                            else torch.contiguous_format))
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """uint8 ``(B, 3, H, W)`` on any device -> float32 ``(B, C, size, size)`` (C = 1 for grayscale)."""
@@ -210,4 +231,4 @@ class BatchResizeCenterCrop(_BatchTransform):
         self._check(images)
         x = F.resize_image(images, [round(self.size * self.resize_ratio)], self.interpolation, antialias=True)
         x = F.center_crop_image(x, [self.size, self.size])
-        return self._run(len(x), lambda i: x[i:i + 1], images)
+        return self._run(len(x), lambda i: x[i:i + 1]) if self._fast(images) else self.colour(x)

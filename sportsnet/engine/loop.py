@@ -128,7 +128,8 @@ def train_one_epoch(
 
     ``batch_transform`` runs on each batch once it is on ``device`` (augmentation on the training
     device: ``sportsnet.data.batch_aug``); its random draws come from the global torch generator,
-    whose state checkpoints keep, so a resumed epoch augments as the uninterrupted one did.
+    whose state checkpoints keep, so a resumed epoch augments as the uninterrupted one did. If it
+    has a ``recycle(batch)`` method, each transformed batch is handed back after its step.
     """
     model.train()
     for m in model.modules():
@@ -151,6 +152,7 @@ def train_one_epoch(
         next(batches)
     if after_skip is not None:
         after_skip()
+    recycle = getattr(batch_transform, "recycle", None)
     t_start = t_window = time.perf_counter()
     interrupted = False
     bar = tqdm(batches, total=total, initial=skip_batches, desc=desc, leave=False, disable=not progress,
@@ -170,6 +172,8 @@ def train_one_epoch(
             torch.nn.utils.clip_grad_norm_(params, grad_clip)
         scaler.step(optimizer)
         scaler.update()
+        if recycle is not None:
+            recycle(images)
         if scheduler is not None:
             with warnings.catch_warnings():
                 # fp16: the scaler skips the optimizer step on overflow by design; the schedule moves on.
@@ -265,7 +269,8 @@ def evaluate(
     """Top-1/top-5 accuracy, mean loss (plain cross-entropy unless ``loss_fn``) and the confusion matrix.
 
     Runs in eval mode and restores the model's previous mode. Targets must be in ``[0, num_classes)``.
-    ``batch_transform`` runs on each batch once it is on ``device``.
+    ``batch_transform`` runs on each batch once it is on ``device`` (and its ``recycle``, if any,
+    gets the batch back after the forward pass).
     """
     was_training = model.training
     model.eval()
@@ -275,6 +280,7 @@ def evaluate(
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
     seen = 0
     total = len(loader) if hasattr(loader, "__len__") else None
+    recycle = getattr(batch_transform, "recycle", None)
     try:
         for images, target in tqdm(loader, total=total, desc=desc, leave=False, disable=not progress, dynamic_ncols=True):
             images = to_device(images, device, channels_last)
@@ -283,6 +289,8 @@ def evaluate(
             target = target.to(device, non_blocking=True)
             with autocast(device, precision):
                 logits = model(images)
+            if recycle is not None:
+                recycle(images)
             logits = logits.float()
             if logits.shape[1] != num_classes:
                 raise ValueError(f"model gives {logits.shape[1]} logits but num_classes={num_classes}")
