@@ -20,7 +20,7 @@ process's torch generator, or ``generator``, instead of each worker's), so the a
 rounds, as ``v2`` does on CUDA; pixels can differ from the CPU kernel's by a level.
 
 Memory format is kept: a channels-last uint8 batch (what :func:`collate_channels_last` makes of
-HWC images) gives a channels-last float batch, and the CPU resampling kernel is about twice as fast
+HWC images) gives a channels-last float batch, and the CPU resampling kernel is faster
 on it. On the CPU the colour stage runs image by image (cache-resident); on a GPU, on the batch.
 The output is channels-last exactly when the input is. A caller done with an output can hand it back
 (``recycle``) to be written over by the next call, saving the page faults of a fresh CPU batch; the
@@ -103,6 +103,7 @@ class _BatchTransform:
         check_stats(mean, std)
         self.size, self.grayscale, self.interpolation = size, grayscale, interpolation
         self.mean, self.std = grayscale_stats(mean, std) if grayscale else (tuple(mean), tuple(std))
+        self._stats_cache: dict[tuple[torch.device, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _check(self, images: torch.Tensor) -> None:
         if images.dim() != 4 or images.dtype != torch.uint8 or images.shape[1] != 3 or images.shape[0] == 0:
@@ -111,8 +112,7 @@ class _BatchTransform:
 
     def _stats(self, device: torch.device, repeat: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """float32 mean and std on ``device`` (each value ``repeat`` times), made once per device."""
-        key = (device, repeat)
-        cache = self.__dict__.setdefault("_stats_cache", {})
+        key, cache = (device, repeat), self._stats_cache
         if key not in cache:
             cache[key] = tuple(torch.tensor(v, dtype=torch.float32).repeat(repeat).to(device) for v in (self.mean, self.std))
         return cache[key]
@@ -158,9 +158,8 @@ class _BatchTransform:
     def recycle(self, batch: torch.Tensor) -> None:
         """The caller is done with ``batch`` (an output of this transform): the next call may write over it.
 
-        Writing a fresh 38 MB CPU batch costs page faults (about 0.2 ms an image on the build
-        machine, a third of the whole transform); ``train_one_epoch`` and ``evaluate`` hand each
-        batch back after its step instead. As a guard, a recycled batch is still not written over
+        Writing a fresh 38 MB CPU batch every step costs page faults; ``train_one_epoch`` and
+        ``evaluate`` hand each batch back after its step instead. As a guard, a recycled batch is still not written over
         while autograd holds it or a view of it is alive (where this torch lacks the counters that
         tell, it never is).
         """
