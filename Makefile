@@ -1,7 +1,8 @@
 # sportsnet: the README's commands.
 #   make demo   - install (once) into .venv, then train VGG19 on the offline synthetic set
 #   make test   - install (once) into .venv, then run the whole test suite
-#   make bench  - the CPU benchmarks (GPU ones too where CUDA is present); JSON in benchmarks/results/
+#   make bench  - the CPU benchmarks (GPU ones too where CUDA is present); JSON in benchmarks/results/,
+#                 then the READMEs' tables re-rendered from it
 #
 # TORCH picks the torch/torchvision pair. The default is the package registry's CUDA 13.0 build,
 # which also runs on CPU-only machines. For another CUDA driver, e.g.:
@@ -47,6 +48,7 @@ bench: install
 	SPORTSNET_REQUIRE_EXT=1 $(PY) benchmarks/bench_explain.py
 	$(PY) benchmarks/bench_train.py
 	$(PY) benchmarks/bench_data.py
+	$(PY) benchmarks/tables.py --update README.md benchmarks/README.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info sportsnet/*.so

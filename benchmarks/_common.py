@@ -22,6 +22,8 @@ from typing import Any, Callable
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# Wall-clock bookkeeping for ``write_json``: each result file records how long its part of the run took.
+_last_write = time.perf_counter()
 
 
 def cpu_model() -> str:
@@ -145,6 +147,13 @@ def copy_bandwidth(device: torch.device, nbytes: int | None = None, reps: int = 
 
 
 def write_json(name: str, payload: dict[str, Any]) -> Path:
+    """Write ``results/<name>.json`` atomically. ``wall_s`` is added: the seconds since this module
+    was imported or since the previous result was written, whichever is later, i.e. the benchmark's
+    own run time for that device, its setup included (``make bench``'s time budget is their sum)."""
+    global _last_write
+    now = time.perf_counter()
+    payload = {**payload, "wall_s": now - _last_write}
+    _last_write = now
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     tmp = path.with_suffix(".json.tmp")

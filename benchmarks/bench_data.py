@@ -89,7 +89,7 @@ def main(argv=None) -> None:
     p.add_argument("--device", default="all", choices=("all", "cpu", "cuda"),
                    help="the training device; all: the CPU, then CUDA where present")
     p.add_argument("--images", type=int, default=2048, help="images per timed repetition")
-    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--reps", type=int, default=5, help="interleaved repetitions per path (the spread on a shared machine is wide)")
     p.add_argument("--threads", type=int, default=2, help="torch threads of the main process")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)

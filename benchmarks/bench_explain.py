@@ -126,6 +126,9 @@ def explain_table(p) -> str:
         text += (f"\n\nTargets at B={t['batch']}: >= {t['vs_naive']:g}x naive, <= {t['vs_floor_max']:g}x the floor's "
                  f"time, top-5 >= {t['top5_vs_naive']:g}x: measured {t['measured_vs_naive']:.2f}x, "
                  f"{t['measured_over_floor']:.3f}, {t['measured_top5_vs_naive']:.1f}x: **{'met' if t['met'] else 'not met'}**.")
+        hit = next(r for r in p["rows"] if r["batch"] == t["batch"])
+        text += (f" In this run the naive path took {hit['naive']['median_s'] / hit['floor']['median_s']:.2f}x the "
+                 f"floor's time and the explainer {hit['explainer_over_floor']:.3f}x.")
     return text
 
 

@@ -1,11 +1,21 @@
 """Markdown tables from benchmarks/results/*.json (what the READMEs show), so no number is copied by hand.
 
-    python benchmarks/tables.py                 # every result file
-    python benchmarks/tables.py gradcam_cpu     # one
+    python benchmarks/tables.py                          # print every result file's table
+    python benchmarks/tables.py gradcam_cpu              # one
+    python benchmarks/tables.py --update README.md benchmarks/README.md   # rewrite the marked blocks
+    python benchmarks/tables.py --check README.md benchmarks/README.md    # exit 1 if one is stale
+
+In a Markdown file, ``<!-- results: NAME -->`` ... ``<!-- /results: NAME -->`` marks what ``--update``
+rewrites: NAME is a result file's stem (``train_cpu``: its table), ``STEM.KEY`` one number from it
+(``train_cpu.best_gain``, inline), or ``make_bench_cpu`` (the CPU benchmarks' total run time against the
+target). Everything outside the markers is left alone. The test suite runs ``--check`` on the READMEs.
 """
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import re
 import sys
 from pathlib import Path
 
@@ -28,8 +38,13 @@ def gradcam_table(p: dict, batches=(1, 64, 256)) -> str:
                                 f"reference and >= {100 * t['copy_fraction']:.0f}% of copy bandwidth): measured "
                                 f"{t['measured_speedup']:.1f}x and {100 * t['measured_copy_fraction']:.0f}%, "
                                 f"**{'met' if t['met'] else 'not met'}**.")
+    fp32 = {r["shape"]: r for r in p["rows"] if r["batch"] == 64 and r["dtype"] == "fp32" and r["method"] == "gradcam"}
+    bf16 = [f"{r['shape']} {fp32[r['shape']]['compiled_op']['median_s'] / r['compiled_op']['median_s']:.2f}x"
+            for r in p["rows"] if r["batch"] == 64 and r["dtype"] == "bf16" and r["method"] == "gradcam"
+            and r["shape"] in fp32]
+    bf16_line = f"\n\nbf16 over fp32 at B=64 (op time): {', '.join(bf16)}." if bf16 else ""
     return head + "\n\n" + table(rows, ["shape", "B", "dtype", "method", "op ms", "op out= ms", "reference ms",
-                                        "ref compiled ms", "vs ref", "op GB/s", "% of copy (op / out=)"]) + verdict
+                                        "ref compiled ms", "vs ref", "op GB/s", "% of copy (op / out=)"]) + verdict + bf16_line
 
 
 def explain_table(p: dict) -> str:
@@ -51,14 +66,94 @@ def data_table(p: dict) -> str:
 
 
 RENDERERS = {"gradcam": gradcam_table, "explain": explain_table, "train_step": train_table, "data_pipeline": data_table}
+# One number from a result file, for prose: ``<!-- results: train_cpu.best_gain -->``.
+FACTS = {
+    "best_gain": lambda p: f"{p['best']['gain_vs_fp32_nchw_eager']:.1f}x",  # train_*
+    "gain": lambda p: f"{p['target']['measured']:.1f}x",  # data_*: cache+batched over plain
+}
+# `make bench` on CPU: the four benchmarks' run times (each result file's wall_s) must sum to less than this.
+MAKE_BENCH_CPU = ("gradcam_cpu", "explain_cpu", "train_cpu", "data_cpu")
+MAKE_BENCH_TARGET_S = 15 * 60
+MARKED = re.compile(r"<!-- results: (?P<name>[\w.+-]+) -->(?P<body>.*?)<!-- /results: (?P=name) -->", re.S)
 
 
-def main(argv=None) -> None:
-    names = (argv if argv is not None else sys.argv[1:]) or sorted(p.stem for p in RESULTS.glob("*.json"))
-    for name in names:
-        payload = json.loads((RESULTS / f"{name}.json").read_text())
-        print(f"### {name}\n\n{RENDERERS[payload['benchmark']](payload)}\n")
+def load(stem: str) -> dict:
+    path = RESULTS / f"{stem}.json"
+    if not path.is_file():
+        raise SystemExit(f"error: no result file {path} (named {stem!r}); run the benchmark that writes it, "
+                         f"see benchmarks/README.md")
+    return json.loads(path.read_text())
+
+
+def minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)} min {round(seconds % 60):d} s"
+
+
+def make_bench_line() -> str:
+    runs = {stem: load(stem) for stem in MAKE_BENCH_CPU}
+    missing = [stem for stem, p in runs.items() if "wall_s" not in p]
+    if missing:
+        raise SystemExit(f"error: {', '.join(missing)} record no wall_s; re-run `make bench` to time it")
+    total = sum(p["wall_s"] for p in runs.values())
+    parts = ", ".join(f"{stem.removesuffix('_cpu')} {p['wall_s']:.0f} s" for stem, p in runs.items())
+    return (f"The four CPU benchmarks ran for {minutes(total)} in all ({parts}; each result file's `wall_s`, "
+            f"interpreter start-up not included). Target (under {MAKE_BENCH_TARGET_S // 60} min): "
+            f"**{'met' if total < MAKE_BENCH_TARGET_S else 'not met'}**.")
+
+
+def render(name: str) -> str:
+    """What a ``<!-- results: NAME -->`` block holds (see the module docstring)."""
+    if name == "make_bench_cpu":
+        return make_bench_line()
+    stem, _, key = name.partition(".")
+    payload = load(stem)
+    if key:
+        if key not in FACTS:
+            raise SystemExit(f"error: unknown value {key!r} in {name!r}; expected one of {sorted(FACTS)}")
+        return FACTS[key](payload)
+    return RENDERERS[payload["benchmark"]](payload)
+
+
+def sync(path: Path, check: bool = False) -> list[str]:
+    """Re-render every marked block of ``path``; returns the names whose text changed. With
+    ``check``, the file is not written."""
+    text = path.read_text()
+    stale: list[str] = []
+
+    def fill(m: re.Match) -> str:
+        name = m["name"]
+        body = render(name) if "." in name else f"\n{render(name)}\n"  # a value sits inline; a table on its own lines
+        if body != m["body"]:
+            stale.append(name)
+        return f"<!-- results: {name} -->{body}<!-- /results: {name} -->"
+
+    new = MARKED.sub(fill, text)
+    if stale and not check:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(new)
+        os.replace(tmp, path)
+    return stale
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("names", nargs="*", help="result files to print (stems, e.g. train_cpu); default: all")
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--update", nargs="+", type=Path, metavar="FILE", help="rewrite the marked blocks of FILE")
+    mode.add_argument("--check", nargs="+", type=Path, metavar="FILE", help="exit 1 if a marked block of FILE is stale")
+    args = ap.parse_args(argv)
+    if args.update or args.check:
+        status = 0
+        for path in args.update or args.check:
+            stale = sync(path, check=bool(args.check))
+            if stale:
+                print(f"{path}: {'stale' if args.check else 'updated'}: {', '.join(stale)}")
+                status = 1 if args.check else status
+        return status
+    for name in args.names or sorted(p.stem for p in RESULTS.glob("*.json")):
+        print(f"### {name}\n\n{render(name)}\n")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

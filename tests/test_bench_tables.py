@@ -1,0 +1,70 @@
+"""benchmarks/tables.py: the READMEs' numbers are the committed JSON's, and --update rewrites only marked text."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import tables  # noqa: E402
+
+
+@pytest.mark.parametrize("page", ["README.md", "benchmarks/README.md"])
+def test_committed_pages_match_the_committed_results(page):
+    """Fails when a result file changed and its page was not re-rendered (or a number was edited by hand)."""
+    path = ROOT / page
+    assert "<!-- results: " in path.read_text(), f"{page} shows no rendered results"
+    assert tables.sync(path, check=True) == [], f"{page} is stale: run python benchmarks/tables.py --update {page}"
+
+
+def _result(results: Path, stem: str, payload: dict) -> None:
+    results.mkdir(exist_ok=True)
+    (results / f"{stem}.json").write_text(json.dumps(payload))
+
+
+def _train(gain: float, wall_s: float = 10.0) -> dict:
+    return {"benchmark": "train_step", "wall_s": wall_s,
+            "best": {"batch": 16, "variant": "bf16 channels-last eager", "images_per_s": 100.0,
+                     "gain_vs_fp32_nchw_eager": gain}}
+
+
+def test_update_rewrites_marked_text_only(tmp_path, monkeypatch):
+    monkeypatch.setattr(tables, "RESULTS", tmp_path / "results")
+    _result(tables.RESULTS, "train_cpu", _train(2.04))
+    page = tmp_path / "page.md"
+    before = ("Intro 9.9x stays.\nStep is <!-- results: train_cpu.best_gain -->9.9x<!-- /results: train_cpu.best_gain -->"
+              " faster.\n\nOutro 9.9x.\n")
+    page.write_text(before)
+    assert tables.sync(page, check=True) == ["train_cpu.best_gain"]
+    assert page.read_text() == before  # check does not write
+    assert tables.sync(page) == ["train_cpu.best_gain"]
+    after = page.read_text()
+    assert after == before.replace("-->9.9x<!--", "-->2.0x<!--")
+    assert tables.sync(page, check=True) == []  # now in sync
+    assert tables.main(["--check", str(page)]) == 0
+    _result(tables.RESULTS, "train_cpu", _train(3.0))
+    assert tables.main(["--check", str(page)]) == 1
+
+
+def test_make_bench_total_against_the_target(tmp_path, monkeypatch):
+    monkeypatch.setattr(tables, "RESULTS", tmp_path / "results")
+    for stem in tables.MAKE_BENCH_CPU:
+        _result(tables.RESULTS, stem, {"benchmark": "x", "wall_s": 100.0})
+    line = tables.render("make_bench_cpu")
+    assert "6 min 40 s" in line and "**met**" in line
+    _result(tables.RESULTS, "data_cpu", {"benchmark": "x", "wall_s": 700.0})
+    assert "16 min 40 s" in tables.render("make_bench_cpu") and "**not met**" in tables.render("make_bench_cpu")
+    _result(tables.RESULTS, "data_cpu", {"benchmark": "x"})
+    with pytest.raises(SystemExit, match="data_cpu record no wall_s"):
+        tables.render("make_bench_cpu")
+
+
+def test_unknown_names_are_refused_clearly(tmp_path, monkeypatch):
+    monkeypatch.setattr(tables, "RESULTS", tmp_path / "results")
+    with pytest.raises(SystemExit, match=r"no result file .*train_cpu\.json"):
+        tables.render("train_cpu")
+    _result(tables.RESULTS, "train_cpu", _train(2.0))
+    with pytest.raises(SystemExit, match="unknown value 'speed' in 'train_cpu.speed'"):
+        tables.render("train_cpu.speed")
