@@ -33,9 +33,11 @@ from common import (config_markdown, new_run_dir, option, parse_config, pick_dev
                     setup_logging, timestamp, write_json)
 
 from sportsnet.data import Captions, make_synthetic_sports, summarize_skipped  # noqa: E402
-from sportsnet.engine import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint  # noqa: E402
+from sportsnet.engine import (capture_rng_state, load_checkpoint, rank_rng_restorer, rank_rng_states,  # noqa: E402
+                              restore_rng_state, save_checkpoint)
 from sportsnet.engine.contrastive import encode_retrieval_set, retrieval_metrics, train_contrastive_epoch  # noqa: E402
-from sportsnet.engine.distributed import barrier, broadcast_object, init_from_env, shutdown, world  # noqa: E402
+from sportsnet.engine.distributed import (barrier, broadcast_object, init_from_env, rank_seed, shutdown,  # noqa: E402
+                                          world)
 from sportsnet.engine.loop import PRECISIONS, make_grad_scaler  # noqa: E402
 from sportsnet.engine.optim import warmup_cosine  # noqa: E402
 from sportsnet.models.clip import load_clip  # noqa: E402
@@ -163,10 +165,11 @@ def _run(cfg: PretrainConfig, kind: str, root: Path, device: torch.device, rank:
         return torch.stack([x for x, _ in batch]), tokenizer([c for _, c in batch])
 
     sampler = DistributedSampler(train, seed=cfg.seed, drop_last=True) if size > 1 else None
+    # Workers are started per epoch (not persistent), seeded from g, which is reseeded per rank and
+    # epoch: ranks augment apart, and a resumed run augments as an uninterrupted one.
     g = torch.Generator().manual_seed(cfg.seed)
     loader = DataLoader(train, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler, drop_last=True,
-                        num_workers=cfg.workers, collate_fn=collate, generator=g, pin_memory=device.type == "cuda",
-                        persistent_workers=cfg.workers > 0)
+                        num_workers=cfg.workers, collate_fn=collate, generator=g, pin_memory=device.type == "cuda")
     steps_per_epoch = len(loader) // cfg.accum_steps
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
     scheduler = warmup_cosine(optimizer, cfg.epochs * steps_per_epoch, cfg.warmup_steps)
@@ -174,7 +177,9 @@ def _run(cfg: PretrainConfig, kind: str, root: Path, device: torch.device, rank:
 
     def score(split: str) -> dict[str, float]:
         ds = evals[split]
-        images = (x for x, _ in DataLoader(ds, batch_size=cfg.batch_size, num_workers=cfg.workers))
+        # Its own generator: worker seeds are not drawn from the training stream (only rank 0 scores).
+        images = (x for x, _ in DataLoader(ds, batch_size=cfg.batch_size, num_workers=cfg.workers,
+                                           generator=torch.Generator().manual_seed(0)))
         img, txt, text_image = encode_retrieval_set(model, images, ds.captions, tokenizer, device=device,
                                                     precision=precision)
         return retrieval_metrics(img, txt, text_image)
@@ -194,7 +199,7 @@ def _run(cfg: PretrainConfig, kind: str, root: Path, device: torch.device, rank:
         scheduler.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
         best, best_epoch, step, start = ckpt["best"], ckpt["best_epoch"], ckpt["global_step"], ckpt["epoch"] + 1
-        restore_rng_state(ckpt["rng"])
+        rank_rng_restorer(ckpt, rank_seed(cfg.seed * 1_000_003 + step))()  # this rank's own states
         log.info("resuming after epoch %d of %d (best valid mean recall %.3f at epoch %d)", ckpt["epoch"], cfg.epochs,
                  best, best_epoch)
     if rank == 0:
@@ -219,16 +224,19 @@ def _run(cfg: PretrainConfig, kind: str, root: Path, device: torch.device, rank:
             for group, lr in entry.lrs.items():
                 writer.add_scalar(f"lr/{group}", lr, entry.step)
 
+    if not ckpt and rank > 0:
+        torch.manual_seed(rank_seed(cfg.seed))  # every rank was seeded alike for the same initial weights
     meta = {"arch": bundle.name, "pretrained": pretrained, "config": {**dataclasses.asdict(cfg), "resume": ""}}
     for epoch in range(start, cfg.epochs + 1):
         if sampler is not None:
             sampler.set_epoch(epoch)
-        g.manual_seed(cfg.seed + epoch)
+        g.manual_seed(rank_seed(cfg.seed + epoch))
         stats = train_contrastive_epoch(model, loader, optimizer, device=device, precision=precision,
                                         accum_steps=cfg.accum_steps, scaler=scaler, scheduler=scheduler,
                                         grad_clip=cfg.grad_clip, log_every=cfg.log_every, global_step=step,
                                         on_log=on_log, progress=cfg.progress, desc=f"epoch {epoch}/{cfg.epochs}")
         step += stats.steps
+        rngs = rank_rng_states()  # every rank's, for an exact resume (a collective)
         if rank == 0:
             val = score("valid")
             for k, v in val.items():
@@ -243,7 +251,8 @@ def _run(cfg: PretrainConfig, kind: str, root: Path, device: torch.device, rank:
             save_checkpoint(run_dir / "checkpoints" / "last.pt", {
                 "state_dict": model.state_dict(), **meta, "epoch": epoch, "valid": val, "global_step": step,
                 "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "scheduler": scheduler.state_dict(),
-                "best": best, "best_epoch": best_epoch, "results": results, "rng": capture_rng_state()})
+                "best": best, "best_epoch": best_epoch, "results": results, "rng": capture_rng_state(),
+                **rngs})
             log.info("epoch %d: loss %.4f, temperature %.4f; valid %s", epoch, stats.loss,
                      1 / float(model.logit_scale.detach().exp()), _fmt(val))
         barrier()

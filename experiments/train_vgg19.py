@@ -249,7 +249,8 @@ def loaders(cfg: TrainConfig, splits, on_device: dict, device: torch.device):
                     collate_fn=collate_channels_last if s in on_device else None)
 
     # Workers are recreated every epoch (not persistent): their RNG seeds then come from the loader's
-    # generator, which fit() reseeds per epoch, so a resumed run augments exactly like an uninterrupted one.
+    # generator, which fit() reseeds per epoch and rank, so a resumed run augments exactly like an
+    # uninterrupted one, and ranks augment apart.
     if world()[1] > 1:  # torchrun: --batch-size is per process; evaluation shards add up to the whole split
         from torch.utils.data import DistributedSampler
 

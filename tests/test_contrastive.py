@@ -208,7 +208,10 @@ RUNNER = ("import sys; sys.path[:0] = [{tests!r}, {experiments!r}]; import clip_
           "import pretrain_clip; pretrain_clip.main(sys.argv[1:])")
 
 
-def test_pretrain_killed_after_an_epoch_resumes_to_the_same_weights(tmp_path):
+@pytest.mark.parametrize("procs, workers", [(1, 0), (2, 1)], ids=["1 process", "torchrun 2 processes, 1 worker each"])
+def test_pretrain_killed_after_an_epoch_resumes_to_the_same_weights(tmp_path, procs, workers):
+    """Killed after epoch 1, resumed: the same weights as an uninterrupted run. Under torchrun, with
+    loader workers: every rank resumes its own RNG stream, and workers are reseeded per rank and epoch."""
     import signal
     import subprocess
     import sys
@@ -217,13 +220,17 @@ def test_pretrain_killed_after_an_epoch_resumes_to_the_same_weights(tmp_path):
     from sportsnet.engine import load_checkpoint
 
     code = RUNNER.format(tests=str(EXPERIMENTS.parent / "tests"), experiments=str(EXPERIMENTS))
-    args = ["--model", "tiny-vit-test", "--pretrained", "none", "--data", "synthetic", "--workers", "0",
-            "--no-progress", "--synthetic-size", "64", "--epochs", "3", "--lr", "1e-3", "--batch-size", "32",
+    args = ["--model", "tiny-vit-test", "--pretrained", "none", "--data", "synthetic", "--workers", str(workers),
+            "--no-progress", "--synthetic-size", "64", "--epochs", "3", "--lr", "1e-3", "--batch-size", str(32 // procs),
             "--warmup-steps", "5", "--out", "runs"]
+    launch = [sys.executable] if procs == 1 else [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}", "--no-python",
+        sys.executable]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
 
     def start(*extra):
-        return subprocess.Popen([sys.executable, "-c", code, *extra], cwd=tmp_path, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
+        return subprocess.Popen([*launch, "-c", code, *extra], cwd=tmp_path, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, env=env)
 
     full = start(*args, "--name", "full")
     out, _ = full.communicate(timeout=600)
@@ -231,10 +238,17 @@ def test_pretrain_killed_after_an_epoch_resumes_to_the_same_weights(tmp_path):
     victim = start(*args, "--name", "killed")
     for line in victim.stdout:
         if "epoch 1: loss" in line:  # logged after last.pt of epoch 1 is written
-            victim.send_signal(signal.SIGKILL)
+            # torchrun passes SIGTERM on to its workers (this script has no handler: they die at once).
+            victim.send_signal(signal.SIGKILL if procs == 1 else signal.SIGTERM)
             break
-    victim.wait(timeout=60)
-    assert load_checkpoint(tmp_path / "runs" / "killed" / "checkpoints" / "last.pt")["epoch"] == 1
+    victim.communicate(timeout=60)
+    ckpt = load_checkpoint(tmp_path / "runs" / "killed" / "checkpoints" / "last.pt")
+    assert ckpt["epoch"] == 1
+    if procs > 1:
+        assert len(ckpt["rng_ranks"]) == procs and torch.equal(ckpt["rng_ranks"][0]["torch"], ckpt["rng"]["torch"])
+        assert not torch.equal(ckpt["rng_ranks"][1]["torch"], ckpt["rng"]["torch"])  # ranks draw apart
+    else:
+        assert "rng_ranks" not in ckpt
     resumed = start("--resume", "runs/killed", "--no-progress")
     out, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, out

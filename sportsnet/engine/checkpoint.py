@@ -7,11 +7,13 @@ import os
 import random
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch import nn
+
+from .distributed import all_gather_objects, world
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +99,26 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def rank_rng_states() -> dict[str, Any]:
+    """``{"rng_ranks": [every rank's capture_rng_state()]}`` for a checkpoint under torchrun, ``{}`` in
+    one process. A collective: every rank calls it, at the same point."""
+    return {"rng_ranks": all_gather_objects(capture_rng_state())} if world()[1] > 1 else {}
+
+
+def rank_rng_restorer(ckpt: dict[str, Any], fresh_seed: int) -> Callable[[], None]:
+    """What restores this rank's RNG states from ``ckpt``: its own ones when the checkpoint holds
+    every rank's (``rng_ranks``) for this world size. Otherwise (a one-process checkpoint, or another
+    world size), rank 0 takes the saved ``rng`` and the other ranks start fresh streams from
+    ``fresh_seed`` (pass ``distributed.rank_seed(...)``: distinct per rank)."""
+    rank, size = world()
+    saved = ckpt.get("rng_ranks")
+    if saved is not None and len(saved) == size:
+        return lambda: restore_rng_state(saved[rank])
+    if rank == 0:
+        return lambda: restore_rng_state(ckpt["rng"])
+    return lambda: torch.manual_seed(fresh_seed)  # type: ignore[return-value]
 
 
 def describe_mismatch(model: nn.Module, state: dict[str, torch.Tensor], limit: int = 5) -> str:

@@ -76,6 +76,27 @@ def sync_buffers(module: torch.nn.Module) -> None:
             dist.broadcast(b, src=0)
 
 
+def rank_seed(seed: int, rank: int | None = None) -> int:
+    """The seed of ``rank``'s own random stream (default: this process's rank), derived from ``seed``.
+
+    Rank 0 gets ``seed`` itself, so rank 0 of a torchrun job draws what a single process draws; every
+    other rank gets a distinct seed, so ranks do not repeat each other's augmentation, dropout masks
+    or data-loader worker seeds."""
+    r = world()[0] if rank is None else rank
+    if r < 0:
+        raise ValueError(f"rank={r} must be >= 0")
+    return (seed + r * 0x9E3779B97F4A7C15) % (1 << 63)  # odd constant: distinct for every rank below 2**63
+
+
+def all_gather_objects(obj: Any) -> list[Any]:
+    """Every rank's ``obj``, in rank order, on every rank (``[obj]`` in a single process)."""
+    if world()[1] == 1:
+        return [obj]
+    out: list[Any] = [None] * world()[1]
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def broadcast_object(obj: Any) -> Any:
     """Rank 0's ``obj`` on every rank (e.g. a run folder name containing a timestamp)."""
     if world()[1] == 1:

@@ -16,8 +16,12 @@ Under torchrun (a process group is initialised), the model trains wrapped in
 ``DistributedDataParallel`` (re-wrapped per phase, since phases change what is trainable), the train
 loader's ``DistributedSampler`` is told the epoch, metrics are summed over ranks, all ranks stop at
 the same step when any is signalled, and only rank 0 writes checkpoints, TensorBoard and calls
-``on_epoch_end``. A checkpoint resumes under another world size (mid-epoch: at the same number of
-images seen, with that world size's data order).
+``on_epoch_end``. Each rank draws from its own random stream (``rank_seed``: rank 0's is the
+single-process one): a fresh run reseeds ranks > 0 when ``fit`` starts, the loader's generator
+(worker seeds) is reseeded per rank and epoch, and checkpoints keep every rank's RNG states, so a
+resume with the same world size is exact on every rank. A checkpoint resumes under another world
+size too (mid-epoch: at the same number of images seen, with that world size's data order; ranks
+the checkpoint did not have get fresh streams).
 """
 from __future__ import annotations
 
@@ -34,8 +38,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checkpoint import capture_rng_state, restore_rng_state, save_checkpoint
-from .distributed import any_rank, barrier, sync_buffers, world
+from .checkpoint import capture_rng_state, rank_rng_restorer, rank_rng_states, save_checkpoint
+from .distributed import any_rank, barrier, rank_seed, sync_buffers, world
 from .loop import EvalResult, NonFiniteLossError, StepLog, evaluate, make_grad_scaler, train_one_epoch
 from .optim import build_optimizer, warmup_cosine
 from ..plotting import figure_to_array
@@ -178,7 +182,9 @@ def fit(
     phase_idx, phase_epoch, epoch, global_step = 0, 0, 0, 0
     best_acc1, best_epoch, history = -1.0, 0, []
     optimizer = scheduler = None
-    skip, carry, rng_after_skip = 0, None, None  # continuing a stopped epoch
+    skip, carry, restore_rng = 0, None, None  # continuing a stopped epoch
+    if resume is None and world()[0] > 0:
+        torch.manual_seed(rank_seed(opts.seed))  # the caller seeded every rank alike (same initial weights)
     if resume is not None:
         model.load_state_dict(resume["model"])
         phase_idx, phase_epoch, epoch = resume["phase"], resume["phase_epoch"], resume["epoch"]
@@ -198,12 +204,13 @@ def fit(
             log.warning("resuming a %d-process checkpoint with %d processes: epoch %d continues at step %d in "
                         "the new data order (not bit-identical to an uninterrupted run)", saved_world, world()[1],
                         epoch + 1, skip)
+        restore_rng = rank_rng_restorer(resume, rank_seed(opts.seed * 1_000_003 + global_step))
         if skip:
-            carry, rng_after_skip = resume["epoch_sums"], resume["rng"]
+            carry = resume["epoch_sums"]
             log.info("resuming epoch %d at step %d of %d (phase %d, global step %d)", epoch + 1, skip,
                      steps_per_epoch, phase_idx, global_step)
         else:
-            restore_rng_state(resume["rng"])
+            restore_rng()
             log.info("resuming after epoch %d (phase %d, global step %d)", epoch, phase_idx, global_step)
 
     def on_log(s: StepLog) -> None:
@@ -249,7 +256,7 @@ def fit(
             while phase_epoch < phase.epochs:
                 epoch += 1
                 if getattr(train_loader, "generator", None) is not None:
-                    train_loader.generator.manual_seed(opts.seed * 1_000_003 + epoch)
+                    train_loader.generator.manual_seed(rank_seed(opts.seed * 1_000_003 + epoch))
                 if hasattr(getattr(train_loader, "sampler", None), "set_epoch"):
                     train_loader.sampler.set_epoch(epoch)
                 try:
@@ -259,7 +266,7 @@ def fit(
                         log_every=opts.log_every, global_step=global_step, on_log=on_log,
                         progress=opts.progress and main, desc=f"epoch {epoch} ({phase.name})",
                         should_stop=lambda: any_rank(bool(received), device), skip_batches=skip,
-                        after_skip=(lambda r=rng_after_skip: restore_rng_state(r)) if skip else None, carry=carry,
+                        after_skip=restore_rng if skip else None, carry=carry,
                         batch_transform=train_transform,
                     )
                 except NonFiniteLossError as e:
@@ -272,9 +279,10 @@ def fit(
                 skip, carry = 0, None
                 sync_buffers(model)
                 if stats.interrupted:
+                    rngs = rank_rng_states()
                     if main:
                         save_checkpoint(last_path, state(pi, phase_epoch, epoch - 1, step_in_epoch=stats.steps,
-                                                         epoch_sums=stats.sums))
+                                                         epoch_sums=stats.sums, **rngs))
                     barrier()  # every rank leaves together, after the checkpoint is complete
                     if writer is not None:
                         writer.flush()
@@ -306,8 +314,9 @@ def fit(
                     best_acc1, best_epoch = val.acc1, epoch
                 if on_epoch_end is not None:
                     on_epoch_end(epoch, val)
+                rngs = rank_rng_states()
                 if main:
-                    save_checkpoint(last_path, state(pi, phase_epoch, epoch))
+                    save_checkpoint(last_path, state(pi, phase_epoch, epoch, **rngs))
                     if is_best:
                         _link_or_copy(last_path, best_path)
                 if writer is not None:
