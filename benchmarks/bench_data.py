@@ -34,7 +34,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import environment, select_devices, summary, table, time_interleaved, write_json  # noqa: E402
+from _common import environment, select_devices, slug, summary, table, time_interleaved, write_json  # noqa: E402
 
 from sportsnet.data import Sports100, build_transforms, make_synthetic_sports  # noqa: E402
 from sportsnet.data.batch_aug import collate_channels_last  # noqa: E402
@@ -155,7 +155,7 @@ def measure(device: torch.device, args, base, per_image, raw, on_device, batches
                "setup_seconds": setup,
                "cache_file_mb": raw.data_path.stat().st_size / 2**20, "results": results,
                "target": {"cache_vs_plain": TARGET_CACHE_VS_PLAIN, "measured": gain, "met": gain >= TARGET_CACHE_VS_PLAIN}}
-    path = write_json(f"data_{device.type}", payload)
+    path = write_json(f"data_{'cpu' if device.type == 'cpu' else slug(env['device'])}", payload)
     print(f"\n{env['device']}, batch {args.batch_size}, {len(base)} images at {args.size} px "
           f"(cache built/opened in {setup['build_or_open_cache']:.0f} s)\n"
           + table(rows, ["path", "workers", "images/s", "p25-p75", "vs plain"]) + f"\n-> {path}")

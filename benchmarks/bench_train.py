@@ -106,7 +106,7 @@ def run_device(device: torch.device, args) -> dict:
         gain = max(r["gain_vs_fp32_nchw_eager"] for r in amp_cl)
         payload["target"] = {"amp_channels_last_vs_fp32_nchw": TARGET_CUDA_AMP_CL, "measured": gain,
                              "met": gain >= TARGET_CUDA_AMP_CL}
-    path = write_json(f"train_{slug(device.type)}", payload)
+    path = write_json(f"train_{'cpu' if device.type == 'cpu' else slug(env['device'])}", payload)
     rows = [[r["batch"], r["variant"], f"{r['images_per_s']:.1f}",
              f"{r['images_per_s_p25']:.1f}-{r['images_per_s_p75']:.1f}", f"{r['gain_vs_fp32_nchw_eager']:.2f}x"]
             for r in results]

@@ -241,12 +241,20 @@ def test_cuda_matches_reference(dtype, layout):
 
 @CUDA
 def test_cuda_runs_on_the_current_stream_and_passes_opcheck():
+    """The kernel is ordered on the caller's current stream: its input is written on a side stream
+    that a sleep holds back, and its output is read back on that stream alone. A kernel launched on
+    any other stream would read the input before it is written."""
     A, G = make_inputs((4, 64, 14, 14), torch.float32, "contiguous", device="cuda")
     side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())  # A and G are ready before side starts
+    host = torch.empty(4, 224, 224, pin_memory=True)
     with torch.cuda.stream(side):
-        maps = fused_gradcam(A, G, (224, 224))
+        torch.cuda._sleep(200_000_000)  # about 0.1 s of GPU cycles on side
+        flipped = A.flip(-1)  # written on side, after the sleep
+        maps = fused_gradcam(flipped, G, (224, 224))
+        host.copy_(maps, non_blocking=True)
     side.synchronize()
-    torch.testing.assert_close(maps.cpu(), gradcam_reference(A.cpu(), G.cpu(), (224, 224)), atol=5e-5, rtol=0)
+    torch.testing.assert_close(host, gradcam_reference(A.cpu().flip(-1), G.cpu(), (224, 224)), atol=5e-5, rtol=0)
     torch.library.opcheck(torch.ops.sportsnet.fused_gradcam.default, (A, G, [32, 32]),
                           {"method": "xgradcam", "normalize": True, "eps": 1e-7})
 
@@ -256,3 +264,33 @@ def test_cuda_degenerate_maps_and_empty_batch():
     zeros = fused_gradcam(torch.ones(2, 8, 7, 7, device="cuda"), torch.zeros(2, 8, 7, 7, device="cuda"), (20, 20))
     assert torch.equal(zeros, torch.zeros_like(zeros))
     assert fused_gradcam(torch.rand(0, 4, 7, 7, device="cuda"), torch.rand(0, 4, 7, 7, device="cuda"), (9, 9)).shape == (0, 9, 9)
+
+
+def test_the_build_has_kernels_for_cpu_and_for_cuda_when_nvcc_was_there():
+    from sportsnet.ops import _build, fused
+
+    with_cuda = os.environ.get("FORCE_CUDA") == "1" or (torch.version.cuda is not None and _build.cuda_home() is not None)
+    assert fused._KERNEL_DEVICES == ({"cpu", "cuda"} if with_cuda else {"cpu"})
+
+
+def test_an_input_on_a_device_the_build_has_no_kernel_for_takes_the_reference(monkeypatch):
+    """A build without a CUDA kernel (no nvcc at build time) given CUDA inputs: the reference, with one
+    warning, or an error under SPORTSNET_REQUIRE_EXT=1. Simulated with CPU inputs and a build that
+    lists no CPU kernel (the decision is the same for either device)."""
+    from sportsnet.ops import fused
+
+    monkeypatch.setattr(fused, "_KERNEL_DEVICES", frozenset({"cuda"}))
+    monkeypatch.setattr(fused, "_warned_devices", set())
+    A, G = make_inputs((2, 8, 7, 7), torch.float32, "contiguous")
+    monkeypatch.setenv("SPORTSNET_REQUIRE_EXT", "1")
+    with pytest.raises(RuntimeError, match=r"no CPU kernel \(it was built with kernels for \['cuda'\].*forbids the reference"):
+        fused_gradcam(A, G, (20, 20))
+    monkeypatch.delenv("SPORTSNET_REQUIRE_EXT")
+    with pytest.warns(RuntimeWarning, match="no CPU kernel .*cpu inputs use the pure-PyTorch reference"):
+        maps = fused_gradcam(A, G, (20, 20))
+    assert torch.equal(maps, gradcam_reference(A, G, (20, 20)))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once per device type
+        fused_gradcam(A, G, (20, 20))

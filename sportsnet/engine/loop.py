@@ -298,7 +298,9 @@ def evaluate(
             c1, c5 = _topk_correct(logits, target, (1, 5))
             correct1 += c1
             correct5 += c5
-            confusion += torch.bincount(target * num_classes + logits.argmax(1), minlength=num_classes ** 2)
+            # index_add_, not bincount: bincount reads its input's max on the host (a CUDA sync per batch).
+            cells = target * num_classes + logits.argmax(1)
+            confusion.index_add_(0, cells, torch.ones_like(cells))
             seen += target.shape[0]
     finally:
         model.train(was_training)

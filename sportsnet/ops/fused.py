@@ -30,6 +30,11 @@ log = logging.getLogger(__name__)
 _OP = "sportsnet::fused_gradcam"
 _lock = threading.Lock()
 _BACKEND: str | None = None  # decided once by _load(); a plain global so torch.compile can read it
+# Device types the loaded operator has kernels for (set by _load). A build can lack CUDA (no nvcc at
+# build time): CUDA inputs then take the reference, with one warning, instead of a dispatcher error.
+_KERNEL_DEVICES: frozenset[str] = frozenset()
+_DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA"}
+_warned_devices: set[str] = set()
 
 
 def has_kernel(dispatch_key: str) -> bool:
@@ -81,7 +86,7 @@ def _register_fake() -> None:
 
 def _load() -> str:
     """Decide the backend once; return ``"compiled"`` or ``"reference"``."""
-    global _BACKEND
+    global _BACKEND, _KERNEL_DEVICES
     with _lock:
         if _BACKEND is not None:
             return _BACKEND
@@ -99,7 +104,8 @@ def _load() -> str:
                 errors.append(f"just-in-time build: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
         if _registered():
             _register_fake()
-            log.info("fused_gradcam: compiled operator (CPU%s kernel)", " and CUDA" if has_kernel("CUDA") else "")
+            _KERNEL_DEVICES = frozenset(t for t, key in _DISPATCH_KEYS.items() if has_kernel(key))
+            log.info("fused_gradcam: compiled operator (%s kernels)", " and ".join(sorted(_KERNEL_DEVICES)))
             _BACKEND = "compiled"
         else:
             message = "fused_gradcam: the compiled operator is unavailable (" + "; ".join(errors) + ")"
@@ -113,6 +119,22 @@ def _load() -> str:
 def backend() -> str:
     """``"compiled"`` (the C++/CUDA operator) or ``"reference"`` (pure PyTorch). Loads on first call."""
     return _load()
+
+
+def _kernel_for(device_type: str) -> bool:
+    """Whether the compiled operator runs on ``device_type``. False (a reference fallback, warned
+    once per device type) for a CPU or CUDA input that the build has no kernel for; an error
+    instead under ``SPORTSNET_REQUIRE_EXT=1``. Other device types (meta) go to the dispatcher."""
+    if device_type in _KERNEL_DEVICES or device_type not in _DISPATCH_KEYS:
+        return True
+    message = (f"fused_gradcam: the compiled operator has no {_DISPATCH_KEYS[device_type]} kernel (it was built "
+               f"with kernels for {sorted(_KERNEL_DEVICES) or 'nothing'}; e.g. no nvcc at build time)")
+    if os.environ.get("SPORTSNET_REQUIRE_EXT") == "1":
+        raise RuntimeError(message + " and SPORTSNET_REQUIRE_EXT=1 forbids the reference fallback")
+    if device_type not in _warned_devices:
+        _warned_devices.add(device_type)
+        warnings.warn(message + f"; {device_type} inputs use the pure-PyTorch reference", RuntimeWarning, stacklevel=3)
+    return False
 
 
 def fused_gradcam(activations: torch.Tensor, gradients: torch.Tensor, size: Sequence[int], *,
@@ -132,7 +154,7 @@ def fused_gradcam(activations: torch.Tensor, gradients: torch.Tensor, size: Sequ
     Returns ``(B, H, W)``: float32, or float64 for float64 inputs.
     """
     H, W = check_inputs(activations, gradients, size, method, eps)
-    if (_BACKEND or _load()) == "reference":
+    if (_BACKEND or _load()) == "reference" or not _kernel_for(activations.device.type):
         return gradcam_reference(activations, gradients, (H, W), method=method, normalize=normalize, eps=eps, out=out)
     op = torch.ops.sportsnet.fused_gradcam
     if out is None:
