@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
 
 from sportsnet.engine import FitOptions, Phase, TrainingInterrupted, fit, load_checkpoint
-from sportsnet.engine.distributed import ShardSampler, rank_seed
+from sportsnet.engine.distributed import ShardSampler, any_rank, rank_seed
 
 STEPS = 6  # per epoch and rank: 48 images / 2 ranks / batch 4
 
@@ -32,10 +32,16 @@ class WorkerAugmented(Dataset):
         return x, self.y[i]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_ports(n: int = 1) -> list[int]:
+    """``n`` distinct free ports (the sockets are held together, so no two get the same one)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def _run(run_dir, resume=None, stop_at=None):
@@ -90,7 +96,7 @@ def _worker(rank, world, port, out_dir):
 def test_ranks_draw_apart_and_resume_their_own_streams(tmp_path):
     import torch.multiprocessing as mp
 
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, *_free_ports(), str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2))
     for r in (r0, r1):
         assert len(r["straight_draws"]) == 2 * STEPS
@@ -121,3 +127,26 @@ def test_rank_seed():
         assert "rank=-1 must be >= 0" in str(e)
     else:
         raise AssertionError("a negative rank was accepted")
+
+
+def _vote_worker(rank, world, port, port2, out_dir):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        # Only rank 1 raises its flag, at the third call: every rank hears it at that call.
+        answers = [any_rank(rank == 1 and k == 2) for k in range(4)]
+        dist.destroy_process_group()  # a new process group gets a new host group
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port2}", rank=rank, world_size=world)
+        answers.append(any_rank(rank == 0))
+        torch.save(answers, os.path.join(out_dir, f"votes{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_any_rank_agrees_when_one_rank_asks(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_vote_worker, args=(2, *_free_ports(2), str(tmp_path)), nprocs=2, join=True)
+    for r in range(2):
+        assert torch.load(tmp_path / f"votes{r}.pt") == [False, False, True, False, True]

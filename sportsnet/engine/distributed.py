@@ -58,13 +58,28 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def any_rank(flag: bool, device: torch.device | str) -> bool:
-    """True on every rank when ``flag`` is true on any (one tiny all-reduce on ``device``: the
-    training device, since NCCL takes only CUDA tensors)."""
+_vote_group: tuple[Any, Any] | None = None  # (the default group it belongs to, a gloo group over all ranks)
+
+
+def _host_group():
+    """A gloo group over every rank, for small agreements between the hosts (created on first use;
+    all ranks get there together). Its collectives take CPU tensors, so with NCCL training they never
+    wait for the GPU's queued work, as a CUDA all-reduce read back with ``.item()`` would."""
+    global _vote_group
+    default = dist.group.WORLD
+    if _vote_group is None or _vote_group[0] is not default:
+        _vote_group = (default, dist.new_group(backend="gloo"))
+    return _vote_group[1]
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when ``flag`` is true on any. All ranks must call it at the same point
+    (it is a collective): it decides, e.g., after which step every rank stops. A host-side all-reduce
+    over gloo, so asking after every training step costs no GPU synchronisation."""
     if world()[1] == 1:
         return flag
-    t = torch.tensor([1 if flag else 0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_host_group())
     return bool(t.item())
 
 

@@ -265,7 +265,7 @@ def fit(
                         scaler=scaler, scheduler=scheduler, channels_last=opts.channels_last, grad_clip=opts.grad_clip,
                         log_every=opts.log_every, global_step=global_step, on_log=on_log,
                         progress=opts.progress and main, desc=f"epoch {epoch} ({phase.name})",
-                        should_stop=lambda: any_rank(bool(received), device), skip_batches=skip,
+                        should_stop=lambda: any_rank(bool(received)), skip_batches=skip,
                         after_skip=restore_rng if skip else None, carry=carry,
                         batch_transform=train_transform,
                     )
@@ -328,7 +328,7 @@ def fit(
                              last_path, " (best)" if is_best else "")
                 epochs_bar.set_postfix(val_acc=f"{val.acc1:.3f}", best=f"{best_acc1:.3f}")
                 epochs_bar.update(1)
-                if any_rank(bool(received), device) and (pi, phase_epoch) != (len(phases) - 1, phase.epochs):
+                if any_rank(bool(received)) and (pi, phase_epoch) != (len(phases) - 1, phase.epochs):
                     signum = received[0] if received else signal.SIGTERM  # another rank's signal
                     name = signal.Signals(signum).name
                     raise TrainingInterrupted(f"{name}: stopped after epoch {epoch}; checkpoint {last_path}",
