@@ -74,7 +74,9 @@ FACTS = {
 # `make bench` on CPU: the four benchmarks' run times (each result file's wall_s) must sum to less than this.
 MAKE_BENCH_CPU = ("gradcam_cpu", "explain_cpu", "train_cpu", "data_cpu")
 MAKE_BENCH_TARGET_S = 15 * 60
-MARKED = re.compile(r"<!-- results: (?P<name>[\w.+-]+) -->(?P<body>.*?)<!-- /results: (?P=name) -->", re.S)
+# A marker written in backticks (an example in prose) is not one.
+MARKED = re.compile(r"(?<!`)<!-- results: (?P<name>[\w.+-]+) -->(?P<body>.*?)(?<!`)<!-- /results: (?P=name) -->", re.S)
+OPENER, CLOSER = re.compile(r"(?<!`)<!-- results: "), re.compile(r"(?<!`)<!-- /results: ")
 
 
 def load(stem: str) -> dict:
@@ -86,7 +88,8 @@ def load(stem: str) -> dict:
 
 
 def minutes(seconds: float) -> str:
-    return f"{int(seconds // 60)} min {round(seconds % 60):d} s"
+    m, s = divmod(round(seconds), 60)
+    return f"{m} min {s} s"
 
 
 def make_bench_line() -> str:
@@ -118,6 +121,13 @@ def sync(path: Path, check: bool = False) -> list[str]:
     """Re-render every marked block of ``path``; returns the names whose text changed. With
     ``check``, the file is not written."""
     text = path.read_text()
+    blocks = list(MARKED.finditer(text))
+    nested = [m["name"] for m in blocks if OPENER.search(m["body"]) or CLOSER.search(m["body"])]
+    if nested or len(blocks) != len(OPENER.findall(text)) or len(blocks) != len(CLOSER.findall(text)):
+        raise SystemExit(f"error: {path}: results markers do not pair up ({len(OPENER.findall(text))} openers, "
+                         f"{len(CLOSER.findall(text))} closers, {len(blocks)} blocks"
+                         f"{', one spans another: ' + ', '.join(nested) if nested else ''}); "
+                         f"each <!-- results: NAME --> needs its own <!-- /results: NAME -->")
     stale: list[str] = []
 
     def fill(m: re.Match) -> str:

@@ -199,7 +199,7 @@ def _run(cfg: PretrainConfig, kind: str, root: Path, device: torch.device, rank:
         scheduler.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
         best, best_epoch, step, start = ckpt["best"], ckpt["best_epoch"], ckpt["global_step"], ckpt["epoch"] + 1
-        rank_rng_restorer(ckpt, rank_seed(cfg.seed * 1_000_003 + step))()  # this rank's own states
+        rank_rng_restorer(ckpt, rank_seed(cfg.seed * 1_000_003 + 0x5EED0000 + step))()  # this rank's own states
         log.info("resuming after epoch %d of %d (best valid mean recall %.3f at epoch %d)", ckpt["epoch"], cfg.epochs,
                  best, best_epoch)
     if rank == 0:
@@ -251,8 +251,8 @@ def _run(cfg: PretrainConfig, kind: str, root: Path, device: torch.device, rank:
             save_checkpoint(run_dir / "checkpoints" / "last.pt", {
                 "state_dict": model.state_dict(), **meta, "epoch": epoch, "valid": val, "global_step": step,
                 "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "scheduler": scheduler.state_dict(),
-                "best": best, "best_epoch": best_epoch, "results": results, "rng": capture_rng_state(),
-                **rngs})
+                "best": best, "best_epoch": best_epoch, "results": results, **rngs,
+                "rng": rngs["rng_ranks"][0] if rngs else capture_rng_state()})
             log.info("epoch %d: loss %.4f, temperature %.4f; valid %s", epoch, stats.loss,
                      1 / float(model.logit_scale.detach().exp()), _fmt(val))
         barrier()

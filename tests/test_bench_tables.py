@@ -68,3 +68,25 @@ def test_unknown_names_are_refused_clearly(tmp_path, monkeypatch):
     _result(tables.RESULTS, "train_cpu", _train(2.0))
     with pytest.raises(SystemExit, match="unknown value 'speed' in 'train_cpu.speed'"):
         tables.render("train_cpu.speed")
+
+
+def test_markers_in_backticks_are_prose_and_unpaired_markers_are_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(tables, "RESULTS", tmp_path / "results")
+    _result(tables.RESULTS, "train_cpu", _train(2.0))
+    page = tmp_path / "page.md"
+    example = "Add `<!-- results: train_cpu.best_gain -->` for a number.\n\n"
+    block = "Gain <!-- results: train_cpu.best_gain -->9x<!-- /results: train_cpu.best_gain -->.\n"
+    page.write_text(example + "Text that must stay.\n" + block)
+    assert tables.sync(page) == ["train_cpu.best_gain"]
+    assert page.read_text() == example + "Text that must stay.\n" + block.replace("9x", "2.0x")
+    page.write_text("<!-- results: train_cpu.best_gain -->9x\n")  # never closed
+    with pytest.raises(SystemExit, match="do not pair up .1 openers, 0 closers, 0 blocks"):
+        tables.sync(page, check=True)
+    page.write_text("<!-- results: train_cpu -->\n<!-- results: train_cpu.best_gain -->x<!-- /results: "
+                    "train_cpu.best_gain -->\n<!-- /results: train_cpu -->\n")
+    with pytest.raises(SystemExit, match="one spans another: train_cpu"):
+        tables.sync(page, check=True)
+
+
+def test_minutes_never_shows_60_seconds():
+    assert tables.minutes(119.7) == "2 min 0 s" and tables.minutes(61.2) == "1 min 1 s"

@@ -1,6 +1,7 @@
 """sportsnet.engine.contrastive: the loss, exact accumulation, the 2-process gather, retrieval metrics."""
 import os
 import socket
+from pathlib import Path
 
 import pytest
 import torch
@@ -204,6 +205,19 @@ def test_pretrain_bad_command_lines(tmp_path, monkeypatch, args, message):
                             "--synthetic-size", "64", "--no-progress", *args])
 
 
+def _children(pid: int) -> list[int]:
+    """Process ids whose parent is ``pid`` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (comm)": state, ppid, ...
+        except OSError:  # the process ended meanwhile
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
 RUNNER = ("import sys; sys.path[:0] = [{tests!r}, {experiments!r}]; import clip_tiny; clip_tiny.register(); "
           "import pretrain_clip; pretrain_clip.main(sys.argv[1:])")
 
@@ -238,8 +252,9 @@ def test_pretrain_killed_after_an_epoch_resumes_to_the_same_weights(tmp_path, pr
     victim = start(*args, "--name", "killed")
     for line in victim.stdout:
         if "epoch 1: loss" in line:  # logged after last.pt of epoch 1 is written
-            # torchrun passes SIGTERM on to its workers (this script has no handler: they die at once).
-            victim.send_signal(signal.SIGKILL if procs == 1 else signal.SIGTERM)
+            # SIGKILL at once to every process that trains: torchrun's workers first, then torchrun.
+            for pid in ([] if procs == 1 else _children(victim.pid)) + [victim.pid]:
+                os.kill(pid, signal.SIGKILL)
             break
     victim.communicate(timeout=60)
     ckpt = load_checkpoint(tmp_path / "runs" / "killed" / "checkpoints" / "last.pt")

@@ -118,7 +118,7 @@ def test_ranks_draw_apart_and_resume_their_own_streams(tmp_path):
 
 
 def test_rank_seed():
-    assert rank_seed(7, 0) == 7  # rank 0 draws what one process draws
+    assert rank_seed(7, 0) == 7 and rank_seed(-5, 0) == -5  # rank 0 draws what one process draws
     seeds = {rank_seed(7, r) for r in range(64)} | {rank_seed(8, r) for r in range(64)}
     assert len(seeds) == 128 and all(0 <= s < 2**63 for s in seeds)
     try:

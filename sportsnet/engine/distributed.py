@@ -4,6 +4,7 @@ sums across ranks, and an unpadded evaluation sharding. Every helper is the iden
 from __future__ import annotations
 
 import os
+import weakref
 from typing import Any, Iterator, Sized
 
 import torch
@@ -58,18 +59,23 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-_vote_group: tuple[Any, Any] | None = None  # (the default group it belongs to, a gloo group over all ranks)
+# Weak references: torch's registry owns the groups. A group that outlives destroy_process_group()
+# through a reference of ours aborts the process when it is finally freed (gloo's threads).
+_vote_group: tuple[weakref.ref, weakref.ref] | None = None  # (the default group, the host group)
 
 
 def _host_group():
     """A gloo group over every rank, for small agreements between the hosts (created on first use;
-    all ranks get there together). Its collectives take CPU tensors, so with NCCL training they never
-    wait for the GPU's queued work, as a CUDA all-reduce read back with ``.item()`` would."""
+    all ranks get there together; created anew for a new process group). Its collectives take CPU
+    tensors, so with NCCL training they never wait for the GPU's queued work, as a CUDA all-reduce
+    read back with ``.item()`` would."""
     global _vote_group
     default = dist.group.WORLD
-    if _vote_group is None or _vote_group[0] is not default:
-        _vote_group = (default, dist.new_group(backend="gloo"))
-    return _vote_group[1]
+    group = _vote_group[1]() if _vote_group is not None and _vote_group[0]() is default else None
+    if group is None:
+        group = dist.new_group(backend="gloo")
+        _vote_group = (weakref.ref(default), weakref.ref(group))
+    return group
 
 
 def any_rank(flag: bool) -> bool:
@@ -100,15 +106,18 @@ def rank_seed(seed: int, rank: int | None = None) -> int:
     r = world()[0] if rank is None else rank
     if r < 0:
         raise ValueError(f"rank={r} must be >= 0")
+    if r == 0:
+        return seed
     return (seed + r * 0x9E3779B97F4A7C15) % (1 << 63)  # odd constant: distinct for every rank below 2**63
 
 
 def all_gather_objects(obj: Any) -> list[Any]:
-    """Every rank's ``obj``, in rank order, on every rank (``[obj]`` in a single process)."""
+    """Every rank's ``obj``, in rank order, on every rank (``[obj]`` in a single process). Over the
+    host-side gloo group: no GPU round trip, whatever the training backend."""
     if world()[1] == 1:
         return [obj]
     out: list[Any] = [None] * world()[1]
-    dist.all_gather_object(out, obj)
+    dist.all_gather_object(out, obj, group=_host_group())
     return out
 
 

@@ -204,7 +204,8 @@ def fit(
             log.warning("resuming a %d-process checkpoint with %d processes: epoch %d continues at step %d in "
                         "the new data order (not bit-identical to an uninterrupted run)", saved_world, world()[1],
                         epoch + 1, skip)
-        restore_rng = rank_rng_restorer(resume, rank_seed(opts.seed * 1_000_003 + global_step))
+        # (A rank the checkpoint has no states for starts a fresh stream, apart from the loader seeds.)
+        restore_rng = rank_rng_restorer(resume, rank_seed(opts.seed * 1_000_003 + 0x5EED0000 + global_step))
         if skip:
             carry = resume["epoch_sums"]
             log.info("resuming epoch %d at step %d of %d (phase %d, global step %d)", epoch + 1, skip,

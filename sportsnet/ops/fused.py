@@ -121,12 +121,19 @@ def backend() -> str:
     return _load()
 
 
+def _is_compiling() -> bool:
+    check = getattr(torch.compiler, "is_compiling", None) or torch._dynamo.is_compiling  # the latter: torch < 2.3
+    return bool(check())
+
+
 def _kernel_for(device_type: str) -> bool:
     """Whether the compiled operator runs on ``device_type``. False (a reference fallback, warned
     once per device type) for a CPU or CUDA input that the build has no kernel for; an error
     instead under ``SPORTSNET_REQUIRE_EXT=1``. Other device types (meta) go to the dispatcher."""
     if device_type in _KERNEL_DEVICES or device_type not in _DISPATCH_KEYS:
         return True
+    if _is_compiling():  # no warning or state change inside a traced graph; eager calls warn or raise
+        return False
     message = (f"fused_gradcam: the compiled operator has no {_DISPATCH_KEYS[device_type]} kernel (it was built "
                f"with kernels for {sorted(_KERNEL_DEVICES) or 'nothing'}; e.g. no nvcc at build time)")
     if os.environ.get("SPORTSNET_REQUIRE_EXT") == "1":
