@@ -37,7 +37,7 @@ from sportsnet.engine import (capture_rng_state, load_checkpoint, rank_rng_resto
                               restore_rng_state, save_checkpoint)
 from sportsnet.engine.contrastive import encode_retrieval_set, retrieval_metrics, train_contrastive_epoch  # noqa: E402
 from sportsnet.engine.distributed import (barrier, broadcast_object, init_from_env, rank_seed, shutdown,  # noqa: E402
-                                          world)
+                                          start_rank_stream, world)
 from sportsnet.engine.loop import PRECISIONS, make_grad_scaler  # noqa: E402
 from sportsnet.engine.optim import warmup_cosine  # noqa: E402
 from sportsnet.models.clip import load_clip  # noqa: E402
@@ -199,7 +199,7 @@ def _run(cfg: PretrainConfig, kind: str, root: Path, device: torch.device, rank:
         scheduler.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
         best, best_epoch, step, start = ckpt["best"], ckpt["best_epoch"], ckpt["global_step"], ckpt["epoch"] + 1
-        rank_rng_restorer(ckpt, rank_seed(cfg.seed * 1_000_003 + 0x5EED0000 + step))()  # this rank's own states
+        rank_rng_restorer(ckpt, cfg.seed, step)()  # this rank's own states
         log.info("resuming after epoch %d of %d (best valid mean recall %.3f at epoch %d)", ckpt["epoch"], cfg.epochs,
                  best, best_epoch)
     if rank == 0:
@@ -224,8 +224,8 @@ def _run(cfg: PretrainConfig, kind: str, root: Path, device: torch.device, rank:
             for group, lr in entry.lrs.items():
                 writer.add_scalar(f"lr/{group}", lr, entry.step)
 
-    if not ckpt and rank > 0:
-        torch.manual_seed(rank_seed(cfg.seed))  # every rank was seeded alike for the same initial weights
+    if not ckpt:
+        start_rank_stream(cfg.seed)
     meta = {"arch": bundle.name, "pretrained": pretrained, "config": {**dataclasses.asdict(cfg), "resume": ""}}
     for epoch in range(start, cfg.epochs + 1):
         if sampler is not None:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .distributed import all_gather_objects, world
+from .distributed import all_gather_objects, rank_seed, world
 
 log = logging.getLogger(__name__)
 
@@ -107,18 +107,19 @@ def rank_rng_states() -> dict[str, Any]:
     return {"rng_ranks": all_gather_objects(capture_rng_state())} if world()[1] > 1 else {}
 
 
-def rank_rng_restorer(ckpt: dict[str, Any], fresh_seed: int) -> Callable[[], None]:
+def rank_rng_restorer(ckpt: dict[str, Any], seed: int, step: int) -> Callable[[], None]:
     """What restores this rank's RNG states from ``ckpt``: its own ones when the checkpoint holds
     every rank's (``rng_ranks``) for this world size. Otherwise (a one-process checkpoint, or another
-    world size), rank 0 takes the saved ``rng`` and the other ranks start fresh streams from
-    ``fresh_seed`` (pass ``distributed.rank_seed(...)``: distinct per rank)."""
+    world size), rank 0 takes the saved ``rng`` and the other ranks start fresh streams, derived from
+    the run's ``seed``, the resumed global ``step`` and the rank, apart from the loaders' epoch seeds."""
     rank, size = world()
     saved = ckpt.get("rng_ranks")
     if saved is not None and len(saved) == size:
         return lambda: restore_rng_state(saved[rank])
     if rank == 0:
         return lambda: restore_rng_state(ckpt["rng"])
-    return lambda: torch.manual_seed(fresh_seed)  # type: ignore[return-value]
+    fresh = rank_seed(seed * 1_000_003 + 0x5EED0000 + step)
+    return lambda: torch.manual_seed(fresh)  # type: ignore[return-value]
 
 
 def describe_mismatch(model: nn.Module, state: dict[str, torch.Tensor], limit: int = 5) -> str:

@@ -61,7 +61,7 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
 
 # Weak references: torch's registry owns the groups. A group that outlives destroy_process_group()
 # through a reference of ours aborts the process when it is finally freed (gloo's threads).
-_vote_group: tuple[weakref.ref, weakref.ref] | None = None  # (the default group, the host group)
+_host_refs: tuple[weakref.ref, weakref.ref] | None = None  # (the default group, the host group)
 
 
 def _host_group():
@@ -69,12 +69,12 @@ def _host_group():
     all ranks get there together; created anew for a new process group). Its collectives take CPU
     tensors, so with NCCL training they never wait for the GPU's queued work, as a CUDA all-reduce
     read back with ``.item()`` would."""
-    global _vote_group
+    global _host_refs
     default = dist.group.WORLD
-    group = _vote_group[1]() if _vote_group is not None and _vote_group[0]() is default else None
+    group = _host_refs[1]() if _host_refs is not None and _host_refs[0]() is default else None
     if group is None:
         group = dist.new_group(backend="gloo")
-        _vote_group = (weakref.ref(default), weakref.ref(group))
+        _host_refs = (weakref.ref(default), weakref.ref(group))
     return group
 
 
@@ -109,6 +109,13 @@ def rank_seed(seed: int, rank: int | None = None) -> int:
     if r == 0:
         return seed
     return (seed + r * 0x9E3779B97F4A7C15) % (1 << 63)  # odd constant: distinct for every rank below 2**63
+
+
+def start_rank_stream(seed: int) -> None:
+    """At the start of a fresh run, after every rank was seeded alike (for the same initial weights):
+    ranks > 0 reseed the global generators from ``rank_seed(seed)``; rank 0 keeps its stream."""
+    if world()[0] > 0:
+        torch.manual_seed(rank_seed(seed))
 
 
 def all_gather_objects(obj: Any) -> list[Any]:

@@ -39,7 +39,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .checkpoint import capture_rng_state, rank_rng_restorer, rank_rng_states, save_checkpoint
-from .distributed import any_rank, barrier, rank_seed, sync_buffers, world
+from .distributed import any_rank, barrier, rank_seed, start_rank_stream, sync_buffers, world
 from .loop import EvalResult, NonFiniteLossError, StepLog, evaluate, make_grad_scaler, train_one_epoch
 from .optim import build_optimizer, warmup_cosine
 from ..plotting import figure_to_array
@@ -183,8 +183,8 @@ def fit(
     best_acc1, best_epoch, history = -1.0, 0, []
     optimizer = scheduler = None
     skip, carry, restore_rng = 0, None, None  # continuing a stopped epoch
-    if resume is None and world()[0] > 0:
-        torch.manual_seed(rank_seed(opts.seed))  # the caller seeded every rank alike (same initial weights)
+    if resume is None:
+        start_rank_stream(opts.seed)
     if resume is not None:
         model.load_state_dict(resume["model"])
         phase_idx, phase_epoch, epoch = resume["phase"], resume["phase_epoch"], resume["epoch"]
@@ -204,8 +204,7 @@ def fit(
             log.warning("resuming a %d-process checkpoint with %d processes: epoch %d continues at step %d in "
                         "the new data order (not bit-identical to an uninterrupted run)", saved_world, world()[1],
                         epoch + 1, skip)
-        # (A rank the checkpoint has no states for starts a fresh stream, apart from the loader seeds.)
-        restore_rng = rank_rng_restorer(resume, rank_seed(opts.seed * 1_000_003 + 0x5EED0000 + global_step))
+        restore_rng = rank_rng_restorer(resume, opts.seed, global_step)
         if skip:
             carry = resume["epoch_sums"]
             log.info("resuming epoch %d at step %d of %d (phase %d, global step %d)", epoch + 1, skip,
