@@ -8,14 +8,15 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from common import option, pick_device, precision_option
 from torch.utils.data import DataLoader
 
-from common import option, pick_device, pick_precision
 from sportsnet.data import LogicalRhythm, Sports100, make_synthetic_sports
 from sportsnet.data.cache import files_fingerprint
 from sportsnet.engine.features import FeatureCache, extract_features
-from sportsnet.engine.loop import PRECISIONS
+from sportsnet.hardware import resolve_precision
 from sportsnet.models.clip import load_clip
+from sportsnet.models.download import WeightsUnavailable
 
 log = logging.getLogger("clip_data")
 DEFAULT_SPORTS = "data/sports100"
@@ -31,7 +32,7 @@ class ClipRunConfig:
     model: str = option("ViT-B-32", "open_clip architecture")
     pretrained: str = option("openai", "pretrained tag, a local checkpoint file, or 'none' (random weights)")
     prompts: str = option("sports", "prompt set of the zero-shot head", ("single", "sports", "imagenet"))
-    precision: str = option("auto", "autocast precision", ("auto",) + PRECISIONS)
+    precision: str = precision_option()
     batch_size: int = option(64, "images per batch")
     workers: int = option(2, "data-loader workers")
     device: str = option("auto", "cpu, cuda, cuda:N or auto")
@@ -43,21 +44,27 @@ class ClipRunConfig:
     synthetic_size: int = option(SYNTHETIC_DEFAULTS["size"], "synthetic set: image side in pixels")
 
 
-def load_clip_or_exit(model: str, pretrained: str, device):
-    """``load_clip`` with the same random weights every run for ``none``; errors as one-line exits."""
+def load_clip_or_exit(model: str, pretrained: str, device, *, unavailable_ok: bool = False):
+    """``load_clip`` with the same random weights every run for ``none``; errors as one-line exits
+    (but :class:`WeightsUnavailable` is raised with ``unavailable_ok``: the caller has a way out)."""
     torch.manual_seed(0)
     try:
         return load_clip(model, pretrained, device=device)
     except (FileNotFoundError, ValueError) as e:
+        if unavailable_ok and isinstance(e, WeightsUnavailable):
+            raise
         raise SystemExit(f"error: {e}") from None
 
 
-def start(cfg: ClipRunConfig):
-    """What both scripts do first: ``(kind, root, device, precision, bundle)``."""
+def start(cfg: ClipRunConfig, *, offline_demo_ok: bool = False):
+    """What the CLIP scripts do first: ``(kind, root, device, precision, bundle)``. With
+    ``offline_demo_ok``, weights that cannot be had for the synthetic set raise :class:`WeightsUnavailable`
+    (zero_shot_clip.py then runs its offline demo); every other error is a one-line exit."""
     kind, root = resolve_data(cfg.data)
     device = pick_device(cfg.device)
-    precision = pick_precision(cfg.precision, device)
-    return kind, root, device, precision, load_clip_or_exit(cfg.model, cfg.pretrained, device)
+    precision = resolve_precision(cfg.precision, device)
+    bundle = load_clip_or_exit(cfg.model, cfg.pretrained, device, unavailable_ok=offline_demo_ok and kind == "synthetic")
+    return kind, root, device, precision, bundle
 
 
 def resolve_data(data: str) -> tuple[str, Path]:

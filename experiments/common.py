@@ -17,12 +17,22 @@ from typing import Any, Sequence, TypeVar
 
 import torch
 
+from sportsnet.hardware import PRECISIONS
+
 T = TypeVar("T")
 
 
-def option(default: Any, help: str, choices: Sequence[Any] | None = None) -> Any:
-    """A dataclass field with command-line help (and optional choices)."""
-    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+def option(default: Any, help: str, choices: Sequence[Any] | None = None, *, switch: bool = False) -> Any:
+    """A dataclass field with command-line help (and optional choices). ``switch``: an on/off flag
+    whose default is ``None`` ("auto": decided at run time), given as ``--name`` / ``--no-name``."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "switch": switch})
+
+
+def precision_option() -> Any:
+    """The ``--precision`` flag every script shares (``auto`` is decided by :mod:`sportsnet.hardware`)."""
+    return option("auto", "autocast precision; auto: bf16 where this hardware runs it natively, else fp32 on a "
+                          "CPU and fp16 (with the gradient scaler) on a GPU; the choice is logged with its reason",
+                  ("auto",) + PRECISIONS)
 
 
 def flag_name(field_name: str) -> str:
@@ -36,8 +46,8 @@ def build_parser(cls: type, defaults: Any, description: str = "") -> argparse.Ar
                                 argument_default=argparse.SUPPRESS, allow_abbrev=False)
     for f in dataclasses.fields(cls):
         meta, default = f.metadata, getattr(defaults, f.name)
-        help_text = f"{meta.get('help', '')} (default: {default!r})"
-        if isinstance(default, bool):
+        help_text = f"{meta.get('help', '')} (default: {'auto' if default is None else repr(default)})"
+        if isinstance(default, bool) or meta.get("switch"):
             p.add_argument(flag_name(f.name), action=argparse.BooleanOptionalAction, help=help_text)
         else:
             p.add_argument(flag_name(f.name), type=type(default), choices=meta.get("choices"), help=help_text,
@@ -71,15 +81,6 @@ def pick_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit(f"error: --device {name} but CUDA is not available here (torch {torch.__version__})")
     return device
-
-
-def pick_precision(name: str, device: torch.device) -> str:
-    """``auto``: bf16 autocast where the hardware has it (CPU, Ampere+ GPUs), else fp16 on older GPUs."""
-    if name != "auto":
-        return name
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        return "fp16"
-    return "bf16"
 
 
 def new_run_dir(out: str, name: str) -> Path:

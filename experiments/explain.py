@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from clip_data import load_clip_or_exit, open_split, resolve_data  # noqa: E402
-from common import option, parse_config, pick_device, setup_logging, timestamp  # noqa: E402
+from common import option, parse_config, pick_device, precision_option, setup_logging, timestamp  # noqa: E402
 from train_vgg19 import load_run  # noqa: E402
 
 from sportsnet.cam import GradCAM  # noqa: E402
@@ -42,6 +42,8 @@ from sportsnet.cam.overlay import overlay, save_grid  # noqa: E402
 from sportsnet.data import (IMAGENET_MEAN, IMAGENET_STD, SPORTS100_CLASSES, ImageListDataset,  # noqa: E402
                             build_transforms, denormalize, read_boxes, summarize_skipped)
 from sportsnet.data.images import is_image_file  # noqa: E402
+from sportsnet.engine.loop import autocast  # noqa: E402
+from sportsnet.hardware import resolve_precision  # noqa: E402
 from sportsnet.models.prompts import prompt_names, prompt_sets  # noqa: E402
 from sportsnet.models.zero_shot import ZeroShotClassifier  # noqa: E402
 from sportsnet.ops import METHODS  # noqa: E402
@@ -69,6 +71,7 @@ class ExplainConfig:
     overlays: int = option(-1, "write overlay PNGs for at most this many images (-1: all)")
     deletion_steps: int = option(16, "steps of the deletion/insertion curves (0: skip those metrics)")
     device: str = option("auto", "cpu, cuda, cuda:N or auto")
+    precision: str = precision_option()
     seed: int = option(0, "seed of the random-map baseline")
     progress: bool = option(True, "progress bar")
 
@@ -182,6 +185,7 @@ def main(argv=None) -> dict:
     if cfg.batch_size < 1 or cfg.top_k < 1:
         raise SystemExit(f"error: --batch-size ({cfg.batch_size}) and --top-k ({cfg.top_k}) must be >= 1")
     device = pick_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
     if cfg.checkpoint:
         subject, train_cfg = vgg_subject(cfg, device)
         kind, root = open_data(cfg, train_cfg.synthetic_root) if cfg.data else (None, None)
@@ -224,28 +228,29 @@ def main(argv=None) -> dict:
     loader = DataLoader(Indexed(ds), batch_size=cfg.batch_size, num_workers=0)
     for images, labels, idx in tqdm(loader, desc="explain", disable=not cfg.progress):
         images = images.to(device)
-        outs = {m: cams[m](images, top_k=cfg.top_k) for m in methods}
-        first = outs[methods[0]]
-        pred = first.classes[:, 0].cpu()
-        if labelled:
-            add("accuracy", pred == labels)
-        if boxes is not None:
-            b = boxes[idx]
-            baselines = [("random", random_maps((len(idx), size, size), generator=gen, device=device)),
-                         ("center", center_maps((len(idx), size, size), device=device))]
-            for m, maps in [*((m, o.maps[:, 0]) for m, o in outs.items()), *baselines]:
-                add(f"pointing_game/{m}", pointing_game(maps, b, tolerance).cpu())
-                add(f"pointing_game_strict/{m}", pointing_game(maps, b).cpu())
-                add(f"energy_in_box/{m}", energy_in_box(maps, b).cpu())
-        for m, o in outs.items():
-            top1 = o.classes[:, 0]
-            if cfg.deletion_steps > 0:
-                di = deletion_insertion(model, images, o.maps[:, 0], top1, steps=cfg.deletion_steps)
-                add(f"deletion_auc/{m}", di["deletion"].cpu())
-                add(f"insertion_auc/{m}", di["insertion"].cpu())
-            ad = average_drop_increase(model, images, o.maps[:, 0], top1)
-            add(f"average_drop/{m}", torch.full((len(idx),), ad["average_drop"]))
-            add(f"increase_in_confidence/{m}", torch.full((len(idx),), ad["increase_in_confidence"]))
+        with autocast(device, precision):  # the explanations and the metrics' forwards
+            outs = {m: cams[m](images, top_k=cfg.top_k) for m in methods}
+            first = outs[methods[0]]
+            pred = first.classes[:, 0].cpu()
+            if labelled:
+                add("accuracy", pred == labels)
+            if boxes is not None:
+                b = boxes[idx]
+                baselines = [("random", random_maps((len(idx), size, size), generator=gen, device=device)),
+                             ("center", center_maps((len(idx), size, size), device=device))]
+                for m, maps in [*((m, o.maps[:, 0]) for m, o in outs.items()), *baselines]:
+                    add(f"pointing_game/{m}", pointing_game(maps, b, tolerance).cpu())
+                    add(f"pointing_game_strict/{m}", pointing_game(maps, b).cpu())
+                    add(f"energy_in_box/{m}", energy_in_box(maps, b).cpu())
+            for m, o in outs.items():
+                top1 = o.classes[:, 0]
+                if cfg.deletion_steps > 0:
+                    di = deletion_insertion(model, images, o.maps[:, 0], top1, steps=cfg.deletion_steps)
+                    add(f"deletion_auc/{m}", di["deletion"].cpu())
+                    add(f"insertion_auc/{m}", di["insertion"].cpu())
+                ad = average_drop_increase(model, images, o.maps[:, 0], top1)
+                add(f"average_drop/{m}", torch.full((len(idx),), ad["average_drop"]))
+                add(f"increase_in_confidence/{m}", torch.full((len(idx),), ad["increase_in_confidence"]))
         pictures = denormalize(images, subject.mean, subject.std)
         for j, i in enumerate(idx.tolist()):
             name = ds.relpath(ds.samples[i][0])
@@ -273,7 +278,7 @@ def main(argv=None) -> dict:
         writer.writerows(rows)
     metrics = {k: sums[k] / counts[k] for k in sorted(sums)}
     report = {"model": subject.name, "checkpoint": cfg.checkpoint, "images": len(ds), "methods": methods, "target_layer": cams[methods[0]].target_layers,
-              "pointing_tolerance_px": tolerance if boxes is not None else None,
+              "pointing_tolerance_px": tolerance if boxes is not None else None, "precision": precision,
               "metrics": metrics, "skipped": summarize_skipped(ds.skipped), "skipped_files": [dataclasses.asdict(s) for s in ds.skipped],
               "boxes": boxes_csv is not None, "config": dataclasses.asdict(cfg)}
     (out_dir / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")

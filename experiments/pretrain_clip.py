@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from clip_data import SYNTHETIC_CLIP, SYNTHETIC_DEFAULTS  # noqa: E402
-from common import (config_markdown, new_run_dir, option, parse_config, pick_device, pick_precision,  # noqa: E402
+from common import (config_markdown, new_run_dir, option, parse_config, pick_device, precision_option,  # noqa: E402
                     setup_logging, timestamp, write_json)
 
 from sportsnet.data import Captions, make_synthetic_sports, summarize_skipped  # noqa: E402
@@ -38,8 +38,9 @@ from sportsnet.engine import (capture_rng_state, load_checkpoint, rank_rng_resto
 from sportsnet.engine.contrastive import encode_retrieval_set, retrieval_metrics, train_contrastive_epoch  # noqa: E402
 from sportsnet.engine.distributed import (barrier, broadcast_object, init_from_env, rank_seed, shutdown,  # noqa: E402
                                           start_rank_stream, world)
-from sportsnet.engine.loop import PRECISIONS, make_grad_scaler  # noqa: E402
+from sportsnet.engine.loop import make_grad_scaler  # noqa: E402
 from sportsnet.engine.optim import warmup_cosine  # noqa: E402
+from sportsnet.hardware import resolve_precision  # noqa: E402
 from sportsnet.models.clip import load_clip  # noqa: E402
 
 log = logging.getLogger("pretrain_clip")
@@ -62,7 +63,7 @@ class PretrainConfig:
     weight_decay: float = option(0.1, "AdamW weight decay of matrices (not of biases, norms, temperature)")
     warmup_steps: int = option(50, "linear warmup steps before cosine decay")
     grad_clip: float = option(0.0, "clip the gradient norm (0: off)")
-    precision: str = option("auto", "autocast precision", ("auto",) + PRECISIONS)
+    precision: str = precision_option()
     seed: int = option(0, "seed of initialisation, shuffling and caption choice")
     workers: int = option(2, "data-loader workers")
     device: str = option("auto", "cpu, cuda, cuda:N or auto (under torchrun: cuda:LOCAL_RANK)")
@@ -136,7 +137,7 @@ def main(argv=None) -> dict:
 
 def _run(cfg: PretrainConfig, kind: str, root: Path, device: torch.device, rank: int, size: int,
          ckpt: dict | None = None) -> dict:
-    precision = pick_precision(cfg.precision, device)
+    precision = resolve_precision(cfg.precision, device)
     if kind == "synthetic" and rank == 0:
         make_synthetic_sports(root, **{**SYNTHETIC_DEFAULTS, "size": cfg.synthetic_size})
     barrier()

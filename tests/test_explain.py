@@ -18,7 +18,8 @@ def run(tmp_path_factory):
             "--synthetic-train-per-class", "300", "--synthetic-eval-per-class", "40", "--synthetic-size", "48",
             "--image-size", "48", "--width", "0.125", "--phase2-epochs", "4", "--batch-size", "16", "--lr", "3e-3",
             "--dropout", "0", "--label-smoothing", "0", "--pool", "1", "--out", str(tmp / "runs"), "--name", "tiny",
-            "--no-progress", "--workers", "0", "--gradcam-images", "0", "--cache-dir", str(tmp / "cache")]
+            "--no-progress", "--workers", "0", "--gradcam-images", "0", "--cache-dir", str(tmp / "cache"),
+            "--precision", "fp32"]
     accuracy = train_vgg19.main(args)
     return tmp, tmp / "runs" / "tiny", accuracy
 
@@ -28,7 +29,7 @@ def test_explains_a_dataset_split_with_localisation_metrics(run, capsys):
     out = tmp / "out"
     report = explain.main(["--checkpoint", str(run_dir), "--data", "synthetic", "--split", "test",
                            "--method", "gradcam,layercam", "--top-k", "2", "--out", str(out), "--no-progress",
-                           "--deletion-steps", "4"])
+                           "--deletion-steps", "4", "--precision", "fp32"])
     m = report["metrics"]
     assert report["images"] == 120 and report["boxes"] and report["pointing_tolerance_px"] == 3
     assert m["accuracy"] == pytest.approx(accuracy, abs=1e-6)
@@ -63,7 +64,7 @@ def test_a_folder_of_images_with_an_unreadable_one(run, tmp_path):
     write_truncated_jpeg(folder / "broken.jpg")
     (folder / "notes.txt").write_text("not an image")
     report = explain.main(["--checkpoint", str(run_dir), "--images", str(folder), "--out", str(tmp_path / "o"),
-                           "--no-progress", "--deletion-steps", "0"])
+                           "--no-progress", "--deletion-steps", "0", "--precision", "fp32"])
     assert report["images"] == 3 and not report["boxes"]
     assert report["skipped_files"][0]["path"] == "broken.jpg" and len(report["skipped_files"]) == 1
     assert "accuracy" not in report["metrics"] and "pointing_game/gradcam" not in report["metrics"]

@@ -16,9 +16,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..hardware import PRECISIONS
 from .distributed import all_reduce_sum, world
-
-PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 def amp_dtype(precision: str) -> torch.dtype | None:

@@ -1,0 +1,98 @@
+"""sportsnet.hardware: every default decided from the hardware's answer, for each answer."""
+import json
+import os
+import platform
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from sportsnet.hardware import (ISA_OVERRIDES, CpuInfo, GpuInfo, choose_channels_last, choose_precision, describe,
+                                hardware_line, probe_cpu)
+
+AVX2 = CpuInfo("AMD EPYC 7B12", "AVX2", native_bf16=False, bf16_probe="oneDNN", onednn=True, threads=2)
+SAPPHIRE_RAPIDS = CpuInfo("Intel Xeon", "AVX512", native_bf16=True, bf16_probe="oneDNN", onednn=True, threads=2)
+NO_ONEDNN = CpuInfo("some CPU", "DEFAULT", native_bf16=False, bf16_probe="cpu flags", onednn=False, threads=4)
+T4, V100, A100, H100 = (GpuInfo("Tesla T4", (7, 5)), GpuInfo("Tesla V100", (7, 0)), GpuInfo("A100", (8, 0)),
+                        GpuInfo("H100", (9, 0)))
+P100 = GpuInfo("Tesla P100", (6, 0))
+
+
+@pytest.mark.parametrize("cpu, expected", [(AVX2, "fp32"), (SAPPHIRE_RAPIDS, "bf16"), (NO_ONEDNN, "fp32")])
+def test_auto_precision_on_a_cpu_is_bf16_only_where_it_is_native(cpu, expected):
+    choice = choose_precision("auto", "cpu", cpu=cpu)
+    assert choice.value == expected
+    assert str(choice).startswith(f"precision auto -> {expected}: this CPU has ")
+    assert cpu.isa in choice.reason
+
+
+def test_the_log_line_says_what_and_why():
+    assert str(choose_precision("auto", "cpu", cpu=AVX2)) == (
+        "precision auto -> fp32: this CPU has no native bf16 (AVX2; emulated bf16 is several times slower than fp32)")
+
+
+@pytest.mark.parametrize("gpu, expected", [(T4, "fp16"), (V100, "fp16"), (P100, "fp16"), (A100, "bf16"), (H100, "bf16")])
+def test_auto_precision_on_cuda_is_bf16_from_ampere_else_fp16_with_the_scaler(gpu, expected):
+    choice = choose_precision("auto", "cuda", gpu=gpu)
+    assert choice.value == expected and gpu.sm in choice.reason
+    assert ("gradient scaler" in choice.reason) == (expected == "fp16")
+
+
+def test_an_explicit_precision_is_kept_and_a_slow_one_is_named():
+    assert choose_precision("fp32", "cpu", cpu=SAPPHIRE_RAPIDS).value == "fp32"
+    slow = choose_precision("bf16", "cpu", cpu=AVX2)
+    assert slow.value == "bf16" and "emulated" in slow.reason and str(slow).startswith("precision requested -> bf16")
+    assert "emulated" not in choose_precision("bf16", "cpu", cpu=SAPPHIRE_RAPIDS).reason
+    assert "emulated" in choose_precision("bf16", "cuda", gpu=T4).reason
+    assert choose_precision("fp16", "cuda", gpu=A100).value == "fp16"
+    with pytest.raises(ValueError, match=r"precision='float32' is not one of \('auto', 'fp32', 'bf16', 'fp16'\)"):
+        choose_precision("float32", "cpu", cpu=AVX2)
+
+
+def test_devices_without_a_rule_get_fp32_and_nchw():
+    assert choose_precision("auto", "meta", cpu=AVX2).value == "fp32"
+    assert choose_channels_last(None, "meta", cpu=AVX2).value is False
+
+
+@pytest.mark.parametrize("device, hw, expected", [
+    ("cpu", AVX2, True), ("cpu", SAPPHIRE_RAPIDS, True), ("cpu", NO_ONEDNN, False),
+    ("cuda", T4, True), ("cuda", V100, True), ("cuda", H100, True), ("cuda", P100, False),
+])
+def test_auto_channels_last_follows_the_device_class(device, hw, expected):
+    kw = {"cpu": hw} if device == "cpu" else {"gpu": hw}
+    choice = choose_channels_last(None, device, **kw)
+    assert choice.value is expected
+    assert str(choice).startswith(f"channels-last auto -> {'on' if expected else 'off'}: ")
+
+
+def test_explicit_channels_last_wins():
+    assert choose_channels_last(False, "cpu", cpu=SAPPHIRE_RAPIDS).value is False
+    assert choose_channels_last(True, "cuda", gpu=P100).value is True
+
+
+def test_the_probe_agrees_with_torch_and_describe_records_it():
+    cpu = probe_cpu()
+    assert cpu.isa == torch.backends.cpu.get_cpu_capability()
+    if torch.backends.mkldnn.is_available():
+        assert cpu.bf16_probe == "oneDNN" and cpu.native_bf16 == torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    info = describe("cpu")
+    assert info["cpu"]["isa"] == cpu.isa and info["cpu"]["native_bf16"] == cpu.native_bf16 and info["cpu"]["model"]
+    line = hardware_line(info)
+    assert f"{cpu.isa}, native bf16 {'yes' if cpu.native_bf16 else 'no'}" in line
+    gpu = {**info, "gpu": {"name": "NVIDIA H100", "capability": "9.0", "native_bf16": True}}
+    assert hardware_line(gpu).startswith("NVIDIA H100 (compute capability 9.0); host CPU ")
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="the ISA caps are x86 ISA names")
+def test_capping_the_isa_at_avx2_makes_auto_pick_fp32():
+    """What an AVX2-only machine answers, on any x86 host: oneDNN's probe honours the cap."""
+    code = ("import json; from sportsnet.hardware import choose_precision, describe; "
+            "print(json.dumps([choose_precision('auto', 'cpu').value, describe('cpu')]))")
+    env = {k: v for k, v in os.environ.items() if k not in ISA_OVERRIDES}
+    env.update(ONEDNN_MAX_CPU_ISA="AVX2", ATEN_CPU_CAPABILITY="avx2")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    precision, info = json.loads(out)
+    assert precision == "fp32" and info["cpu"]["native_bf16"] is False and info["cpu"]["isa"] == "AVX2"
+    assert info["isa_overrides"] == {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+    assert "(capped by ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2)" in hardware_line(info)
