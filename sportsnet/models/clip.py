@@ -18,6 +18,7 @@ from torchvision.transforms import InterpolationMode
 
 from ..data.transforms import build_transforms
 from ..engine.checkpoint import describe_mismatch
+from .download import WeightsUnavailable, check_reachable, fetch_hf_file
 
 log = logging.getLogger(__name__)
 NO_WEIGHTS = ("none", "", None)
@@ -43,11 +44,19 @@ class ClipBundle:
                                 interpolation=self.interpolation, resize_ratio=1.0, **kwargs)
 
 
+# Our own architectures (JSON in open_clip's format), registered with open_clip on first use:
+# sportsnet-demo-rn is the small ResNet CLIP of zero_shot_clip.py's offline demo.
+CONFIGS = Path(__file__).with_name("clip_configs")
+DEMO_ARCH = "sportsnet-demo-rn"
+
+
 def _open_clip():
     try:
         import open_clip
     except ImportError as e:  # pragma: no cover - a dependency of the package
         raise ImportError("open_clip is required for CLIP models: pip install 'open-clip-torch>=3.2,<4'") from e
+    if DEMO_ARCH not in open_clip.list_models():
+        open_clip.add_model_config(CONFIGS)
     return open_clip
 
 
@@ -96,6 +105,39 @@ def read_weights_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor],
     return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}, meta
 
 
+def _manual(tag_cfg: dict) -> str:
+    return (f"Download {weights_url(tag_cfg)} where there is a network and pass its path: --pretrained "
+            f"/path/to/that/file (pretrained='/path' in code)")
+
+
+def _what(arch: str, tag: str) -> str:
+    return f"the {arch} weights {tag!r}"
+
+
+def _fetch_tag(tag_cfg: dict, arch: str, tag: str, cache_dir: str | None) -> tuple[str, dict]:
+    """A tag's weights as ``(what to pass open_clip as pretrained, its preprocessing)``: a Hugging Face
+    file from the cache or downloaded once (open_clip's own download retries an unreachable host for
+    a minute), or, for tags known only by URL, the tag itself once its host answers."""
+    hf = tag_cfg.get("hf_hub", "")
+    if not hf:
+        url = tag_cfg.get("url", "")
+        cached = Path(cache_dir or Path("~/.cache/clip").expanduser()) / os.path.basename(url)
+        if url and not cached.is_file():
+            check_reachable(url, what=_what(arch, tag), manual=_manual(tag_cfg))
+        return tag, {}
+    repo_id, filename = os.path.split(hf)  # "org/name/" -> the default file name, as open_clip reads it
+    filename = filename or "open_clip_pytorch_model.bin"
+    # open_clip prefers a safetensors copy when the repo has one
+    safe = ("open_clip_model.safetensors" if filename == "open_clip_pytorch_model.bin"
+            else filename[:-4] + ".safetensors" if filename.endswith((".bin", ".pth")) else None)
+    path = fetch_hf_file(repo_id, [n for n in (safe, filename) if n], cache_dir=cache_dir,
+                         what=_what(arch, tag), manual=_manual(tag_cfg))
+    # Passed as a file, the tag's preprocessing must be passed too (open_clip takes it from the tag).
+    kwargs = {"image_mean": tag_cfg.get("mean"), "image_std": tag_cfg.get("std"),
+              "image_interpolation": tag_cfg.get("interpolation"), "image_resize_mode": tag_cfg.get("resize_mode")}
+    return path, {k: v for k, v in kwargs.items() if v is not None}
+
+
 def load_clip(name: str, pretrained: str | None = "openai", device: str | torch.device = "cpu",
               cache_dir: str | None = None) -> ClipBundle:
     """Build an open_clip model with its weights, tokenizer and preprocessing settings.
@@ -129,23 +171,22 @@ def load_clip(name: str, pretrained: str | None = "openai", device: str | torch.
         if not saved and not arch.endswith("-quickgelu") and f"{arch}-quickgelu" in open_clip.list_models():
             log.warning("%s: a weights file does not say which activation it was trained with; if these are "
                         "OpenAI (QuickGELU) weights, use %s-quickgelu or they lose accuracy", tag, arch)
-    # With a local file the weights are loaded below: open_clip's "initialized randomly" would mislead.
-    quiet = (lambda record: "initialized randomly" not in record.getMessage()) if local else None
+    # With a local file the weights are loaded below, and with "none" random weights are what was asked
+    # for: either way open_clip's "initialized randomly" warning would mislead.
+    quiet = (lambda record: "initialized randomly" not in record.getMessage()) if local or tag is None else None
+    tag_source, preprocess_kwargs = (_fetch_tag(tag_cfg, arch, tag, cache_dir) if tag_cfg else (None, {}))
     root_logger = logging.getLogger()
     if quiet:
         root_logger.addFilter(quiet)
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(
-            arch, pretrained=None if local else tag, device=device, cache_dir=cache_dir,
-            force_quick_gelu=force_quick_gelu)
+            arch, pretrained=None if local else tag_source, device=device, cache_dir=cache_dir,
+            force_quick_gelu=force_quick_gelu, **preprocess_kwargs)
     except RuntimeError as e:
         if tag_cfg is None:
             raise
-        raise FileNotFoundError(
-            f"could not fetch the {arch} weights {tag!r} ({str(e).splitlines()[0][:200]}). Offline, download "
-            f"{weights_url(tag_cfg)} elsewhere and pass its path: --pretrained /path/to/that/file (or "
-            f"pretrained='/path' in code)"
-        ) from e
+        raise WeightsUnavailable(f"could not load {_what(arch, tag)} ({str(e).splitlines()[0][:200]}). "
+                                 f"{_manual(tag_cfg)}") from e
     finally:
         if quiet:
             root_logger.removeFilter(quiet)

@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .download import WeightsUnavailable, check_reachable
+
 log = logging.getLogger(__name__)
 
 URLS = {
@@ -85,16 +87,17 @@ def resolve_weights_file(model: nn.Module, source: str | os.PathLike) -> Path:
     arch = _arch(model)
     path = hub_checkpoint_path(arch)
     if not path.is_file():
+        what, manual = (f"the ImageNet weights of {arch}",
+                        f"Download {URLS[arch]} where there is a network and put it at {path}, or pass its path: "
+                        f"--weights /path/to/{path.name}")
+        check_reachable(URLS[arch], what=what, manual=manual)
         path.parent.mkdir(parents=True, exist_ok=True)
         log.info("downloading %s to %s", URLS[arch], path)
         try:
             # Writes to a temporary file and moves it into place only when the hash matches.
             torch.hub.download_url_to_file(URLS[arch], str(path), hash_prefix=_HASH_IN_NAME.search(path.name).group(1))
         except (urllib.error.URLError, OSError, TimeoutError) as e:
-            raise FileNotFoundError(
-                f"could not download the ImageNet weights for {arch} ({e}). Offline, fetch {URLS[arch]} "
-                f"elsewhere and put it at {path} (or pass its path instead of 'imagenet')"
-            ) from e
+            raise WeightsUnavailable(f"could not download {what} ({e}). {manual}") from e
     return path
 
 
