@@ -1,8 +1,11 @@
 # sportsnet: the README's commands.
-#   make demo   - install (once) into .venv, then train VGG19 on the offline synthetic set
-#   make test   - install (once) into .venv, then run the whole test suite
-#   make bench  - the CPU benchmarks (GPU ones too where CUDA is present); JSON in benchmarks/results/,
-#                 then the READMEs' tables re-rendered from it
+#   make demo       - install (once) into .venv, then train VGG19 on the offline synthetic set
+#   make demo-clip  - the offline CLIP demo: zero_shot_clip.py with no weights to download
+#   make test       - install (once) into .venv, then run the whole test suite
+#   make bench      - the CPU benchmarks (GPU ones too where CUDA is present); JSON in benchmarks/results/,
+#                     then the READMEs' tables re-rendered from it. On a CPU with native bf16, the tables of
+#                     a CPU without it come from
+#                     make bench BENCH_ENV="ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2"
 #
 # TORCH picks the torch/torchvision pair. The default is the package registry's CUDA 13.0 build,
 # which also runs on CPU-only machines. For another CUDA driver, e.g.:
@@ -14,6 +17,8 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0 torchvision==0.28.0
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
+BENCH_ENV ?=
 
 PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
@@ -22,7 +27,7 @@ STAMP := $(VENV)/.sportsnet-install
 # reinstalls (and rebuilds sportsnet._C), otherwise install is a no-op.
 INSTALL_KEY = $(shell cat setup.py pyproject.toml sportsnet/ops/_build.py $$(find csrc -type f | sort) | sha256sum | cut -c1-16)|$(TORCH)
 
-.PHONY: install demo test bench clean
+.PHONY: install demo demo-clip test bench clean
 
 install:
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,17 +42,20 @@ install:
 	fi
 
 demo: install
-	$(PY) experiments/train_vgg19.py
+	$(PY) experiments/train_vgg19.py $(DEMO_ARGS)
+
+demo-clip: install
+	$(PY) experiments/zero_shot_clip.py $(DEMO_ARGS)
 
 # The suite must exercise the compiled operator: no silent fallback to the reference.
 test: install
 	SPORTSNET_REQUIRE_EXT=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 bench: install
-	SPORTSNET_REQUIRE_EXT=1 $(PY) benchmarks/bench_gradcam.py
-	SPORTSNET_REQUIRE_EXT=1 $(PY) benchmarks/bench_explain.py
-	$(PY) benchmarks/bench_train.py
-	$(PY) benchmarks/bench_data.py
+	$(BENCH_ENV) SPORTSNET_REQUIRE_EXT=1 $(PY) benchmarks/bench_gradcam.py
+	$(BENCH_ENV) SPORTSNET_REQUIRE_EXT=1 $(PY) benchmarks/bench_explain.py
+	$(BENCH_ENV) $(PY) benchmarks/bench_train.py
+	$(BENCH_ENV) $(PY) benchmarks/bench_data.py
 	$(PY) benchmarks/tables.py --update README.md benchmarks/README.md
 
 clean:

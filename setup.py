@@ -73,7 +73,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["sportsnet", "sportsnet.*"]),
-    package_data={"sportsnet.data": ["*.json"]},
+    package_data={"sportsnet.data": ["*.json"], "sportsnet.models": ["clip_configs/*.json"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     install_requires=[

@@ -25,19 +25,25 @@ from pathlib import Path
 
 import numpy as np
 
-from .classnames import SPORTS100_CLASSES
+from .classnames import SPORTS100_CLASSES, SPORTS100_PROMPT_NAMES
 from .synthetic_scene import class_objects, render_scene
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: captions that name the sport alone
 MANIFEST = "synthetic.json"
 SPLIT_IDS = {"train": 0, "valid": 1, "test": 2}
 CAPTION_SPLIT_FILES = {"train": "Flickr_8k.trainImages.txt", "valid": "Flickr_8k.devImages.txt",
                        "test": "Flickr_8k.testImages.txt"}
 GRAYSCALE_FRACTION = 0.01  # like the real set's handful of grayscale JPEGs
+# Every caption names the sport (spelt as in a sentence: "amputee football", not the label "ampute
+# football"); some also describe the object that shows it. Captions that name the
+# sport alone make the class names carry the meaning on their own, as zero-shot prompts need (with
+# the object in every caption, a text tower can learn to lean on the object words instead).
 _CAPTION_TEMPLATES = (
     "a photo of {cls}: a {obj} on {bg}.",
     "{cls} with a {obj}, seen on {bg}.",
     "a {obj} on {bg} during {cls}.",
+    "a game of {cls} on {bg}.",
+    "{cls}, seen on {bg}.",
 )
 _BACKGROUND_WORDS = {
     "grass": "grass", "court": "a hard court", "ice": "ice", "water": "water", "track": "a running track",
@@ -118,8 +124,9 @@ def _write_tree(root: Path, p: dict) -> None:
                 csv_rows.append([c, rel, name, split])
                 box_rows.append([rel, name, *scene.box])
                 template = _CAPTION_TEMPLATES[rng.integers(len(_CAPTION_TEMPLATES))]
-                caption_rows.append([rel, template.format(cls=name, obj=spec.describe(),
-                                                          bg=_BACKGROUND_WORDS[scene.background])])
+                caption = template.format(cls=SPORTS100_PROMPT_NAMES.get(name, name), obj=spec.describe(),
+                                          bg=_BACKGROUND_WORDS[scene.background])
+                caption_rows.append([rel, caption])
                 split_lists[split].append(rel)
     _write_csv(root / "sports.csv", ["class id", "filepaths", "labels", "data set"], csv_rows)
     _write_csv(root / "boxes.csv", ["filepaths", "labels", "x0", "y0", "x1", "y1"], box_rows)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from ..data.classnames import SPORTS100_PROMPT_NAMES
+
 SINGLE = ("a photo of {}.",)
 
 SPORTS = (
@@ -32,27 +34,6 @@ def imagenet_templates() -> tuple[str, ...]:
 def prompt_sets() -> dict[str, tuple[str, ...]]:
     return {"single": SINGLE, "sports": SPORTS, "imagenet": imagenet_templates()}
 
-
-# 100-Sports: misspellings and names that read poorly in a sentence.
-SPORTS100_PROMPT_NAMES = {
-    "ampute football": "amputee football",
-    "barell racing": "barrel racing",
-    "canoe slamon": "canoe slalom",
-    "bmx": "BMX racing",
-    "gaga": "gaga ball",
-    "figure skating men": "men's figure skating",
-    "figure skating pairs": "pairs figure skating",
-    "figure skating women": "women's figure skating",
-    "football": "American football",
-    "hockey": "ice hockey",
-    "mushing": "sled dog mushing",
-    "nascar racing": "NASCAR racing",
-    "parallel bar": "parallel bars gymnastics",
-    "rings": "gymnastics rings",
-    "snow boarding": "snowboarding",
-    "track bicycle": "track cycling",
-    "ultimate": "ultimate frisbee",
-}
 
 # Logical Rhythm 2k20 (labels with underscores; Indian usage: football = soccer, hockey = field hockey).
 LOGICAL_RHYTHM_PROMPT_NAMES = {
