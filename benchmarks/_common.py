@@ -17,39 +17,36 @@ import statistics
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
+
+from sportsnet.hardware import choose_channels_last, choose_precision, describe, hardware_line, probe_cpu
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # Wall-clock bookkeeping for ``write_json``: each result file records how long its part of the run took.
 _last_write = time.perf_counter()
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{cpu_model()} ({torch.get_num_threads()} threads)"
+    return f"{probe_cpu().model} ({torch.get_num_threads()} threads)"
 
 
 def environment(device: torch.device) -> dict[str, Any]:
+    """What produced a result: the device, the hardware (CPU model, ISA level, native bf16; GPU name and
+    compute capability: :func:`sportsnet.hardware.describe`), what ``auto`` picks there, and versions."""
     env = {
         "device": device_name(device),
         "device_type": device.type,
+        "hardware": describe(device),
+        "auto": {"precision": str(choose_precision("auto", device)),
+                 "channels_last": str(choose_channels_last(None, device))},
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "python": platform.python_version(),
-        "cpu": cpu_model(),
+        "cpu": probe_cpu().model,
         "cpu_threads": torch.get_num_threads(),
         "host": platform.node(),
         "time": time.strftime("%Y-%m-%d %H:%M:%S %z"),
@@ -60,6 +57,25 @@ def environment(device: torch.device) -> dict[str, Any]:
     except (OSError, subprocess.SubprocessError):
         pass
     return env
+
+
+def host_class(env: dict[str, Any]) -> str:
+    """``avx2``, ``avx512_bf16``, ...: the CPU's ISA level and whether it has native bf16, the two things
+    that decide which precision and layout win on a CPU (result files of each class are kept apart)."""
+    cpu = env["hardware"]["cpu"]
+    return slug(f"{cpu['isa']}{'_bf16' if cpu['native_bf16'] else ''}")
+
+
+def result_stem(benchmark: str, device: torch.device, env: dict[str, Any]) -> str:
+    """``train_cpu_avx2``, ``train_nvidia_h100_80gb_hbm3``: result files named by what produced them."""
+    return f"{benchmark}_{'cpu_' + host_class(env) if device.type == 'cpu' else slug(env['device'])}"
+
+
+def caption(env: dict[str, Any]) -> str:
+    """The hardware line a table starts with."""
+    if "hardware" not in env:  # results from before the hardware was recorded
+        return f"`{env['device']}` (ISA level and native bf16 not recorded)"
+    return f"`{hardware_line(env['hardware'])}`"
 
 
 def last_level_cache_bytes(device: torch.device) -> int:
@@ -90,6 +106,28 @@ def select_devices(choice: str) -> list[torch.device]:
         elif choice == "cuda":
             raise SystemExit("error: --device cuda but CUDA is not available")
     return devices
+
+
+def comma_list(flag: str, text: str, *, choices: Sequence[str] | None = None, positive_int: bool = False) -> list:
+    """A comma-separated flag value as a list, or one error line naming the bad value and what is accepted."""
+    items = [t.strip() for t in str(text).split(",") if t.strip()]
+    if positive_int:
+        bad = [t for t in items if not (t.isdigit() and int(t) > 0)]
+        if bad or not items:
+            raise SystemExit(f"error: {flag} {text!r}: expected positive integers separated by commas (e.g. 16,64)")
+        return [int(t) for t in items]
+    bad = [t for t in items if choices is not None and t not in choices]
+    if bad or not items:
+        raise SystemExit(f"error: {flag} {text!r}: {', '.join(map(repr, bad)) or 'empty'} is not accepted; expected "
+                         f"a comma list of {', '.join(choices or ())}")
+    return items
+
+
+def check_positive(**values: float) -> None:
+    """One error line for any flag (given by its dest name) that is not > 0."""
+    for name, value in values.items():
+        if not value > 0:
+            raise SystemExit(f"error: --{name.replace('_', '-')} {value}: must be > 0")
 
 
 def _sync(device: torch.device) -> None:

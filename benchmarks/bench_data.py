@@ -34,7 +34,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import environment, select_devices, slug, summary, table, time_interleaved, write_json  # noqa: E402
+from _common import (caption, check_positive, environment, result_stem, select_devices, summary, table,  # noqa: E402
+                     time_interleaved, write_json)
 
 from sportsnet.data import Sports100, build_transforms, make_synthetic_sports  # noqa: E402
 from sportsnet.data.batch_aug import collate_channels_last  # noqa: E402
@@ -66,7 +67,7 @@ def data_table(p: dict) -> str:
     rows = [[name, str(r.get("workers", c["workers"])), f"{r['images_per_s']:.0f}",
              f"{r['images_per_s_p25']:.0f}-{r['images_per_s_p75']:.0f}", f"{r['vs_plain']:.2f}x"]
             for name, r in p["results"].items()]
-    head = (f"`{env['device']}`, torch {env['torch']}, {env['time'][:10]}; {c['train_images']} JPEGs at {c['size']} px, "
+    head = (f"{caption(env)}, torch {env['torch']}, {env['time'][:10]}; {c['train_images']} JPEGs at {c['size']} px, "
             f"training device {env['device_type']}, batch {c['batch_size']}, {c['images_timed_per_rep']} images per repetition; "
             f"cache file {p['cache_file_mb']:.0f} MB, built in {p['setup_seconds']['build_or_open_cache']:.0f} s "
             f"(0 when it existed).")
@@ -92,6 +93,10 @@ def main(argv=None) -> None:
     p.add_argument("--reps", type=int, default=5, help="interleaved repetitions per path (the spread on a shared machine is wide)")
     p.add_argument("--threads", type=int, default=2, help="torch threads of the main process")
     args = p.parse_args(argv)
+    check_positive(classes=args.classes, per_class=args.per_class, batch_size=args.batch_size, images=args.images,
+                   reps=args.reps, threads=args.threads)
+    if args.size < 32 or args.workers < 0:
+        raise SystemExit(f"error: --size {args.size} must be >= 32 and --workers {args.workers} >= 0")
     torch.set_num_threads(args.threads)
     devices = select_devices(args.device)
 
@@ -155,7 +160,7 @@ def measure(device: torch.device, args, base, per_image, raw, on_device, batches
                "setup_seconds": setup,
                "cache_file_mb": raw.data_path.stat().st_size / 2**20, "results": results,
                "target": {"cache_vs_plain": TARGET_CACHE_VS_PLAIN, "measured": gain, "met": gain >= TARGET_CACHE_VS_PLAIN}}
-    path = write_json(f"data_{'cpu' if device.type == 'cpu' else slug(env['device'])}", payload)
+    path = write_json(result_stem("data", device, env), payload)
     print(f"\n{env['device']}, batch {args.batch_size}, {len(base)} images at {args.size} px "
           f"(cache built/opened in {setup['build_or_open_cache']:.0f} s)\n"
           + table(rows, ["path", "workers", "images/s", "p25-p75", "vs plain"]) + f"\n-> {path}")

@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import environment, select_devices, slug, summary, table, time_interleaved, write_json  # noqa: E402
+from _common import (caption, check_positive, comma_list, environment, result_stem, select_devices,  # noqa: E402
+                     summary, table, time_interleaved, write_json)
 
 from sportsnet.cam import GradCAM  # noqa: E402
 from sportsnet.models import vgg19  # noqa: E402
@@ -60,7 +61,7 @@ def run_device(device, args):
     model = vgg19(width=args.width).to(device).eval()
     cam = GradCAM(model, target_layer=LAYER)
     rows = []
-    for batch in [int(b) for b in args.batches.split(",")]:
+    for batch in args.batches:
         images = torch.randn(batch, 3, args.size, args.size, device=device)
         with torch.no_grad():  # not inference_mode: these indices feed autograd-tracked gathers
             top5 = model(images).topk(5, dim=1).indices
@@ -104,7 +105,7 @@ def run_device(device, args):
                    and hit["top5_vs_naive_5_calls"] >= TARGETS["top5_vs_naive"]}
     payload = {"benchmark": "explain", "environment": env, "backend": backend(), "model": f"vgg19 width {args.width}",
                "target_layer": LAYER, "dtype": "fp32", "target": verdict, "rows": rows}
-    path = write_json(f"explain_{'cpu' if device.type == 'cpu' else slug(env['device'])}", payload)
+    path = write_json(result_stem("explain", device, env), payload)
     print(explain_table(payload))
     print(f"wrote {path}")
     return payload
@@ -118,7 +119,7 @@ def explain_table(p) -> str:
                      f"{r['explainer_over_floor']:.3f}",
                      f"{r['top5_vs_naive_5_calls']:.1f}x" if "top5_vs_naive_5_calls" in r else "-"])
     env, t = p["environment"], p["target"]
-    text = (f"`{env['device']}`, torch {env['torch']}, {env['time'][:10]}; {p['model']} at {p['rows'][0]['size']} px, "
+    text = (f"{caption(env)}, torch {env['torch']}, {env['time'][:10]}; {p['model']} at {p['rows'][0]['size']} px, "
             f"{p['dtype']}, layer {p['target_layer']}.\n\n"
             + table(rows, ["B", "explainer img/s", "naive img/s", "floor img/s", "explainer vs naive",
                            "explainer time / floor", "top-5 vs 5 naive calls"]))
@@ -141,6 +142,10 @@ def main(argv=None):
     ap.add_argument("--width", type=float, default=1.0)
     ap.add_argument("--reps", type=int, default=0, help="timed repetitions (default: 5 / 3 / 2 by batch size)")
     args = ap.parse_args(argv)
+    args.batches = comma_list("--batches", args.batches, positive_int=True)
+    check_positive(threads=args.threads, size=args.size, width=args.width)
+    if args.size < 32 or args.reps < 0:
+        raise SystemExit(f"error: --size {args.size} must be >= 32 and --reps {args.reps} >= 0")
     return [run_device(d, args) for d in select_devices(args.device)]
 
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (copies_to_defeat_cache, copy_bandwidth, environment, select_devices, slug,  # noqa: E402
-                     summary, table, time_interleaved, write_json)
+from _common import (check_positive, comma_list, copies_to_defeat_cache, copy_bandwidth, environment,  # noqa: E402
+                     result_stem, select_devices, summary, table, time_interleaved, write_json)
 
 from sportsnet.ops import METHODS, backend, fused_gradcam, gradcam_reference  # noqa: E402
 
@@ -76,8 +76,8 @@ def run_device(device, args):
     # pass alone fills the default recompile limit (8), after which the CUDA pass would run eagerly.
     torch._dynamo.reset()
     compiled_ref = None if args.no_compile else torch.compile(gradcam_reference, dynamic=True)
-    batches = [int(b) for b in args.batches.split(",")]
-    configs = [(s, b, d, "gradcam") for s in SHAPES for d in args.dtypes.split(",") for b in batches]
+    batches, dtypes = args.batches, args.dtypes
+    configs = [(s, b, d, "gradcam") for s in SHAPES for d in dtypes for b in batches]
     configs += [("vgg19_conv5_4", 64, "fp32", m) for m in METHODS if m != "gradcam"]
     rows = []
     for shape_name, batch, dtype_name, method in configs:
@@ -94,7 +94,7 @@ def run_device(device, args):
     target = TARGETS[device.type]
     hit = next(r for r in rows if r["shape"] == target["shape"] and r["batch"] == target["batch"]
                and r["dtype"] == target["dtype"] and r["method"] == "gradcam") \
-        if target["batch"] in batches and target["dtype"] in args.dtypes.split(",") else None
+        if target["batch"] in batches and target["dtype"] in dtypes else None
     verdict = None
     if hit is not None:
         verdict = {**target, "measured_speedup": hit["speedup_vs_reference"],
@@ -104,7 +104,7 @@ def run_device(device, args):
     payload = {"benchmark": "gradcam", "environment": env, "backend": backend(), "output_size": list(SIZE),
                "copy_bandwidth_GBps": copy_Bps / 1e9, "copy_bandwidth_before_after_GBps": [copy_before / 1e9, copy_after / 1e9],
                "target": verdict, "rows": rows}
-    path = write_json(f"gradcam_{'cpu' if device.type == 'cpu' else slug(env['device'])}", payload)
+    path = write_json(result_stem("gradcam", device, env), payload)
     print_table(payload)
     print(f"wrote {path}")
     return payload
@@ -141,11 +141,14 @@ def main(argv=None):
     ap.add_argument("--device", default="all", choices=["all", "cpu", "cuda"])
     ap.add_argument("--threads", type=int, default=2, help="CPU threads (default: %(default)s, as on the build machine)")
     ap.add_argument("--batches", default="1,16,64,256")
-    ap.add_argument("--dtypes", default="fp32,bf16")
+    ap.add_argument("--dtypes", default="fp32,bf16", help=f"comma list of {', '.join(DTYPES)}")
     ap.add_argument("--reps", type=int, default=15, help="timed repetitions per variant (default: %(default)s)")
     ap.add_argument("--max-seconds", type=float, default=20.0, help="stop repeating a config after this long")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile'd reference")
     args = ap.parse_args(argv)
+    args.batches = comma_list("--batches", args.batches, positive_int=True)
+    args.dtypes = comma_list("--dtypes", args.dtypes, choices=list(DTYPES))
+    check_positive(threads=args.threads, reps=args.reps, max_seconds=args.max_seconds)
     if backend() != "compiled":
         raise SystemExit("error: the compiled operator is not available; this benchmark compares it with the reference")
     return [run_device(d, args) for d in select_devices(args.device)]

@@ -24,9 +24,11 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import environment, select_devices, slug, summary, table, time_interleaved, write_json  # noqa: E402
+from _common import (caption, check_positive, comma_list, environment, result_stem, select_devices,  # noqa: E402
+                     summary, table, time_interleaved, write_json)
 
 from sportsnet.engine.loop import autocast, make_grad_scaler  # noqa: E402
+from sportsnet.hardware import choose_channels_last, choose_precision  # noqa: E402
 from sportsnet.models import vgg19  # noqa: E402
 
 TARGET_CUDA_AMP_CL = 1.3
@@ -59,7 +61,7 @@ def run_device(device: torch.device, args) -> dict:
         torch.set_num_threads(args.threads)
     width = args.width if args.width else (0.25 if cpu else 1.0)
     size = args.size if args.size else (112 if cpu else 224)
-    batches = [int(b) for b in (args.batches or ("16" if cpu else "32,64")).split(",")]
+    batches = args.batches or ([16] if cpu else [32, 64])
     precisions = ["fp32", "bf16"] + ([] if cpu else ["fp16"])
     if not cpu and not torch.cuda.is_bf16_supported():
         precisions.remove("bf16")
@@ -96,7 +98,19 @@ def run_device(device: torch.device, args) -> dict:
                             "gain_vs_fp32_nchw_eager": batch / s["median_s"] / base_ips, **s})
         del models, variants
     best = max(results, key=lambda r: r["images_per_s"])
-    payload = {"benchmark": "train_step", "environment": env,
+    # What train_vgg19.py's defaults (--precision auto, channels-last auto) pick on this hardware, against
+    # the fastest eager variant: the benchmark that checks sportsnet.hardware's rules.
+    auto_name = (f"{choose_precision('auto', device).value} "
+                 f"{'channels-last' if choose_channels_last(None, device).value else 'NCHW'} eager")
+    auto = {}
+    for batch in batches:
+        eager = [r for r in results if r["batch"] == batch and r["variant"].endswith("eager")]
+        picked = next(r for r in eager if r["variant"] == auto_name)
+        fastest = max(eager, key=lambda r: r["images_per_s"])
+        auto[str(batch)] = {"variant": auto_name, "images_per_s": picked["images_per_s"],
+                            "fastest_eager": fastest["variant"],
+                            "fraction_of_fastest_eager": picked["images_per_s"] / fastest["images_per_s"]}
+    payload = {"benchmark": "train_step", "environment": env, "auto": auto,
                "config": {"width": width, "image_size": size, "batches": batches, "precisions": precisions,
                           "compile": args.compile, "threads": args.threads if cpu else None},
                "results": results,
@@ -106,7 +120,7 @@ def run_device(device: torch.device, args) -> dict:
         gain = max(r["gain_vs_fp32_nchw_eager"] for r in amp_cl)
         payload["target"] = {"amp_channels_last_vs_fp32_nchw": TARGET_CUDA_AMP_CL, "measured": gain,
                              "met": gain >= TARGET_CUDA_AMP_CL}
-    path = write_json(f"train_{'cpu' if device.type == 'cpu' else slug(env['device'])}", payload)
+    path = write_json(result_stem("train", device, env), payload)
     rows = [[r["batch"], r["variant"], f"{r['images_per_s']:.1f}",
              f"{r['images_per_s_p25']:.1f}-{r['images_per_s_p75']:.1f}", f"{r['gain_vs_fp32_nchw_eager']:.2f}x"]
             for r in results]
@@ -121,10 +135,14 @@ def train_table(p: dict) -> str:
     rows = [[r["batch"], r["variant"], f"{r['images_per_s']:.1f}",
              f"{r['images_per_s_p25']:.1f}-{r['images_per_s_p75']:.1f}", f"{r['gain_vs_fp32_nchw_eager']:.2f}x"]
             for r in p["results"]]
-    head = (f"`{env['device']}`, torch {env['torch']}, {env['time'][:10]}; VGG19 width {c['width']} at "
+    head = (f"{caption(env)}, torch {env['torch']}, {env['time'][:10]}; VGG19 width {c['width']} at "
             f"{c['image_size']} px, SGD step.")
     b = p["best"]
     tail = f"\n\nBest: {b['variant']} at batch {b['batch']}, {b['gain_vs_fp32_nchw_eager']:.2f}x fp32 NCHW eager."
+    for batch, a in p.get("auto", {}).items():
+        tail += (f" The defaults (`--precision auto`, channels-last auto) pick {a['variant']} here: "
+                 f"{100 * a['fraction_of_fastest_eager']:.0f}% of the fastest eager variant's speed ({a['fastest_eager']}"
+                 f", batch {batch}).")
     if "target" in p:
         t = p["target"]
         tail += (f" Target (channels-last + AMP >= {t['amp_channels_last_vs_fp32_nchw']:g}x fp32 NCHW): measured "
@@ -134,7 +152,7 @@ def train_table(p: dict) -> str:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="all", help="cpu, cuda or all (cuda only when present)")
+    p.add_argument("--device", default="all", choices=("all", "cpu", "cuda"), help="cuda only when present")
     p.add_argument("--width", type=float, default=0.0, help="VGG width (default: 0.25 on CPU, 1.0 on CUDA)")
     p.add_argument("--size", type=int, default=0, help="image side (default: 112 on CPU, 224 on CUDA)")
     p.add_argument("--batches", default="", help="comma-separated batch sizes (default: 16 on CPU, 32,64 on CUDA)")
@@ -143,6 +161,10 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=2, help="CPU threads")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True, help="include torch.compile")
     args = p.parse_args(argv)
+    args.batches = comma_list("--batches", args.batches, positive_int=True) if args.batches else []
+    check_positive(reps=args.reps, max_seconds=args.max_seconds, threads=args.threads)
+    if args.width < 0 or args.size < 0 or 0 < args.size < 32:
+        raise SystemExit(f"error: --width {args.width} must be >= 0 and --size {args.size} 0 or >= 32 (0: the default)")
     for device in select_devices(args.device):
         run_device(device, args)
 

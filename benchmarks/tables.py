@@ -6,9 +6,9 @@
     python benchmarks/tables.py --check README.md benchmarks/README.md    # exit 1 if one is stale
 
 In a Markdown file, ``<!-- results: NAME -->`` ... ``<!-- /results: NAME -->`` marks what ``--update``
-rewrites: NAME is a result file's stem (``train_cpu``: its table), ``STEM.KEY`` one number from it
-(``train_cpu.best_gain``, inline), or ``make_bench_cpu`` (the CPU benchmarks' total run time against the
-target). Everything outside the markers is left alone. The test suite runs ``--check`` on the READMEs.
+rewrites: NAME is a result file's stem (``train_cpu_avx2``: its table), ``STEM.KEY`` one number from it
+(``train_cpu_avx2.best_gain``, inline), or ``make_bench_cpu_<host class>`` (the CPU benchmarks' total run
+time on that class of CPU against the target). Everything outside the markers is left alone. The test suite runs ``--check`` on the READMEs.
 """
 from __future__ import annotations
 
@@ -20,7 +20,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, table  # noqa: E402
+from _common import RESULTS, caption, table  # noqa: E402
+
+from sportsnet.hardware import hardware_line  # noqa: E402
 
 
 def gradcam_table(p: dict, batches=(1, 64, 256)) -> str:
@@ -32,7 +34,7 @@ def gradcam_table(p: dict, batches=(1, 64, 256)) -> str:
             for r in p["rows"] if r["batch"] in batches and (r["dtype"] == "fp32" or r["batch"] == 64)]
     env = p["environment"]
     t = p["target"]
-    head = (f"`{env['device']}`, torch {env['torch']}, {env['time'][:10]}; copy bandwidth "
+    head = (f"{caption(env)}, torch {env['torch']}, {env['time'][:10]}; copy bandwidth "
             f"{p['copy_bandwidth_GBps']:.1f} GB/s; output {p['output_size'][0]}x{p['output_size'][1]}.")
     verdict = "" if not t else (f"\n\nTarget ({t['shape']} B={t['batch']} {t['dtype']}: >= {t['speedup']:g}x the eager "
                                 f"reference and >= {100 * t['copy_fraction']:.0f}% of copy bandwidth): measured "
@@ -69,10 +71,24 @@ RENDERERS = {"gradcam": gradcam_table, "explain": explain_table, "train_step": t
 # One number from a result file, for prose: ``<!-- results: train_cpu.best_gain -->``.
 FACTS = {
     "best_gain": lambda p: f"{p['best']['gain_vs_fp32_nchw_eager']:.1f}x",  # train_*
+    "best": lambda p: f"{p['best']['variant']}, {p['best']['gain_vs_fp32_nchw_eager']:.1f}x fp32 NCHW",  # train_*
+    "bf16_cl": lambda p: f"{_variant(p, 'bf16 channels-last eager')['gain_vs_fp32_nchw_eager']:.2f}x",  # train_*
     "gain": lambda p: f"{p['target']['measured']:.1f}x",  # data_*: cache+batched over plain
+    "host": lambda p: hardware_line(p["environment"]["hardware"]),  # any result with the hardware recorded
+    # gradcam_*: the target row
+    "target": lambda p: (f"{p['target']['measured_speedup']:.1f}x the eager reference and "
+                         f"{100 * p['target']['measured_copy_fraction']:.0f}% of copy bandwidth"),
+    # explain_*: the B=16 row
+    "summary": lambda p: (f"{p['target']['measured_over_floor']:.2f}x the time of a plain inference forward, "
+                          f"{p['target']['measured_vs_naive']:.2f}x faster than one naive call, and top-5 maps "
+                          f"{p['target']['measured_top5_vs_naive']:.1f}x faster than five naive calls"),
 }
+
+
+def _variant(p: dict, name: str) -> dict:
+    return next(r for r in p["results"] if r["variant"] == name)
 # `make bench` on CPU: the four benchmarks' run times (each result file's wall_s) must sum to less than this.
-MAKE_BENCH_CPU = ("gradcam_cpu", "explain_cpu", "train_cpu", "data_cpu")
+MAKE_BENCH = ("gradcam", "explain", "train", "data")
 MAKE_BENCH_TARGET_S = 15 * 60
 # A marker written in backticks (an example in prose) is not one.
 MARKED = re.compile(r"(?<!`)<!-- results: (?P<name>[\w.+-]+) -->(?P<body>.*?)(?<!`)<!-- /results: (?P=name) -->", re.S)
@@ -92,13 +108,14 @@ def minutes(seconds: float) -> str:
     return f"{m} min {s} s"
 
 
-def make_bench_line() -> str:
-    runs = {stem: load(stem) for stem in MAKE_BENCH_CPU}
+def make_bench_line(host_class: str) -> str:
+    """The four CPU result files of one host class (``avx2``, ``avx512_bf16``): their run times' sum."""
+    runs = {stem: load(stem) for stem in (f"{b}_cpu_{host_class}" for b in MAKE_BENCH)}
     missing = [stem for stem, p in runs.items() if "wall_s" not in p]
     if missing:
         raise SystemExit(f"error: {', '.join(missing)} record no wall_s; re-run `make bench` to time it")
     total = sum(p["wall_s"] for p in runs.values())
-    parts = ", ".join(f"{stem.removesuffix('_cpu')} {p['wall_s']:.0f} s" for stem, p in runs.items())
+    parts = ", ".join(f"{stem.split('_cpu_')[0]} {p['wall_s']:.0f} s" for stem, p in runs.items())
     return (f"The four CPU benchmarks ran for {minutes(total)} in all ({parts}; each result file's `wall_s`, "
             f"interpreter start-up not included). Target (under {MAKE_BENCH_TARGET_S // 60} min): "
             f"**{'met' if total < MAKE_BENCH_TARGET_S else 'not met'}**.")
@@ -106,8 +123,8 @@ def make_bench_line() -> str:
 
 def render(name: str) -> str:
     """What a ``<!-- results: NAME -->`` block holds (see the module docstring)."""
-    if name == "make_bench_cpu":
-        return make_bench_line()
+    if name.startswith("make_bench_cpu_"):
+        return make_bench_line(name.removeprefix("make_bench_cpu_"))
     stem, _, key = name.partition(".")
     payload = load(stem)
     if key:
