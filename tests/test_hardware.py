@@ -96,3 +96,14 @@ def test_capping_the_isa_at_avx2_makes_auto_pick_fp32():
     assert precision == "fp32" and info["cpu"]["native_bf16"] is False and info["cpu"]["isa"] == "AVX2"
     assert info["isa_overrides"] == {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
     assert "(capped by ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2)" in hardware_line(info)
+
+
+def test_each_decision_is_logged_once_per_process():
+    code = ("import logging; logging.basicConfig(level=logging.INFO, format='%(name)s: %(message)s'); "
+            "from sportsnet.hardware import resolve_channels_last, resolve_precision; "
+            "[resolve_precision('auto', 'cpu') for _ in range(3)]; resolve_precision('fp32', 'cpu'); "
+            "resolve_channels_last(None, 'cpu')")
+    err = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stderr
+    lines = [line for line in err.splitlines() if line.startswith("sportsnet.hardware: ")]
+    assert [line.split(": ", 1)[1].split(" -> ")[0] for line in lines] == [
+        "precision auto", "precision requested", "channels-last auto"], err
