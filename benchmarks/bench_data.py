@@ -95,8 +95,10 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     check_positive(classes=args.classes, per_class=args.per_class, batch_size=args.batch_size, images=args.images,
                    reps=args.reps, threads=args.threads)
-    if args.size < 32 or args.workers < 0:
-        raise SystemExit(f"error: --size {args.size} must be >= 32 and --workers {args.workers} >= 0")
+    if args.size < 32:
+        raise SystemExit(f"error: --size {args.size} must be >= 32 (the synthetic set's smallest)")
+    if args.workers < 0:
+        raise SystemExit(f"error: --workers {args.workers} must be >= 0")
     torch.set_num_threads(args.threads)
     devices = select_devices(args.device)
 

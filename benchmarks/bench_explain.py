@@ -144,8 +144,10 @@ def main(argv=None):
     args = ap.parse_args(argv)
     args.batches = comma_list("--batches", args.batches, positive_int=True)
     check_positive(threads=args.threads, size=args.size, width=args.width)
-    if args.size < 32 or args.reps < 0:
-        raise SystemExit(f"error: --size {args.size} must be >= 32 and --reps {args.reps} >= 0")
+    if args.size < 32:
+        raise SystemExit(f"error: --size {args.size} must be >= 32 (VGG halves it 5 times)")
+    if args.reps < 0:
+        raise SystemExit(f"error: --reps {args.reps} must be >= 0 (0: by batch size)")
     return [run_device(d, args) for d in select_devices(args.device)]
 
 

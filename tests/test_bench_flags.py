@@ -1,0 +1,30 @@
+"""Every benchmark refuses a bad flag in one line that names the value and what is accepted."""
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+
+import bench_data  # noqa: E402
+import bench_explain  # noqa: E402
+import bench_gradcam  # noqa: E402
+import bench_train  # noqa: E402
+
+
+@pytest.mark.parametrize("module, args, message", [
+    (bench_gradcam, ["--dtypes", "float32"], r"--dtypes 'float32': 'float32' is not accepted; expected a comma list of "
+                                             r"fp32, bf16"),
+    (bench_gradcam, ["--batches", "16,x"], r"--batches '16,x': expected positive integers"),
+    (bench_gradcam, ["--reps", "0"], r"--reps 0: must be > 0"),
+    (bench_explain, ["--batches", "0"], r"--batches '0': expected positive integers"),
+    (bench_explain, ["--size", "16"], r"--size 16 must be >= 32"),
+    (bench_train, ["--batches", "8,-1"], r"--batches '8,-1': expected positive integers"),
+    (bench_train, ["--threads", "0"], r"--threads 0: must be > 0"),
+    (bench_data, ["--images", "0"], r"--images 0: must be > 0"),
+    (bench_data, ["--workers", "-1"], r"--workers -1 must be >= 0"),
+    (bench_train, ["--size", "8"], r"--size 8 must be >= 32"),
+])
+def test_bad_flags_are_one_line_errors(module, args, message):
+    with pytest.raises(SystemExit, match=r"^error: " + message):
+        module.main([*args, "--device", "cpu"])
