@@ -59,31 +59,35 @@ def load_clip_or_exit(model: str, pretrained: str, device, *, unavailable_ok: bo
 def start(cfg: ClipRunConfig, *, offline_demo_ok: bool = False):
     """What the CLIP scripts do first: ``(kind, root, device, precision, bundle)``. With
     ``offline_demo_ok``, weights that cannot be had for the synthetic set raise :class:`WeightsUnavailable`
-    (zero_shot_clip.py then runs its offline demo); every other error is a one-line exit."""
-    kind, root = resolve_data(cfg.data)
+    (zero_shot_clip.py then runs its offline demo and says why in one line); every other error is a
+    one-line exit."""
+    kind, root, fallback = resolve_data(cfg.data)
     device = pick_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     bundle = load_clip_or_exit(cfg.model, cfg.pretrained, device, unavailable_ok=offline_demo_ok and kind == "synthetic")
+    if fallback:
+        print(fallback, flush=True)
     return kind, root, device, precision, bundle
 
 
-def resolve_data(data: str) -> tuple[str, Path]:
-    """``(kind, root)``: kind is sports100, logical_rhythm or synthetic. Empty ``data``: 100-Sports at
-    its default place if present, else the synthetic set (said in one line)."""
+def resolve_data(data: str) -> tuple[str, Path, str]:
+    """``(kind, root, note)``: kind is sports100, logical_rhythm or synthetic. Empty ``data``: 100-Sports
+    at its default place if present, else the synthetic set, which ``note`` says (else it is empty)."""
+    note = ""
     if not data:
         if (Path(DEFAULT_SPORTS) / "train").is_dir():
             data = DEFAULT_SPORTS
         else:
-            print(f"no dataset at {DEFAULT_SPORTS} (pass --data PATH): using the synthetic sports set", flush=True)
+            note = f"no dataset at {DEFAULT_SPORTS} (pass --data PATH): using the synthetic sports set"
             data = "synthetic"
     if data == "synthetic":
-        return "synthetic", Path(SYNTHETIC_CLIP)
+        return "synthetic", Path(SYNTHETIC_CLIP), note
     root = Path(data)
     if not root.is_dir():
         raise SystemExit(f"error: --data {data} is not a folder (expected 100-Sports, Logical Rhythm, or 'synthetic')")
     if (root / "train_labels.csv").is_file():
-        return "logical_rhythm", root
-    return "sports100", root
+        return "logical_rhythm", root, note
+    return "sports100", root, note
 
 
 def open_split(kind: str, root: Path, split: str, transform, synthetic: dict | None = None):

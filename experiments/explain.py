@@ -138,7 +138,8 @@ def open_data(cfg: ExplainConfig, synthetic_root: str | None) -> tuple[str, Path
     scripts' set."""
     if cfg.data == "synthetic" and synthetic_root:
         return "sports100", Path(synthetic_root)
-    return resolve_data(cfg.data)
+    kind, root, _ = resolve_data(cfg.data)
+    return kind, root
 
 
 def attach_boxes(ds: ImageListDataset, boxes_csv: Path, size: int, resize: int) -> torch.Tensor:

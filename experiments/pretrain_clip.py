@@ -138,6 +138,7 @@ def main(argv=None) -> dict:
 def _run(cfg: PretrainConfig, kind: str, root: Path, device: torch.device, rank: int, size: int,
          ckpt: dict | None = None) -> dict:
     precision = resolve_precision(cfg.precision, device)
+    cfg = dataclasses.replace(cfg, precision=precision)  # checkpoints record what auto chose, for resumes
     if kind == "synthetic" and rank == 0:
         make_synthetic_sports(root, **{**SYNTHETIC_DEFAULTS, "size": cfg.synthetic_size})
     barrier()

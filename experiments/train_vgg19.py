@@ -307,6 +307,9 @@ def train(cfg: TrainConfig, ckpt: dict | None, device: torch.device) -> float:
     main_rank = is_main()
     precision = resolve_precision(cfg.precision, device)
     channels_last = resolve_channels_last(cfg.channels_last, device)
+    # The run's config (config.json, checkpoints) records what auto chose, so a resume on another kind
+    # of machine continues in the same precision and layout.
+    cfg = dataclasses.replace(cfg, precision=precision, channels_last=channels_last)
     torch.manual_seed(cfg.seed)
     weights_file = None
     if cfg.weights != "none" and ckpt is None:  # first, so that an offline machine fails in one line, having made nothing

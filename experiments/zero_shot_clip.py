@@ -29,13 +29,14 @@ from pathlib import Path
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from clip_data import ClipRunConfig, encode_split, open_split, start  # noqa: E402
+from clip_data import DEFAULT_SPORTS, ClipRunConfig, encode_split, open_split, start  # noqa: E402
 from common import (config_markdown, new_run_dir, option, parse_config, pick_device,  # noqa: E402
                     setup_logging, timestamp, write_json)
 
+from sportsnet.data.synthetic import FORMAT_VERSION as SYNTHETIC_FORMAT  # noqa: E402
 from sportsnet.engine import EvalResult, write_report  # noqa: E402
 from sportsnet.engine.report import confusion_figure  # noqa: E402
-from sportsnet.models.clip import DEMO_ARCH  # noqa: E402
+from sportsnet.models.clip import CONFIGS as CLIP_CONFIGS, DEMO_ARCH  # noqa: E402
 from sportsnet.models.download import WeightsUnavailable  # noqa: E402
 from sportsnet.models.prompts import prompt_names, prompt_sets  # noqa: E402
 from sportsnet.models.zero_shot import build_text_classifier  # noqa: E402
@@ -59,7 +60,11 @@ def offline_demo_checkpoint(cfg: ZeroShotConfig, workers: int) -> Path:
     import pretrain_clip
 
     recipe = [*DEMO_PRETRAIN, "--synthetic-size", str(cfg.synthetic_size), "--precision", cfg.precision]
-    run = Path(cfg.out) / f"clip-demo-{hashlib.sha256(' '.join(recipe).encode()).hexdigest()[:8]}"
+    # The folder is named by everything the model depends on: the recipe, the synthetic set's format
+    # (its captions) and the architecture's definition, so a change to any of them trains anew.
+    arch_file = CLIP_CONFIGS / f"{recipe[recipe.index('--model') + 1]}.json"
+    key = [*recipe, f"synthetic-format-{SYNTHETIC_FORMAT}", arch_file.read_text() if arch_file.is_file() else ""]
+    run = Path(cfg.out) / f"clip-demo-{hashlib.sha256(' '.join(key).encode()).hexdigest()[:8]}"
     best = run / "checkpoints" / "best.pt"
     if (run / "retrieval.json").is_file() and best.is_file():
         log.info("offline CLIP demo: reusing the model pre-trained in %s", run)
@@ -83,9 +88,10 @@ def main(argv=None) -> dict:
         kind, root, device, precision, bundle = start(cfg, offline_demo_ok=not (given & {"model", "pretrained"}))
     except WeightsUnavailable as e:
         device = pick_device(cfg.device)
-        print(f"no {cfg.model} weights {cfg.pretrained!r} here ({e.reason}): running the offline CLIP demo, a small "
-              f"CLIP pre-trained on the synthetic set's training captions (--pretrained PATH uses your weights)",
-              flush=True)
+        no_data = "" if cfg.data else f" and no dataset at {DEFAULT_SPORTS}"
+        print(f"no {cfg.model} weights {cfg.pretrained!r} here ({e.reason}){no_data}: running the offline CLIP demo, "
+              f"a small CLIP pre-trained on the synthetic set's training captions (--pretrained PATH uses your "
+              f"weights)", flush=True)
         # Loading 600 small images is cheaper in-process than in workers that compete for the CPU's cores.
         workers = cfg.workers if "workers" in given or device.type == "cuda" else 0
         cfg = dataclasses.replace(cfg, model=DEMO_PRETRAIN[DEMO_PRETRAIN.index("--model") + 1], data="synthetic",

@@ -3,12 +3,14 @@
 The probes run once per process (cached) and are plain data, so every decision can be tested with
 any hardware answer (:class:`CpuInfo` / :class:`GpuInfo` are injectable):
 
-* **Precision** (``auto``). CPU: bf16 autocast only where the CPU runs bf16 natively (oneDNN's own
-  probe, i.e. AVX-512-BF16 or AMX; the CPU flags where oneDNN is missing), else fp32: oneDNN
-  *emulates* bf16 elsewhere, and a VGG training step then runs several times slower than in fp32
-  (``benchmarks/bench_train.py`` measures both). CUDA: bf16 on GPUs with native bf16 (compute
-  capability 8.0+, Ampere and later), else fp16 with the gradient scaler (``torch.cuda.is_bf16_supported()``
-  alone also counts emulated bf16 on older GPUs).
+* **Precision** (``auto``). CPU: bf16 autocast only where the CPU runs bf16 natively (bf16
+  instructions, AVX512_BF16 or AMX-BF16 on x86, BF16 on Arm, *and* oneDNN willing to use them), else
+  fp32: oneDNN *emulates* bf16 elsewhere (any AVX-512 CPU passes its own probe), and a VGG training
+  step then runs several times slower than in fp32 (``benchmarks/bench_train.py`` measures both).
+  CUDA: bf16 on GPUs with native bf16 (compute capability 8.0+, Ampere and later); else fp16 with the
+  gradient scaler where fp16 is fast (tensor cores, 7.0+, and the P100's 6.0/6.2); else fp32 (a GTX 10xx
+  or P40 runs fp16 at a small fraction of its fp32 rate). ``torch.cuda.is_bf16_supported()`` alone
+  also counts emulated bf16 on older GPUs, so the capability decides.
 * **Channels-last** (``auto``). CUDA: on tensor-core GPUs (compute capability 7.0+), whose conv kernels
   want NHWC. CPU: wherever oneDNN runs the convolutions: ``bench_train.py``'s VGG19 training step runs
   faster channels-last than NCHW both on an AVX2-only CPU in fp32 and on an AVX-512 CPU with native
@@ -49,7 +51,7 @@ class CpuInfo:
     model: str  # e.g. "AMD EPYC 7B13"
     isa: str  # ATen's vector ISA level: torch.backends.cpu.get_cpu_capability() ("AVX2", "AVX512", ...)
     native_bf16: bool  # bf16 matmuls/convs run natively (AVX-512-BF16, AMX, or Arm BF16), not emulated
-    bf16_probe: str  # what said so: "oneDNN" (its own check) or "cpu flags"
+    bf16_probe: str  # what said so: "oneDNN and CPU flags", or "CPU flags" where torch has no oneDNN
     onednn: bool  # torch has oneDNN (mkldnn): the fast CPU conv kernels, channels-last included
     threads: int  # torch's intra-op threads
 
@@ -75,6 +77,12 @@ class GpuInfo:
     @property
     def tensor_cores(self) -> bool:
         return self.capability >= (7, 0)
+
+    @property
+    def fast_fp16(self) -> bool:
+        """fp16 at least as fast as fp32: tensor cores, or the P100 / Jetson TX2 (6.0, 6.2). The other
+        6.x GPUs (GTX 10xx, P4, P40) run fp16 at a small fraction of their fp32 rate."""
+        return self.tensor_cores or self.capability in ((6, 0), (6, 2))
 
 
 @dataclass(frozen=True)
@@ -119,7 +127,8 @@ def _cpu_flags() -> set[str]:
 
 
 def _onednn_bf16() -> bool | None:
-    """oneDNN's own answer (it honours ONEDNN_MAX_CPU_ISA), or None where this torch lacks the probe."""
+    """oneDNN's answer (it honours ONEDNN_MAX_CPU_ISA), or None where this torch lacks the probe. It
+    says yes for any AVX-512 CPU, where oneDNN can *emulate* bf16: on its own it does not mean native."""
     if not torch.backends.mkldnn.is_available():
         return None
     try:
@@ -128,14 +137,46 @@ def _onednn_bf16() -> bool | None:
         return None
 
 
+def _bf16_instructions(flags: set[str]) -> bool | None:
+    """Whether the CPU has bf16 arithmetic: x86's AVX512_BF16 or AMX-BF16, Arm's BF16; None when
+    nothing can tell (no /proc/cpuinfo and an old torch)."""
+    if flags:
+        return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    answers = [bool(check()) for check in checks if check is not None]
+    return any(answers) if answers else None
+
+
+def native_bf16(onednn: bool | None, instructions: bool | None) -> tuple[bool, str]:
+    """``(native, what said so)``: bf16 is native when the CPU has bf16 instructions and oneDNN, which
+    runs the convolutions, will use them (not under an ISA cap). Unknown counts as no: emulated bf16
+    is far slower than fp32, a wrong fp32 only a little slower than bf16."""
+    if onednn is None:
+        return bool(instructions), "CPU flags"
+    if instructions is None:
+        return False, "oneDNN, CPU flags unknown"
+    return onednn and instructions, "oneDNN and CPU flags"
+
+
+# oneDNN ISA levels (ONEDNN_MAX_CPU_ISA values) at which it still uses bf16 instructions.
+_ONEDNN_BF16_ISAS = {"AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX512_CORE_AMX_FP16", "AVX10_1_512",
+                     "AVX10_1_512_AMX", "AVX10_1_512_AMX_FP16", "AVX10_2_512", "AVX10_2_512_AMX_2", "ALL", "DEFAULT"}
+
+
+def _onednn_capped_below_bf16() -> bool:
+    """An ONEDNN_MAX_CPU_ISA (or DNNL_) cap under which oneDNN does not use bf16 instructions, such as
+    AVX512_CORE (its own probe still says yes there: it emulates)."""
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
+    return bool(cap) and cap.strip().upper() not in _ONEDNN_BF16_ISAS
+
+
 @functools.lru_cache(maxsize=None)
 def probe_cpu() -> CpuInfo:
     """This process's CPU (probed once)."""
-    native = _onednn_bf16()
-    source = "oneDNN"
-    if native is None:
-        flags = _cpu_flags()
-        native, source = bool(flags & {"avx512_bf16", "amx_bf16", "bf16"}), "cpu flags"
+    instructions = _bf16_instructions(_cpu_flags())
+    if instructions and _onednn_capped_below_bf16():
+        instructions = False
+    native, source = native_bf16(_onednn_bf16(), instructions)
     try:
         isa = torch.backends.cpu.get_cpu_capability()
     except AttributeError:  # older torch
@@ -167,8 +208,11 @@ def choose_precision(requested: str, device: torch.device | str, *, cpu: CpuInfo
         if requested == "auto":
             if gpu.native_bf16:
                 return Choice("precision", requested, "bf16", f"{where} has native bf16")
-            return Choice("precision", requested, "fp16", f"{where} has no native bf16: fp16 with the gradient scaler")
-        note = " (emulated on this GPU: slow)" if requested == "bf16" and not gpu.native_bf16 else ""
+            if gpu.fast_fp16:
+                return Choice("precision", requested, "fp16", f"{where} has no native bf16: fp16 with the gradient scaler")
+            return Choice("precision", requested, "fp32", f"{where} has neither native bf16 nor fast fp16")
+        slow = (requested == "bf16" and not gpu.native_bf16) or (requested == "fp16" and not gpu.fast_fp16)
+        note = " (slow on this GPU)" if slow else ""
         return Choice("precision", requested, requested, f"as requested on {where}{note}")
     if device.type == "cpu":
         cpu = cpu or probe_cpu()
@@ -213,10 +257,13 @@ _logged: set[Choice] = set()
 
 
 def _log_once(choice: Choice) -> None:
-    """One line per decision and process (a script that runs another's steps decides again, silently)."""
+    """One line per decision and process (a script that runs another's steps decides again, silently),
+    from the first rank only under torchrun."""
     if choice not in _logged:
         _logged.add(choice)
-        log.info("%s", choice)
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()) or \
+                torch.distributed.get_rank() == 0:
+            log.info("%s", choice)
 
 
 def resolve_precision(requested: str, device: torch.device | str) -> str:

@@ -9,17 +9,33 @@ import pytest
 import torch
 
 from sportsnet.hardware import (ISA_OVERRIDES, CpuInfo, GpuInfo, choose_channels_last, choose_precision, describe,
-                                hardware_line, probe_cpu)
+                                hardware_line, native_bf16, probe_cpu)
 
-AVX2 = CpuInfo("AMD EPYC 7B12", "AVX2", native_bf16=False, bf16_probe="oneDNN", onednn=True, threads=2)
-SAPPHIRE_RAPIDS = CpuInfo("Intel Xeon", "AVX512", native_bf16=True, bf16_probe="oneDNN", onednn=True, threads=2)
-NO_ONEDNN = CpuInfo("some CPU", "DEFAULT", native_bf16=False, bf16_probe="cpu flags", onednn=False, threads=4)
+AVX2 = CpuInfo("AMD EPYC 7B12", "AVX2", native_bf16=False, bf16_probe="oneDNN and CPU flags", onednn=True, threads=2)
+CASCADE_LAKE = CpuInfo("Intel Xeon", "AVX512", native_bf16=False, bf16_probe="oneDNN and CPU flags", onednn=True,
+                       threads=2)
+SAPPHIRE_RAPIDS = CpuInfo("Intel Xeon", "AVX512", native_bf16=True, bf16_probe="oneDNN and CPU flags", onednn=True,
+                          threads=2)
+NO_ONEDNN = CpuInfo("some CPU", "DEFAULT", native_bf16=False, bf16_probe="CPU flags", onednn=False, threads=4)
 T4, V100, A100, H100 = (GpuInfo("Tesla T4", (7, 5)), GpuInfo("Tesla V100", (7, 0)), GpuInfo("A100", (8, 0)),
                         GpuInfo("H100", (9, 0)))
-P100 = GpuInfo("Tesla P100", (6, 0))
+P100, GTX1080 = GpuInfo("Tesla P100", (6, 0)), GpuInfo("GeForce GTX 1080", (6, 1))
 
 
-@pytest.mark.parametrize("cpu, expected", [(AVX2, "fp32"), (SAPPHIRE_RAPIDS, "bf16"), (NO_ONEDNN, "fp32")])
+@pytest.mark.parametrize("onednn, instructions, expected", [
+    (True, True, True),     # Sapphire Rapids, Zen 4: AVX512_BF16 / AMX, and oneDNN uses them
+    (True, False, False),   # Skylake to Ice Lake: oneDNN's own probe says yes for any AVX-512, but it emulates
+    (False, True, False),   # a bf16 CPU under ONEDNN_MAX_CPU_ISA=AVX2
+    (False, False, False),  # AVX2-only
+    (None, True, True),     # a torch without oneDNN: the CPU flags alone
+    (True, None, False),    # nothing tells what the CPU has: fp32, the safe side
+])
+def test_native_bf16_needs_both_the_instructions_and_onednn(onednn, instructions, expected):
+    assert native_bf16(onednn, instructions)[0] is expected
+
+
+@pytest.mark.parametrize("cpu, expected", [(AVX2, "fp32"), (CASCADE_LAKE, "fp32"), (SAPPHIRE_RAPIDS, "bf16"),
+                                          (NO_ONEDNN, "fp32")])
 def test_auto_precision_on_a_cpu_is_bf16_only_where_it_is_native(cpu, expected):
     choice = choose_precision("auto", "cpu", cpu=cpu)
     assert choice.value == expected
@@ -32,8 +48,9 @@ def test_the_log_line_says_what_and_why():
         "precision auto -> fp32: this CPU has no native bf16 (AVX2; emulated bf16 is several times slower than fp32)")
 
 
-@pytest.mark.parametrize("gpu, expected", [(T4, "fp16"), (V100, "fp16"), (P100, "fp16"), (A100, "bf16"), (H100, "bf16")])
-def test_auto_precision_on_cuda_is_bf16_from_ampere_else_fp16_with_the_scaler(gpu, expected):
+@pytest.mark.parametrize("gpu, expected", [(T4, "fp16"), (V100, "fp16"), (P100, "fp16"), (GTX1080, "fp32"),
+                                          (A100, "bf16"), (H100, "bf16")])
+def test_auto_precision_on_cuda_is_bf16_from_ampere_else_fp16_where_fast(gpu, expected):
     choice = choose_precision("auto", "cuda", gpu=gpu)
     assert choice.value == expected and gpu.sm in choice.reason
     assert ("gradient scaler" in choice.reason) == (expected == "fp16")
@@ -44,7 +61,8 @@ def test_an_explicit_precision_is_kept_and_a_slow_one_is_named():
     slow = choose_precision("bf16", "cpu", cpu=AVX2)
     assert slow.value == "bf16" and "emulated" in slow.reason and str(slow).startswith("precision requested -> bf16")
     assert "emulated" not in choose_precision("bf16", "cpu", cpu=SAPPHIRE_RAPIDS).reason
-    assert "emulated" in choose_precision("bf16", "cuda", gpu=T4).reason
+    assert "slow on this GPU" in choose_precision("bf16", "cuda", gpu=T4).reason
+    assert "slow on this GPU" in choose_precision("fp16", "cuda", gpu=GTX1080).reason
     assert choose_precision("fp16", "cuda", gpu=A100).value == "fp16"
     with pytest.raises(ValueError, match=r"precision='float32' is not one of \('auto', 'fp32', 'bf16', 'fp16'\)"):
         choose_precision("float32", "cpu", cpu=AVX2)
@@ -74,8 +92,8 @@ def test_explicit_channels_last_wins():
 def test_the_probe_agrees_with_torch_and_describe_records_it():
     cpu = probe_cpu()
     assert cpu.isa == torch.backends.cpu.get_cpu_capability()
-    if torch.backends.mkldnn.is_available():
-        assert cpu.bf16_probe == "oneDNN" and cpu.native_bf16 == torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    if torch.backends.mkldnn.is_available() and cpu.native_bf16:  # native implies oneDNN's own yes
+        assert torch.ops.mkldnn._is_mkldnn_bf16_supported()
     info = describe("cpu")
     assert info["cpu"]["isa"] == cpu.isa and info["cpu"]["native_bf16"] == cpu.native_bf16 and info["cpu"]["model"]
     line = hardware_line(info)
@@ -107,3 +125,13 @@ def test_each_decision_is_logged_once_per_process():
     lines = [line for line in err.splitlines() if line.startswith("sportsnet.hardware: ")]
     assert [line.split(": ", 1)[1].split(" -> ")[0] for line in lines] == [
         "precision auto", "precision requested", "channels-last auto"], err
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="the ISA caps are x86 ISA names")
+def test_a_onednn_cap_below_bf16_means_no_native_bf16_even_where_onednn_says_yes():
+    """Capped at AVX512_CORE, oneDNN's own probe still says yes on an AVX-512 CPU (it emulates bf16)."""
+    code = "from sportsnet.hardware import probe_cpu; print(probe_cpu().native_bf16)"
+    env = {k: v for k, v in os.environ.items() if k not in ISA_OVERRIDES}
+    env["ONEDNN_MAX_CPU_ISA"] = "AVX512_CORE"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

@@ -4,8 +4,12 @@ import time
 
 import pytest
 
+from urllib.parse import urlsplit
+
 from sportsnet.models.clip import load_clip
-from sportsnet.models.download import WeightsUnavailable, fetch_hf_file, unreachable
+from sportsnet.models.download import WeightsUnavailable, fetch_hf_file, hf_endpoint, unreachable
+
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 
 
 @pytest.fixture
@@ -19,6 +23,8 @@ def no_network(monkeypatch):
 
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # conftest sets it; here the network itself is gone
+    for name in PROXY_VARIABLES:  # a developer's proxy would be what is looked up
+        monkeypatch.delenv(name, raising=False)
     return looked_up
 
 
@@ -27,9 +33,10 @@ def test_an_unreachable_hub_costs_one_lookup_and_one_line(tmp_path, no_network):
     with pytest.raises(WeightsUnavailable) as info:
         load_clip("RN50", "openai", cache_dir=str(tmp_path))
     assert time.perf_counter() - t0 < 10  # huggingface_hub's own retries took about a minute
-    assert no_network == ["huggingface.co"]
+    hub = urlsplit(hf_endpoint()).hostname  # huggingface.co, or the HF_ENDPOINT mirror
+    assert no_network == [hub]
     message = str(info.value)
-    assert "\n" not in message and "cannot resolve huggingface.co" in message
+    assert "\n" not in message and f"cannot resolve {hub}" in message
     assert "https://huggingface.co/timm/resnet50_clip.openai/resolve/main/open_clip_pytorch_model.bin" in message
     assert "--pretrained /path/to/that/file" in message
 
@@ -79,3 +86,18 @@ def test_reachability_is_one_bounded_attempt():
         port = closed.getsockname()[1]
     why = unreachable(f"http://127.0.0.1:{port}/x", timeout=2)
     assert why.startswith(f"cannot connect to 127.0.0.1:{port}")
+
+
+def test_behind_a_proxy_the_proxy_is_what_must_answer(monkeypatch):
+    for name in PROXY_VARIABLES + ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{port}")
+    assert unreachable("https://huggingface.co/x", timeout=2).startswith(f"cannot connect to the proxy 127.0.0.1:{port}")
+    with socket.socket() as proxy:  # a proxy that answers: the site is taken as reachable through it
+        proxy.bind(("127.0.0.1", 0))
+        proxy.listen()
+        monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{proxy.getsockname()[1]}")
+        assert unreachable("https://huggingface.co/x") is None

@@ -6,6 +6,7 @@ import torch
 import torchvision
 
 from sportsnet.models import hub_checkpoint_path, load_imagenet_weights, sports_vgg19, vgg19
+from sportsnet.models import weights
 from trees import write_malicious_pickle
 
 
@@ -67,6 +68,8 @@ def test_offline_download_error_says_where_to_put_the_file(tmp_path, monkeypatch
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    # The host answers (so this test never touches the network); the download itself fails.
+    monkeypatch.setattr(weights, "check_reachable", lambda url, **kw: None)
     expected = hub_checkpoint_path("vgg19")
     assert expected == tmp_path / "hub" / "checkpoints" / "vgg19-dcbb9e9d.pth"
     with pytest.raises(FileNotFoundError, match=rf"put it at {expected}"):

@@ -116,6 +116,23 @@ def test_killed_or_stopped_then_resumed_matches_an_uninterrupted_run(tmp_path, u
     assert [h["train_loss"] for h in a["history"]] == pytest.approx([h["train_loss"] for h in b["history"]])
 
 
+def test_the_run_records_what_auto_chose(tmp_path):
+    """config.json and the checkpoints hold the precision and layout auto picked on this machine, so a
+    resume elsewhere continues with them (auto itself is decided per machine: test_hardware.py)."""
+    from sportsnet.data import make_synthetic_sports
+    from sportsnet.hardware import choose_channels_last, choose_precision
+
+    # A dataset folder, not --data synthetic: the offline demo's preset (NCHW) would decide the layout.
+    root = make_synthetic_sports(tmp_path / "syn", num_classes=3, train_per_class=300, eval_per_class=40, size=48)
+    train_vgg19.main([a if a != "synthetic" else str(root) for a in tiny_args(tmp_path, "auto", "--weights", "none",
+                                                                              epochs=1)])
+    run = tmp_path / "runs" / "auto"
+    expected = {"precision": choose_precision("auto", "cpu").value,
+                "channels_last": choose_channels_last(None, "cpu").value}
+    for saved in (json.loads((run / "config.json").read_text()), load_checkpoint(run / "checkpoints" / "last.pt")["config"]):
+        assert {k: saved[k] for k in expected} == expected
+
+
 def test_resume_refuses_flags_that_would_change_the_run(tmp_path):
     train_vgg19.main(tiny_args(tmp_path, "r", "--precision", "fp32", epochs=1))
     with pytest.raises(SystemExit, match=r"drop --lr \(only .* may change\)"):

@@ -13,10 +13,12 @@ TINY_RECIPE = ["--model", "tiny-rn-test", "--pretrained", "none", "--data", "syn
 
 @pytest.fixture
 def offline_hub(tmp_path, monkeypatch):
-    """An empty Hugging Face cache (conftest sets HF_HUB_OFFLINE=1: nothing can be downloaded)."""
+    """An empty Hugging Face cache (huggingface_hub reads the cache folder at each call) and
+    HF_HUB_OFFLINE=1: nothing can be downloaded."""
     import huggingface_hub.constants
 
     register()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.chdir(tmp_path)  # data/ and runs/ land here
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
     monkeypatch.setattr(zero_shot_clip, "DEMO_PRETRAIN", TINY_RECIPE)
@@ -29,7 +31,9 @@ def test_no_weights_runs_the_offline_demo_then_reuses_its_model(offline_hub, cap
     out = capsys.readouterr().out.strip().splitlines()
     said = [line for line in out if "offline CLIP demo" in line]
     assert len(said) == 1 and said[0].startswith(
-        "no ViT-B-32 weights 'openai' here (not in the cache, and HF_HUB_OFFLINE is set): running the offline CLIP demo")
+        "no ViT-B-32 weights 'openai' here (not in the cache, and HF_HUB_OFFLINE is set) and no dataset at "
+        "data/sports100: running the offline CLIP demo")
+    assert not [line for line in out if line.startswith("no dataset")]  # said once, in that line
     assert out[-1] == f"zero-shot top-1 accuracy: {100 * first['top1']:.2f}%"
     [demo] = (offline_hub / "runs").glob("clip-demo-*")
     best = demo / "checkpoints" / "best.pt"

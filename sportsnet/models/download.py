@@ -4,14 +4,16 @@ hand and the flag that takes its path.
 
 Offline machines were the reason: ``huggingface_hub`` retries an unreachable host five times with
 back-off for each candidate file (a minute before open_clip's error), and ``urllib`` without a timeout
-can wait minutes on a network that drops packets. Here a host that cannot be resolved or connected
-to within :data:`CONNECT_TIMEOUT_S` is tried once, and ``HF_HUB_OFFLINE=1`` means "the cache or nothing".
+can wait minutes on a network that drops packets. Here a host that cannot be resolved, or connected to
+within :data:`CONNECT_TIMEOUT_S`, is tried once (through the proxy the environment sets, if any), and
+``HF_HUB_OFFLINE=1`` means "the cache or nothing".
 """
 from __future__ import annotations
 
 import logging
 import os
 import socket
+import urllib.request
 from typing import Sequence
 from urllib.parse import urlsplit
 
@@ -36,18 +38,25 @@ def hf_offline() -> bool:
 
 
 def unreachable(url: str, timeout: float = CONNECT_TIMEOUT_S) -> str | None:
-    """``None`` when ``url``'s host accepts a TCP connection, else why not, in a few words. One
-    attempt: a name lookup and a connection (to each address the name has), each bounded by ``timeout``."""
+    """``None`` when ``url``'s host (or the proxy that the environment sets for it) accepts a TCP
+    connection, else why not, in a few words. One attempt: a name lookup, then a connection to each
+    address the name has, each connection bounded by ``timeout`` (the lookup by the system's resolver)."""
     parts = urlsplit(url)
     host = parts.hostname or ""
     port = parts.port or (443 if parts.scheme == "https" else 80)
+    what = host
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if proxy and not urllib.request.proxy_bypass(host):  # downloads go through it: it is what must answer
+        proxy_parts = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        host, port = proxy_parts.hostname or "", proxy_parts.port or 80
+        what = f"the proxy {host}"
     try:
         with socket.create_connection((host, port), timeout=timeout):
             return None
     except socket.gaierror as e:
-        return f"cannot resolve {host} ({e.strerror or e})"
+        return f"cannot resolve {what} ({e.strerror or e})"
     except OSError as e:  # refused, unreachable network, timeout
-        return f"cannot connect to {host}:{port} ({e.strerror or type(e).__name__})"
+        return f"cannot connect to {what}:{port} ({e.strerror or type(e).__name__})"
 
 
 def hf_endpoint() -> str:
@@ -66,7 +75,7 @@ def fetch_hf_file(repo_id: str, filenames: Sequence[str], *, what: str, manual: 
     ``what`` names the weights (plural: "the ViT-B-32 weights 'openai'"), ``manual`` ends the line
     with what to do by hand (where to fetch the file, which flag takes it)."""
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
-    from huggingface_hub.utils import EntryNotFoundError
+    from huggingface_hub.utils import EntryNotFoundError, LocalEntryNotFoundError
 
     for name in filenames:  # the file system only (hf_hub_download may touch the network even when told not to)
         cached = try_to_load_from_cache(repo_id, name, cache_dir=cache_dir)
@@ -85,6 +94,9 @@ def fetch_hf_file(repo_id: str, filenames: Sequence[str], *, what: str, manual: 
         log.info("downloading %s/%s from %s", repo_id, name, endpoint)
         try:
             return hf_hub_download(repo_id, name, cache_dir=cache_dir)
+        except LocalEntryNotFoundError as e:  # the connection failed after all (a subclass of the next)
+            last = e
+            break
         except EntryNotFoundError as e:  # the repo has the next candidate instead
             last = e
         except Exception as e:  # noqa: BLE001 - network and server errors of several libraries
