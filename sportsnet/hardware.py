@@ -21,6 +21,9 @@ Every decision comes with its reason, which the scripts log in one line
 (``precision auto -> fp32: this CPU has no native bf16 (AVX2)``). :func:`describe` is what benchmark
 results record about the machine that produced them.
 
+The precision a run asked for becomes one autocast context and one gradient scaler everywhere
+(:func:`autocast`, :func:`make_grad_scaler`), and ``--device auto`` one device (:func:`pick_device`).
+
 To try the no-native-bf16 path on a CPU that has it: ``ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2``
 caps both oneDNN and ATen at AVX2, and the probe then answers as an AVX2-only CPU does.
 """
@@ -306,3 +309,35 @@ def hardware_line(info: dict[str, Any]) -> str:
     if "gpu" in info:
         text = f"{info['gpu']['name']} (compute capability {info['gpu']['capability']}); host CPU {text}"
     return text
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto`` -> ``cuda`` where CUDA is available, else ``cpu``; any other name as given (``cpu``, ``cuda:1``).
+    ValueError for a CUDA device on a machine without CUDA."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device {name!r} is not a device name (expected cpu, cuda, cuda:N or auto)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} but CUDA is not available here (torch {torch.__version__})")
+    return device
+
+
+def amp_dtype(precision: str) -> torch.dtype | None:
+    """The autocast dtype of ``precision`` (``None`` for fp32)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r} is not one of {PRECISIONS}")
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+
+def autocast(device: torch.device, precision: str):
+    """``torch.autocast`` for ``precision`` on ``device``'s type; disabled (a no-op) for fp32."""
+    dtype = amp_dtype(precision)
+    return torch.autocast(device_type=device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+
+
+def make_grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
+    """A scaler that does something only for fp16 (bf16 has fp32's exponent range)."""
+    return torch.amp.GradScaler(device.type, enabled=amp_dtype(precision) == torch.float16)

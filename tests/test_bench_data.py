@@ -1,17 +1,12 @@
-"""benchmarks/bench_data.py end to end on a tiny set: every path delivers ready batches, the JSON renders."""
+"""sportsnet.apps.bench.data end to end on a tiny set: every path delivers ready batches, the JSON renders."""
 import json
-import sys
-from pathlib import Path
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
-sys.path.insert(0, str(BENCHMARKS))
-
-import _common  # noqa: E402
-import bench_data  # noqa: E402
+from sportsnet.apps.bench import common
+from sportsnet.apps.bench import data as bench_data
 
 
 def test_the_four_paths_run_and_the_table_renders(tmp_path, monkeypatch):
-    monkeypatch.setattr(_common, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
     bench_data.main(["--classes", "3", "--per-class", "12", "--size", "40", "--images", "32", "--batch-size", "8",
                      "--reps", "2", "--workers", "1", "--device", "cpu", "--root", str(tmp_path / "set"),
                      "--cache-dir", str(tmp_path / "cache")])

@@ -1,15 +1,10 @@
 """Every benchmark refuses a bad flag in one line that names the value and what is accepted."""
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-
-import bench_data  # noqa: E402
-import bench_explain  # noqa: E402
-import bench_gradcam  # noqa: E402
-import bench_train  # noqa: E402
+from sportsnet.apps.bench import data as bench_data
+from sportsnet.apps.bench import explain as bench_explain
+from sportsnet.apps.bench import gradcam as bench_gradcam
+from sportsnet.apps.bench import train as bench_train
 
 
 @pytest.mark.parametrize("module, args, message", [

@@ -1,14 +1,12 @@
-"""benchmarks/tables.py: the READMEs' numbers are the committed JSON's, and --update rewrites only marked text."""
+"""sportsnet.apps.bench.tables: the READMEs' numbers are the committed JSON's; --update rewrites only marked text."""
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))
+from sportsnet.apps.bench import common, tables
 
-import tables  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize("page", ["README.md", "benchmarks/README.md"])
@@ -17,6 +15,11 @@ def test_committed_pages_match_the_committed_results(page):
     path = ROOT / page
     assert "<!-- results: " in path.read_text(), f"{page} shows no rendered results"
     assert tables.sync(path, check=True) == [], f"{page} is stale: run python benchmarks/tables.py --update {page}"
+
+
+def test_results_are_the_repositorys_benchmarks_results():
+    """The package finds the committed result files wherever it is run from (it is installed editable)."""
+    assert common.RESULTS == ROOT / "benchmarks" / "results"
 
 
 def _result(results: Path, stem: str, payload: dict) -> None:
@@ -31,11 +34,11 @@ def _train(gain: float, wall_s: float = 10.0) -> dict:
 
 
 def test_update_rewrites_marked_text_only(tmp_path, monkeypatch):
-    monkeypatch.setattr(tables, "RESULTS", tmp_path / "results")
-    _result(tables.RESULTS, "train_cpu", _train(2.04))
+    monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
+    _result(common.RESULTS, "train_cpu", _train(2.04))
     page = tmp_path / "page.md"
-    before = ("Intro 9.9x stays.\nStep is <!-- results: train_cpu.best_gain -->9.9x<!-- /results: train_cpu.best_gain -->"
-              " faster.\n\nOutro 9.9x.\n")
+    before = ("Intro 9.9x stays.\nStep is <!-- results: train_cpu.best_gain -->9.9x"
+              "<!-- /results: train_cpu.best_gain --> faster.\n\nOutro 9.9x.\n")
     page.write_text(before)
     assert tables.sync(page, check=True) == ["train_cpu.best_gain"]
     assert page.read_text() == before  # check does not write
@@ -44,19 +47,20 @@ def test_update_rewrites_marked_text_only(tmp_path, monkeypatch):
     assert after == before.replace("-->9.9x<!--", "-->2.0x<!--")
     assert tables.sync(page, check=True) == []  # now in sync
     assert tables.main(["--check", str(page)]) == 0
-    _result(tables.RESULTS, "train_cpu", _train(3.0))
+    _result(common.RESULTS, "train_cpu", _train(3.0))
     assert tables.main(["--check", str(page)]) == 1
 
 
 def test_make_bench_total_against_the_target(tmp_path, monkeypatch):
-    monkeypatch.setattr(tables, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
     for bench in tables.MAKE_BENCH:
-        _result(tables.RESULTS, f"{bench}_cpu_avx2", {"benchmark": "x", "wall_s": 100.0})
+        _result(common.RESULTS, f"{bench}_cpu_avx2", {"benchmark": "x", "wall_s": 100.0})
     line = tables.render("make_bench_cpu_avx2")
     assert "6 min 40 s" in line and "**met**" in line and "data 100 s" in line
-    _result(tables.RESULTS, "data_cpu_avx2", {"benchmark": "x", "wall_s": 700.0})
-    assert "16 min 40 s" in tables.render("make_bench_cpu_avx2") and "**not met**" in tables.render("make_bench_cpu_avx2")
-    _result(tables.RESULTS, "data_cpu_avx2", {"benchmark": "x"})
+    _result(common.RESULTS, "data_cpu_avx2", {"benchmark": "x", "wall_s": 700.0})
+    line = tables.render("make_bench_cpu_avx2")
+    assert "16 min 40 s" in line and "**not met**" in line
+    _result(common.RESULTS, "data_cpu_avx2", {"benchmark": "x"})
     with pytest.raises(SystemExit, match="data_cpu_avx2 record no wall_s"):
         tables.render("make_bench_cpu_avx2")
     with pytest.raises(SystemExit, match=r"no result file .*gradcam_cpu_avx512_bf16\.json"):  # another host class
@@ -64,17 +68,17 @@ def test_make_bench_total_against_the_target(tmp_path, monkeypatch):
 
 
 def test_unknown_names_are_refused_clearly(tmp_path, monkeypatch):
-    monkeypatch.setattr(tables, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
     with pytest.raises(SystemExit, match=r"no result file .*train_cpu\.json"):
         tables.render("train_cpu")
-    _result(tables.RESULTS, "train_cpu", _train(2.0))
+    _result(common.RESULTS, "train_cpu", _train(2.0))
     with pytest.raises(SystemExit, match="unknown value 'speed' in 'train_cpu.speed'"):
         tables.render("train_cpu.speed")
 
 
 def test_markers_in_backticks_are_prose_and_unpaired_markers_are_refused(tmp_path, monkeypatch):
-    monkeypatch.setattr(tables, "RESULTS", tmp_path / "results")
-    _result(tables.RESULTS, "train_cpu", _train(2.0))
+    monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
+    _result(common.RESULTS, "train_cpu", _train(2.0))
     page = tmp_path / "page.md"
     example = "Add `<!-- results: train_cpu.best_gain -->` for a number.\n\n"
     block = "Gain <!-- results: train_cpu.best_gain -->9x<!-- /results: train_cpu.best_gain -->.\n"

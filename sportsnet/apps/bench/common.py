@@ -1,4 +1,4 @@
-"""Shared by the benchmark scripts: environment description, interleaved timing, copy bandwidth, JSON.
+"""Shared by the benchmarks: environment description, interleaved timing, copy bandwidth, JSON.
 
 Timing rules (see each script's docstring for what it measures):
 - variants of one comparison run interleaved in the same process (rep 1 of every variant, then rep 2,
@@ -21,14 +21,25 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from sportsnet.hardware import choose_channels_last, choose_precision, describe, hardware_line, probe_cpu
+from ...hardware import choose_channels_last, choose_precision, describe, hardware_line, probe_cpu
 
-RESULTS = Path(__file__).resolve().parent / "results"
+
+def _results_dir() -> Path:
+    """The repository's ``benchmarks/results`` (the package is installed editable, so it sits three folders
+    above this file); where that has no ``benchmarks/`` folder, ``benchmarks/results`` under the working
+    directory."""
+    benchmarks = Path(__file__).resolve().parents[3] / "benchmarks"
+    return (benchmarks if benchmarks.is_dir() else Path.cwd() / "benchmarks") / "results"
+
+
+# Where result files are written and read (tests point it elsewhere).
+RESULTS = _results_dir()
 # Wall-clock bookkeeping for ``write_json``: each result file records how long its part of the run took.
 _last_write = time.perf_counter()
 
 
 def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU model and the number of torch threads."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"{probe_cpu().model} ({torch.get_num_threads()} threads)"
@@ -53,7 +64,7 @@ def environment(device: torch.device) -> dict[str, Any]:
     }
     try:
         env["git_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                           cwd=Path(__file__).parent, timeout=10).stdout.strip()
+                                           cwd=Path(__file__).resolve().parent, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         pass
     return env
@@ -79,6 +90,7 @@ def caption(env: dict[str, Any]) -> str:
 
 
 def last_level_cache_bytes(device: torch.device) -> int:
+    """The GPU's L2 or the CPU's L3 size in bytes (64 MiB where it cannot be read)."""
     if device.type == "cuda":
         return int(getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 50 << 20))
     try:
@@ -131,6 +143,7 @@ def check_positive(**values: float) -> None:
 
 
 def _sync(device: torch.device) -> None:
+    """Wait for the queued CUDA work (nothing on the CPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -171,6 +184,7 @@ def time_interleaved(variants: dict[str, Callable[[int], Any]], device: torch.de
 
 
 def summary(samples: list[float]) -> dict[str, float]:
+    """Median and 25th/75th percentiles (seconds) of ``samples``, and their count."""
     q = statistics.quantiles(samples, n=4) if len(samples) >= 2 else [samples[0]] * 3
     return {"median_s": statistics.median(samples), "p25_s": q[0], "p75_s": q[2], "reps": len(samples)}
 
@@ -185,7 +199,7 @@ def copy_bandwidth(device: torch.device, nbytes: int | None = None, reps: int = 
 
 
 def write_json(name: str, payload: dict[str, Any]) -> Path:
-    """Write ``results/<name>.json`` atomically. ``wall_s`` is added: the seconds since this module
+    """Write ``RESULTS/<name>.json`` atomically. ``wall_s`` is added: the seconds since this module
     was imported or since the previous result was written, whichever is later, i.e. the benchmark's
     own run time for that device, its setup included (``make bench``'s time budget is their sum)."""
     global _last_write
@@ -201,10 +215,15 @@ def write_json(name: str, payload: dict[str, Any]) -> Path:
 
 
 def slug(text: str) -> str:
+    """``text`` in lower case, each character but letters and digits as ``_``, no ``_`` at either end."""
     return "".join(c if c.isalnum() else "_" for c in text.lower()).strip("_")
 
 
 def table(rows: list[list[str]], header: list[str]) -> str:
+    """A Markdown table, columns padded to their widest cell."""
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    fmt = lambda r: "| " + " | ".join(str(x).ljust(w) for x, w in zip(r, widths)) + " |"  # noqa: E731
+
+    def fmt(r: list) -> str:
+        return "| " + " | ".join(str(x).ljust(w) for x, w in zip(r, widths)) + " |"
+
     return "\n".join([fmt(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(fmt, rows)])
