@@ -36,7 +36,7 @@ from torch.utils.data import default_collate
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-from .transforms import EVAL_RESIZE_RATIO, IMAGENET_MEAN, IMAGENET_STD, check_stats, grayscale_stats
+from .normalization import EVAL_RESIZE_RATIO, IMAGENET_MEAN, IMAGENET_STD, check_stats, grayscale_stats
 
 
 def collate_channels_last(batch: Sequence[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,17 +1,24 @@
 """Image files: decoding to RGB, safe paths under a dataset root, and skip bookkeeping.
 
 Every reader in ``sportsnet.data`` decodes through :func:`load_rgb` and records what it leaves out
-as :class:`Skipped` entries, so a run can report exactly which files were dropped and why.
+as :class:`Skipped` entries, so a run can report exactly which files were dropped and why, including
+those that data-loader worker processes met (they report them through a spool file, see
+:attr:`ImageListDataset.skipped`).
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
+import secrets
 import struct
+import tempfile
+import threading
+import weakref
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
@@ -145,18 +152,36 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+# Opening a spool file never follows a symlink planted at its (random) name, where the OS can refuse.
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def _remove_spool(path: str, owner: int) -> None:
+    """Delete a dataset's spool file; only in the process that made the dataset (a forked worker's copy
+    of the dataset, collected in the worker, must not delete the file the main process still reads)."""
+    if os.getpid() != owner:
+        return
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        log.debug("could not remove the skipped-files spool %s: %s", path, e)
+
+
 class ImageListDataset(Dataset):
     """Map-style dataset over ``(path, class index)`` pairs with skip bookkeeping.
 
     Attributes:
         samples: list of ``(absolute path, class index)``; ``targets`` the class indices.
         classes: class names in class-index order.
-        skipped: :class:`Skipped` entries left out while indexing, verifying or loading.
+        skipped: :class:`Skipped` entries left out while indexing, verifying or loading, including
+            those met by data-loader worker processes (see the property).
 
     With ``strict=False`` an image that fails to decode at load time is recorded in ``skipped`` and
     replaced by the next decodable sample (so a data-loader worker never dies mid-epoch); call
-    :meth:`verify` first to drop such files up front and get a complete count. With ``strict=True``
-    the first unreadable image raises :class:`UnreadableImageError`.
+    :meth:`verify` first to drop such files up front. With ``strict=True`` the first unreadable image
+    raises :class:`UnreadableImageError`.
     """
 
     def __init__(
@@ -172,9 +197,136 @@ class ImageListDataset(Dataset):
         self.samples = samples
         self.classes = classes
         self.transform = transform
-        self.skipped: list[Skipped] = list(skipped or [])
+        self._skipped: list[Skipped] = list(skipped or [])
         self.strict = strict
         self._bad: set[int] = set()
+        self._lock, self._lock_pid = threading.Lock(), os.getpid()
+        self._new_spool()
+
+    # -- skip bookkeeping across processes ------------------------------------------------------
+    #
+    # A data-loader worker holds a copy of the dataset (pickled for spawn/forkserver, the parent's
+    # memory for fork), so what it appends to its own list never reaches the main process. Instead a
+    # process other than the one that made the dataset (``_spool_owner``) appends one JSON line per
+    # skip to the dataset's spool file, opened with O_APPEND: one small write() per line, so lines of
+    # several workers never interleave. Reading ``skipped`` merges the complete lines written since the
+    # last read into the list, once per (path, reason). The file is created by the first worker that
+    # skips something and deleted when the dataset is garbage-collected or the main process exits.
+
+    def _new_spool(self) -> None:
+        """Give this dataset object its own (not yet created) spool file, removed with the object."""
+        self._spool_owner = os.getpid()
+        self._spool_path = os.path.join(
+            tempfile.gettempdir(), f"sportsnet-skipped-{self._spool_owner}-{secrets.token_hex(12)}.jsonl")
+        self._spool_read = 0  # bytes of the spool already merged into _skipped
+        weakref.finalize(self, _remove_spool, self._spool_path, self._spool_owner)
+
+    def _lock_here(self) -> threading.Lock:
+        """This process's lock over the skip list (a lock copied by fork may be held by a thread the
+        child does not have)."""
+        if getattr(self, "_lock_pid", None) != os.getpid():
+            self._lock, self._lock_pid = threading.Lock(), os.getpid()
+        return self._lock
+
+    def _add_unique(self, entries: Iterable[Skipped]) -> None:
+        """Append the entries whose (path, reason) the list does not hold yet. Call under the lock."""
+        seen = {(s.path, s.reason) for s in self._skipped}
+        for s in entries:
+            if (s.path, s.reason) not in seen:
+                seen.add((s.path, s.reason))
+                self._skipped.append(s)
+
+    def _merge_spool(self) -> None:
+        """Move the complete lines that workers appended to the spool since the last call into the list.
+        Call under the lock."""
+        try:
+            fd = os.open(self._spool_path, os.O_RDONLY | _NOFOLLOW)
+        except FileNotFoundError:  # no worker has skipped anything (yet)
+            return
+        except OSError as e:
+            log.warning("cannot read the skipped-files spool %s of %s: %s; files skipped in data-loader workers "
+                        "are missing from 'skipped'", self._spool_path, self.root, e)
+            return
+        with os.fdopen(fd, "rb") as fh:
+            fh.seek(self._spool_read)
+            data = fh.read()
+        end = data.rfind(b"\n") + 1  # a line still being written is read next time
+        if not end:
+            return
+        self._spool_read += end
+        entries = []
+        for line in data[:end].splitlines():
+            try:
+                record = json.loads(line)
+                entries.append(Skipped(str(record["path"]), str(record["reason"])))
+            except (ValueError, KeyError, TypeError) as e:
+                log.warning("ignoring a malformed line in the skipped-files spool %s: %r (%s); expected a JSON "
+                            "object with 'path' and 'reason'", self._spool_path, line[:200], e)
+        self._add_unique(entries)
+
+    def _spool_append(self, entry: Skipped) -> bool:
+        """Report ``entry`` to the process that made the dataset; False if the spool cannot be written."""
+        line = (json.dumps({"path": entry.path, "reason": entry.reason}) + "\n").encode()
+        try:
+            fd = os.open(self._spool_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW, 0o600)
+            try:
+                written = os.write(fd, line)  # one write on an O_APPEND file: never interleaved with another
+            finally:
+                os.close(fd)
+        except OSError as e:
+            log.warning("cannot report skipped file %s to the main process through %s (%s); it is recorded in "
+                        "this process only", entry.path, self._spool_path, e)
+            return False
+        if written != len(line):
+            log.warning("short write (%d of %d bytes) to the skipped-files spool %s; %s is recorded in this "
+                        "process only", written, len(line), self._spool_path, entry.path)
+            return False
+        return True
+
+    def _record_skip(self, entry: Skipped) -> None:
+        """Record one skipped entry: in the list here, or through the spool from another process."""
+        if os.getpid() != self._spool_owner and self._spool_append(entry):
+            return
+        with self._lock_here():
+            self._add_unique([entry])
+
+    @property
+    def skipped(self) -> list[Skipped]:
+        """:class:`Skipped` entries left out while indexing, verifying or loading.
+
+        Includes what data-loader worker processes skipped up to now (merged in from the spool when
+        this is read), so read it after the epoch, or again later for the files met since. A file
+        found unreadable by several workers, in several epochs or again by :meth:`verify` is listed
+        once per (path, reason). The list is the dataset's own: appending to it records an entry.
+        """
+        with self._lock_here():
+            self._merge_spool()
+            return self._skipped
+
+    @skipped.setter
+    def skipped(self, entries: Iterable[Skipped]) -> None:
+        """Replace every entry recorded so far (spooled worker entries included) by ``entries``."""
+        with self._lock_here():
+            self._merge_spool()
+            self._skipped = list(entries)
+
+    def __getstate__(self) -> dict[str, Any]:
+        with self._lock_here():
+            if os.getpid() == self._spool_owner:
+                self._merge_spool()  # a copy made here starts with every entry known so far
+            state = dict(self.__dict__)
+        del state["_lock"], state["_lock_pid"]  # locks do not pickle; each process makes its own
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if "skipped" in state:  # pickled before skips were spooled: a plain list attribute
+            state["_skipped"] = state.pop("skipped")
+        self.__dict__.update(state)
+        self._lock, self._lock_pid = threading.Lock(), os.getpid()
+        if getattr(self, "_spool_owner", None) in (None, os.getpid()):
+            # A copy in the process that made the dataset (copy.deepcopy, a pickle round trip) is a
+            # dataset of its own: its own spool, removed with it. A worker's copy reports to the original.
+            self._new_spool()
 
     @property
     def targets(self) -> list[int]:
@@ -212,7 +364,7 @@ class ImageListDataset(Dataset):
                 if self.strict:
                     raise
                 self._bad.add(i)
-                self.skipped.append(Skipped(self.relpath(path), f"unreadable image: {e.reason}"))
+                self._record_skip(Skipped(self.relpath(path), f"unreadable image: {e.reason}"))
                 log.warning("skipping unreadable image %s (%s)", path, e.reason)
         raise UnreadableImageError(self.root, f"none of the {n} images in the dataset could be decoded")
 
@@ -223,7 +375,8 @@ class ImageListDataset(Dataset):
     def verify(self) -> list[Skipped]:
         """Decode every image once; drop unreadable ones from ``samples`` and record them.
 
-        Returns the entries skipped by this call. Under ``strict=True`` the first failure raises.
+        Returns the entries skipped by this call (``skipped`` holds each of them once, also when a
+        data-loader worker met the file before). Under ``strict=True`` the first failure raises.
         """
         from concurrent.futures import ThreadPoolExecutor
 
@@ -246,7 +399,9 @@ class ImageListDataset(Dataset):
         ]
         self.samples = [s for s, r in zip(self.samples, reasons) if r is None]
         self._bad.clear()
-        self.skipped.extend(new)
+        with self._lock_here():
+            self._merge_spool()
+            self._add_unique(new)
         if new:
             log.warning("%s: %d unreadable images skipped", self.root, len(new))
         return new

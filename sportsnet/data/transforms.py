@@ -1,7 +1,9 @@
 """Train and eval transforms on ``torchvision.transforms.v2``.
 
 Image statistics belong to the model family: ImageNet's for VGG (the default here), CLIP's taken
-from the model (``model.visual.image_mean`` / ``image_std`` for open_clip) and passed in.
+from the model (``model.visual.image_mean`` / ``image_std`` for open_clip) and passed in. The ImageNet
+statistics, :data:`EVAL_RESIZE_RATIO`, :func:`grayscale_stats` and :func:`check_stats` are defined in
+:mod:`sportsnet.data.normalization` (shared with :mod:`sportsnet.data.batch_aug`) and importable from here too.
 """
 from __future__ import annotations
 
@@ -11,27 +13,9 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-#: Eval resizes the shorter side to size * 256/224 and centre-crops, as the ImageNet references do.
-EVAL_RESIZE_RATIO = 256 / 224
-
-
-def grayscale_stats(mean: Sequence[float], std: Sequence[float]) -> tuple[tuple[float], tuple[float]]:
-    """One-channel statistics for the seeds' grayscale stem.
-
-    The stem's kernel is the *sum* of the pretrained RGB kernels, so the gray input should be
-    normalised like each RGB channel on average: the mean of the per-channel statistics.
-    """
-    return (sum(mean) / len(mean),), (sum(std) / len(std),)
-
-
-def check_stats(mean: Sequence[float], std: Sequence[float]) -> None:
-    """RGB normalisation statistics: three of each, positive std."""
-    if len(mean) != 3 or len(std) != 3:
-        raise ValueError(f"mean and std need 3 (RGB) values, got mean={tuple(mean)} std={tuple(std)}")
-    if any(s <= 0 for s in std):
-        raise ValueError(f"std={tuple(std)} must be positive")
+# One way only: batch_aug takes what it shares with this module from .normalization, never from here.
+from .batch_aug import BatchRandomResizedCrop, BatchResizeCenterCrop
+from .normalization import EVAL_RESIZE_RATIO, IMAGENET_MEAN, IMAGENET_STD, check_stats, grayscale_stats
 
 
 def build_transforms(
@@ -52,8 +36,8 @@ def build_transforms(
     (:class:`~sportsnet.data.batch_aug.BatchRandomResizedCrop` / ``BatchResizeCenterCrop``).
 
     Train: random resized crop (``scale``) + horizontal flip (probability ``hflip``). Eval: resize the
-    shorter side to ``round(size * resize_ratio)`` (ImageNet's 256/224 by default), centre crop. ``grayscale=True`` yields one channel
-    normalised with :func:`grayscale_stats`.
+    shorter side to ``round(size * resize_ratio)`` (ImageNet's 256/224 by default), centre crop.
+    ``grayscale=True`` yields one channel normalised with :func:`grayscale_stats`.
     """
     if size <= 0:
         raise ValueError(f"size={size} must be a positive number of pixels")
@@ -61,8 +45,6 @@ def build_transforms(
         raise ValueError(f"resize_ratio={resize_ratio} must be >= 1 (resize to at least the crop size)")
     check_stats(mean, std)
     if batched:
-        from .batch_aug import BatchRandomResizedCrop, BatchResizeCenterCrop
-
         if train:
             return BatchRandomResizedCrop(size, scale=scale, hflip=hflip, mean=mean, std=std, grayscale=grayscale,
                                           interpolation=interpolation)
