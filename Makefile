@@ -3,7 +3,7 @@
 #   make demo-clip  - the offline CLIP demo: zero_shot_clip.py with no weights to download
 #   make test       - install (once) into .venv, then run the whole test suite
 #   make bench      - the CPU benchmarks (GPU ones too where CUDA is present); JSON in benchmarks/results/,
-#                     then the READMEs' tables re-rendered from it. On a CPU with native bf16, the tables of
+#                     then the tables of the README and docs re-rendered from it. On a CPU with native bf16, the tables of
 #                     a CPU without it come from
 #                     make bench BENCH_ENV="ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2"
 #
@@ -56,7 +56,7 @@ bench: install
 	$(BENCH_ENV) SPORTSNET_REQUIRE_EXT=1 $(PY) benchmarks/bench_explain.py
 	$(BENCH_ENV) $(PY) benchmarks/bench_train.py
 	$(BENCH_ENV) $(PY) benchmarks/bench_data.py
-	$(PY) benchmarks/tables.py --update README.md benchmarks/README.md
+	$(PY) benchmarks/tables.py --update
 
 clean:
 	rm -rf $(VENV) build *.egg-info sportsnet/*.so

@@ -2,15 +2,16 @@
 
     python benchmarks/tables.py                          # print every result file's table
     python benchmarks/tables.py gradcam_cpu              # one
-    python benchmarks/tables.py --update README.md benchmarks/README.md   # rewrite the marked blocks
-    python benchmarks/tables.py --check README.md benchmarks/README.md    # exit 1 if one is stale
-    python -m sportsnet.apps.bench.tables --check README.md benchmarks/README.md   # the same
+    python benchmarks/tables.py --update        # rewrite the marked blocks of every page in PAGES
+    python benchmarks/tables.py --check         # exit 1 if one is stale
+    python benchmarks/tables.py --check README.md   # only this page
+    python -m sportsnet.apps.bench.tables --check   # the same as the script
 
 In a Markdown file, ``<!-- results: NAME -->`` ... ``<!-- /results: NAME -->`` marks what ``--update``
 rewrites: NAME is a result file's stem (``train_cpu_avx2``: its table), ``STEM.KEY`` one number from it
 (``train_cpu_avx2.best_gain``, inline), or ``make_bench_cpu_<host class>`` (the CPU benchmarks' total run
 time on that class of CPU against the target). Everything outside the markers is left alone. The test suite
-runs ``--check`` on the READMEs.
+runs ``--check`` on every page of :data:`PAGES`.
 """
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ from .explain import explain_table
 from .gradcam import gradcam_table
 from .train import train_table
 
+#: The pages (relative to the repository) that show rendered results: what --update / --check do by default.
+PAGES = ("README.md", "benchmarks/README.md", "docs/explanations.md", "docs/operator.md")
 RENDERERS = {"gradcam": gradcam_table, "explain": explain_table, "train_step": train_table, "data_pipeline": data_table}
 # One number from a result file, for prose: ``<!-- results: train_cpu.best_gain -->``.
 FACTS = {
@@ -132,12 +135,16 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("names", nargs="*", help="result files to print (stems, e.g. train_cpu); default: all")
     mode = ap.add_mutually_exclusive_group()
-    mode.add_argument("--update", nargs="+", type=Path, metavar="FILE", help="rewrite the marked blocks of FILE")
-    mode.add_argument("--check", nargs="+", type=Path, metavar="FILE", help="exit 1 if a marked block of FILE is stale")
+    pages = ", ".join(PAGES)
+    mode.add_argument("--update", nargs="*", type=Path, metavar="FILE",
+                      help=f"rewrite the marked blocks of FILE (default: {pages})")
+    mode.add_argument("--check", nargs="*", type=Path, metavar="FILE",
+                      help=f"exit 1 if a marked block of FILE is stale (default: {pages})")
     args = ap.parse_args(argv)
-    if args.update or args.check:
+    if args.update is not None or args.check is not None:
         status = 0
-        for path in args.update or args.check:
+        root = common.RESULTS.parent.parent
+        for path in args.update or args.check or [root / p for p in PAGES]:
             stale = sync(path, check=bool(args.check))
             if stale:
                 print(f"{path}: {'stale' if args.check else 'updated'}: {', '.join(stale)}")
