@@ -1,17 +1,6 @@
 // sportsnet::fused_gradcam: the schema (declared once), argument checks, and the CPU operator, which
 // runs the kernel in cpu/fused_gradcam_kernel.h built for the widest ISA this machine has.
-//
-// Plan (bytes moved: A and G read once, the output written once):
-//  1. channel pass, parallel over (map, channel chunk): per channel, the sums over its h*w positions
-//     give the weight w_k, then its contribution is added to a small per-chunk partial map while the
-//     channel's values are still in cache. NCHW planes and channels-last pixels get their own loop
-//     order so the inner loops run over contiguous memory; any other strides use the generic loop.
-//  2. partial maps summed in a fixed order (deterministic), ReLU -> cam (B, h*w).
-//  3. exact min/max of the resized map from a few samples: a bilinear sample is bilinear in its two
-//     interpolation weights within one input cell, so the extremes over the output grid lie on the
-//     first or last output row/column of each cell (at most 2h x 2w samples, not H x W).
-//  4. one write pass: rows blended vertically once, then runs of output columns that share a cell
-//     interpolate horizontally with contiguous weights (vectorisable), normalised on the way out.
+// How the kernel works (its plan): the comment at the top of cpu/fused_gradcam_kernel.h.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 

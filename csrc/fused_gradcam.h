@@ -1,5 +1,5 @@
-// The per-element math of fused_gradcam, shared by the CPU kernel (fused_gradcam.cpp) and the CUDA
-// kernel (cuda/fused_gradcam.cu): what the CPU tests prove about these functions holds for the GPU.
+// The per-element math of fused_gradcam, shared by the CPU kernel (cpu/fused_gradcam_kernel.h) and the
+// CUDA kernel (cuda/fused_gradcam.cu): what the CPU tests prove about these functions holds for the GPU.
 //
 // A = activations, G = gradients, both (B, K, h, w); sums run over the h*w positions of one map.
 //   gradcam    w_k = mean(G_k)                                     map = ReLU(sum_k w_k A_k)

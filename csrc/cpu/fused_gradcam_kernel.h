@@ -2,18 +2,26 @@
 // Included by cpu/kernel_default.cpp (baseline ISA) and cpu/kernel_avx2.cpp (AVX2 + FMA), which must
 // include kernel_deps.h *before* any target pragma so library inline functions keep the baseline ISA.
 //
-// Plan (bytes moved: A and G read once, the output written once):
-//  1. channel pass, parallel over (map, channel chunk): per channel, the sums over its h*w positions
-//     give the weight w_k, then its contribution is added to a small per-chunk partial map while the
-//     channel's values are still in cache. NCHW planes and channels-last pixels get their own loop
-//     order so the inner loops run over contiguous memory; any other strides use the generic loop.
+// The plan of the CPU operator (this is its one description; fused_gradcam.cpp points here). Memory
+// traffic: no (B, H, W) intermediate at the output size, and the output written once.
+//  1. channel pass, parallel over (map, channel chunk); small batches split the channels into more
+//     chunks, so every thread has work. Each chunk adds its channels' contributions to its own small
+//     partial map (h*w values). Grad-CAM, Grad-CAM++ and XGrad-CAM first reduce each channel's h*w
+//     positions to its weight w_k; HiResCAM and LayerCAM need no weights.
+//     - spatially contiguous planes (NCHW): channels in groups of four, their weights first, then one
+//       pass adding all four while their planes are still in cache, so A and G are read from memory
+//       once;
+//     - channels-last (channel stride 1, K > 1): loops over pixels with the channel loop innermost,
+//       one pass for the chunk's sums (two for Grad-CAM++), then one for the contributions;
+//     - any other strides: the NCHW loops, reading through the strides.
 //  2. partial maps summed in a fixed order (deterministic), ReLU -> cam (B, h*w).
-//  3. exact min/max of the resized map from a few samples: a bilinear sample is bilinear in its two
-//     interpolation weights within one input cell, so the extremes over the output grid lie on the
-//     first or last output row/column of each cell (at most 2h x 2w samples, not H x W).
+//  3. only when normalising: the exact min/max of the resized map from a few samples. A bilinear
+//     sample is bilinear in its two interpolation weights within one input cell, so the extremes over
+//     the output grid lie on the first or last output row/column of each cell (at most 2h x 2w
+//     samples, not H x W).
 //  4. one write pass: rows blended vertically once, then runs of output columns that share a cell
-//     interpolate horizontally with contiguous weights (vectorisable), then normalised in one
-//     full-width loop (short clamped loops per run are slow under AVX2).
+//     interpolate horizontally with contiguous weights (vectorisable); when normalising, into a row
+//     buffer that one full-width loop then normalises (short clamped loops per run are slow under AVX2).
 #include "kernel_deps.h"
 
 #ifndef SPORTSNET_CPU_NS

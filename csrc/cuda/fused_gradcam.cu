@@ -1,4 +1,4 @@
-// sportsnet::fused_gradcam, CUDA kernel. Same plan as the CPU kernel (see fused_gradcam.cpp), with
+// sportsnet::fused_gradcam, CUDA kernel. Same plan as the CPU kernel (cpu/fused_gradcam_kernel.h), with
 // the per-element arithmetic from fused_gradcam.h. Bytes moved: A and G read once from DRAM (the
 // contribution pass re-reads a 32-channel slice that the weight pass just brought into L1/L2), a
 // partial map per 32 channels (~1/32 of the input), and the output written once.

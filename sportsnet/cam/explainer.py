@@ -14,6 +14,10 @@ that activation alone: no full backward, no parameter ``.grad``. K targets share
 small backward each through the layers after the hook), and the maps come from
 :func:`sportsnet.ops.fused_gradcam` on the activations' device. Hooks live only for the duration of a
 call; the model's mode and ``requires_grad`` flags are restored afterwards, also after an exception.
+
+Between calls the explainer holds no hooks, only references to the model and its target layers.
+Leaving the ``with`` block (or :meth:`GradCAM.close`) drops them, so the explainer no longer keeps
+the model alive (a large model on a GPU can be freed), and a later call is refused.
 """
 from __future__ import annotations
 
@@ -67,20 +71,32 @@ class GradCAM:
         if not layers:
             raise ValueError("target_layer is an empty list")
         self.layers = [resolve_layer(model, layer) for layer in layers]
+        self._names = [n for n, _ in self.layers]
         # How token sequences are laid out: known from the model where it says so, guessed otherwise.
         self.token_layout = {name: dict(batch_first=_nearest_attribute(model, name, "batch_first", bool),
                                         prefix_tokens=_nearest_attribute(model, name, "num_prefix_tokens", int))
-                             for name, _ in self.layers}
+                             for name in self._names}
+        self.closed = False
+
+    def close(self) -> None:
+        """Drop the references to the model and its target layers; later calls raise. Calling it again
+        does nothing. (No hooks outlive a call, so there are none to remove here.)"""
+        self.model = None  # type: ignore[assignment]
+        self.layers = []
+        self.closed = True
 
     def __enter__(self) -> "GradCAM":
+        if self.closed:
+            raise RuntimeError("this GradCAM is closed; make a new one to explain again")
         return self
 
     def __exit__(self, *exc) -> None:
-        return None
+        self.close()
 
     @property
     def target_layers(self) -> list[str]:
-        return [n for n, _ in self.layers]
+        """The dotted names of the target layers."""
+        return list(self._names)
 
     def _targets(self, logits: torch.Tensor, targets, top_k: int | None) -> torch.Tensor:
         B, C = logits.shape
@@ -105,6 +121,9 @@ class GradCAM:
         return t
 
     def __call__(self, images: torch.Tensor, targets=None, top_k: int | None = None) -> CamOutput:
+        if self.closed:
+            raise RuntimeError(f"this GradCAM (layers {self._names}) was closed, by leaving its `with` block or "
+                               f"by close(); make a new one to explain again")
         if images.dim() != 4:
             raise ValueError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
         size = tuple(self.size or images.shape[-2:])

@@ -1,80 +1,23 @@
-"""Checkpoints: atomic writes, ``weights_only`` loads, and the RNG states that make resumes exact."""
+"""Checkpoints: the RNG states that make resumes exact, per rank under torchrun.
+
+Saving and loading themselves (atomic writes, ``weights_only`` loads, mismatch descriptions) live in
+:mod:`sportsnet.serialization`, shared with :mod:`sportsnet.models`; they are re-exported here.
+"""
 from __future__ import annotations
 
-import errno
-import logging
-import os
 import random
-import tempfile
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
-from torch import nn
 
+from ..serialization import CheckpointWriteError, describe_mismatch, load_checkpoint, save_checkpoint
 from .distributed import all_gather_objects, rank_seed, world
 
-log = logging.getLogger(__name__)
-
-
-class CheckpointWriteError(OSError):
-    """Saving failed; the previous checkpoint at the target path is untouched."""
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
-    """Write ``state`` to ``path`` atomically: a temporary file in the same folder, flushed and
-    fsynced, then renamed over ``path``. A crash or a full disk leaves the previous file intact."""
-    if isinstance(path, dict) and not isinstance(state, dict):
-        raise TypeError("save_checkpoint(path, state): the path comes first")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        if isinstance(e, OSError):
-            why = "the disk is full" if e.errno == errno.ENOSPC else str(e)
-            kept = f"the previous {path.name} is intact" if path.exists() else "no previous checkpoint existed"
-            raise CheckpointWriteError(e.errno, f"could not save checkpoint {str(path)!r}: {why}; {kept}") from e
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """``torch.load(weights_only=True)``: tensors and plain containers only, never arbitrary code."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # the unpickler's refusal, or a damaged file
-        raise RuntimeError(
-            f"refusing to load {str(path)!r}: it is not a plain weights/checkpoint file that loads with "
-            f"weights_only=True ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
-        ) from e
+__all__ = [
+    "CheckpointWriteError", "capture_rng_state", "describe_mismatch", "load_checkpoint", "rank_rng_restorer",
+    "rank_rng_states", "restore_rng_state", "save_checkpoint",
+]
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -92,6 +35,7 @@ def capture_rng_state() -> dict[str, Any]:
 
 
 def restore_rng_state(state: dict[str, Any]) -> None:
+    """Set Python's, NumPy's and torch's RNGs (and CUDA's, where saved and present) from :func:`capture_rng_state`."""
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     n = state["numpy"]
@@ -120,19 +64,3 @@ def rank_rng_restorer(ckpt: dict[str, Any], seed: int, step: int) -> Callable[[]
         return lambda: restore_rng_state(ckpt["rng"])
     fresh = rank_seed(seed * 1_000_003 + 0x5EED0000 + step)
     return lambda: torch.manual_seed(fresh)  # type: ignore[return-value]
-
-
-def describe_mismatch(model: nn.Module, state: dict[str, torch.Tensor], limit: int = 5) -> str:
-    """A short account of why ``state`` does not fit ``model`` (keys missing, unexpected, mis-shaped)."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in own if k in state and state[k].shape != own[k].shape]
-    parts = []
-    for label, items in (("shape mismatches", shapes), ("missing from the checkpoint", missing),
-                         ("not in the model", unexpected)):
-        if items:
-            more = f" (+{len(items) - limit} more)" if len(items) > limit else ""
-            parts.append(f"{len(items)} {label}: {items[:limit]}{more}")
-    return "; ".join(parts) or "no differences"

@@ -17,7 +17,7 @@ from torch import nn
 from torchvision.transforms import InterpolationMode
 
 from ..data.transforms import build_transforms
-from ..engine.checkpoint import describe_mismatch
+from ..serialization import WeightsFileError, describe_mismatch, load_checkpoint
 from .download import WeightsUnavailable, check_reachable, fetch_hf_file
 
 log = logging.getLogger(__name__)
@@ -81,27 +81,32 @@ def weights_url(tag_cfg: dict) -> str:
 
 
 def read_weights_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
-    """``(state dict, metadata)`` from a local file: safetensors, or a torch file loaded with
-    ``weights_only=True`` (a plain state dict, or one under ``"state_dict"`` / ``"model"``, whose
-    other plain entries such as ``"arch"`` are the metadata; ``module.`` prefixes dropped)."""
+    """``(state dict, metadata)`` from a local file: safetensors, or a torch file read by
+    :func:`sportsnet.serialization.load_checkpoint` (``weights_only=True``). The state dict may be
+    plain or under ``"state_dict"`` / ``"model"``, whose plain sibling entries (``"arch"``...) are the
+    metadata; ``module.`` prefixes (DistributedDataParallel's) are dropped."""
     path = Path(path)
     meta: dict = {}
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        state = load_file(str(path))
-    else:
+        if not path.is_file():
+            raise FileNotFoundError(f"weights file {str(path)!r} does not exist")
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise RuntimeError(f"refusing to load {str(path)!r}: not a weights file that loads with "
-                               f"weights_only=True ({type(e).__name__})") from e
+            state = load_file(str(path))
+        except Exception as e:  # safetensors' own error type: a damaged file or another format
+            raise WeightsFileError(f"weights file {str(path)!r} is not a readable safetensors file "
+                                   f"({type(e).__name__}: {e})") from e
+    else:
+        state = load_checkpoint(path, what="weights file")
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             meta = {k: v for k, v in state.items() if isinstance(v, (str, int, float, bool))}
             state = state[key]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{str(path)!r} does not hold a state dict of tensors")
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        raise ValueError(f"{str(path)!r} does not hold a state dict of tensors (str keys to tensors, plain or "
+                         f"under 'state_dict' or 'model')")
     return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}, meta
 
 

@@ -3,12 +3,17 @@
 Both keep the VGG conv base under ``features`` (torchvision's names, so ImageNet weights load) and
 replace the rest:
 
-* ``seed000``: ``Dropout2d`` on the conv map, ``AdaptiveAvgPool2d((7, 7))`` + flatten, then a new
-  classifier of Dropout / Linear (Xavier) / BatchNorm1d / ReLU; the first ``freeze_layers``
-  (default 15) modules of ``features`` stay frozen. Optional grayscale stem.
-* ``seed001``: a 1x1 conv reducing 512 -> 256 channels (+ ReLU) after the conv base, then a Dropout
-  classifier; trained in two phases: the new layers alone on a frozen base, then everything at a
-  lower learning rate.
+* ``frozen-bn-head`` (seed 000's recipe): ``Dropout2d`` on the conv map, ``AdaptiveAvgPool2d`` (7 x 7
+  unless ``pool`` says otherwise) + flatten, then a new classifier of Dropout / Linear (Xavier) /
+  BatchNorm1d / ReLU; the first ``freeze_layers`` (default 15) modules of ``features`` stay frozen.
+* ``reduce256-two-phase`` (seed 001's recipe): a 1x1 conv reducing 512 -> 256 channels (+ ReLU) after
+  the conv base, then a Dropout classifier; trained in two phases: the new layers alone on a frozen
+  base, then everything at a lower learning rate.
+
+Either may have a one-channel (grayscale) stem.
+
+The seeds' names ``seed000`` / ``seed001`` are still accepted by every function here that takes a
+recipe (so configs saved under them keep working); :func:`canonical_recipe` maps them to the names above.
 
 :func:`recipe_phases` turns a recipe into phases (name, epochs, learning rate, trainable parameter
 groups) for :func:`sportsnet.engine.fit`.
@@ -20,8 +25,24 @@ from torch import nn
 
 from .vgg import CFGS, init_vgg_, make_layers, scaled
 
-RECIPES = ("seed000", "seed001")
-FREEZE_DEFAULT = {"seed000": 15, "seed001": 0}
+FROZEN_BN_HEAD = "frozen-bn-head"
+REDUCE256_TWO_PHASE = "reduce256-two-phase"
+RECIPES = (FROZEN_BN_HEAD, REDUCE256_TWO_PHASE)
+# The seeds' names, from before the recipes were named for what they are.
+RECIPE_ALIASES = {"seed000": FROZEN_BN_HEAD, "seed001": REDUCE256_TWO_PHASE}
+FREEZE_DEFAULT = {FROZEN_BN_HEAD: 15, REDUCE256_TWO_PHASE: 0}
+
+
+def canonical_recipe(name: str) -> str:
+    """The recipe ``name`` stands for: one of :data:`RECIPES`, given itself or an old alias
+    (``"seed000"`` -> ``"frozen-bn-head"``, ``"seed001"`` -> ``"reduce256-two-phase"``)."""
+    if isinstance(name, str):
+        if name in RECIPES:
+            return name
+        if name in RECIPE_ALIASES:
+            return RECIPE_ALIASES[name]
+    aliases = ", ".join(f"{old!r} for {new!r}" for old, new in RECIPE_ALIASES.items())
+    raise ValueError(f"recipe={name!r} is not one of {RECIPES} (or the aliases {aliases})")
 
 
 class SportsVGG(nn.Module):
@@ -33,7 +54,8 @@ class SportsVGG(nn.Module):
     def __init__(self, features: nn.Sequential, neck: nn.Module, head: nn.Sequential, *, arch: str,
                  recipe: str, width: float, in_channels: int, pool: int = 7):
         super().__init__()
-        self.arch, self.recipe, self.width, self.in_channels = arch, recipe, width, in_channels
+        self.arch, self.width, self.in_channels = arch, width, in_channels
+        self.recipe = canonical_recipe(recipe)
         self.features = features
         self.neck = neck
         self.pool = nn.AdaptiveAvgPool2d((pool, pool))
@@ -62,7 +84,7 @@ def _xavier_(module: nn.Module) -> None:
 
 
 def sports_vgg19(
-    recipe: str = "seed001",
+    recipe: str = REDUCE256_TWO_PHASE,
     num_classes: int = 100,
     *,
     width: float = 1.0,
@@ -76,19 +98,18 @@ def sports_vgg19(
     """A seed's VGG19 model (random weights; then :func:`load_imagenet_weights` for the base).
 
     Args:
-        recipe: ``"seed000"`` or ``"seed001"`` (see the module docstring).
+        recipe: one of :data:`RECIPES` or an alias (``"seed000"``, ``"seed001"``); see the module docstring.
         num_classes: outputs of the last Linear layer.
         width: scales every conv and hidden width (1.0 is the real VGG19).
         grayscale: a one-channel first conv (ImageNet weights then load as the sum of the RGB kernels).
         dropout: dropout before each Linear layer of the head.
-        feature_dropout: ``Dropout2d`` probability on the conv map (seed000 only).
+        feature_dropout: ``Dropout2d`` probability on the conv map (``frozen-bn-head`` only).
         hidden: the head's hidden width at ``width=1`` (scaled by ``width``).
         pool: side of the adaptive average pool before the head: 7 as in the seeds (a head with
             weights per position), 1 for global average pooling (a head that is the same at every
             position, for which Grad-CAM is exactly CAM).
     """
-    if recipe not in RECIPES:
-        raise ValueError(f"recipe={recipe!r} is not one of {RECIPES}")
+    recipe = canonical_recipe(recipe)
     if num_classes < 1:
         raise ValueError(f"num_classes={num_classes} must be >= 1")
     if not width > 0:
@@ -99,10 +120,13 @@ def sports_vgg19(
     features = make_layers(CFGS["vgg19"], batch_norm=batch_norm, width=width, in_channels=in_channels)
     init_vgg_(features)
     c, h = scaled(512, width), scaled(hidden, width)
-    if recipe == "seed000":
+    # head[0] is an nn.Identity in the slot of an nn.Flatten that forward_head made redundant (it flattens
+    # already): dropping the slot would shift every later index, and keys such as head.2.weight would no
+    # longer match the checkpoints saved so far.
+    if recipe == FROZEN_BN_HEAD:
         neck: nn.Module = nn.Dropout2d(feature_dropout)
         head = nn.Sequential(
-            nn.Flatten(),
+            nn.Identity(),
             nn.Dropout(dropout), nn.Linear(c * pool * pool, h), nn.BatchNorm1d(h), nn.ReLU(inplace=True),
             nn.Dropout(dropout), nn.Linear(h, num_classes),
         )
@@ -110,7 +134,7 @@ def sports_vgg19(
         reduced = scaled(256, width)
         neck = nn.Sequential(nn.Conv2d(c, reduced, kernel_size=1), nn.ReLU(inplace=True))
         head = nn.Sequential(
-            nn.Flatten(),
+            nn.Identity(),
             nn.Dropout(dropout), nn.Linear(reduced * pool * pool, h), nn.ReLU(inplace=True),
             nn.Dropout(dropout), nn.Linear(h, num_classes),
         )
@@ -148,13 +172,14 @@ def recipe_phases(
 ) -> list[dict]:
     """The training phases of ``model.recipe`` as dicts ``{name, epochs, lr, groups}``.
 
-    seed000: one phase of ``epochs`` with the first ``freeze_layers`` (default 15) modules frozen.
-    seed001: ``"head"`` (``phase1_epochs``, ``lr``, base frozen), then ``"finetune"``
-    (``phase2_epochs``, ``lr * phase2_lr_factor``, everything but the first ``freeze_layers``
-    (default 0) modules). Phases with 0 epochs are left out.
+    ``frozen-bn-head``: one phase of ``epochs`` with the first ``freeze_layers`` (default 15) modules
+    frozen. ``reduce256-two-phase``: ``"head"`` (``phase1_epochs``, ``lr``, base frozen), then
+    ``"finetune"`` (``phase2_epochs``, ``lr * phase2_lr_factor``, everything but the first
+    ``freeze_layers`` (default 0) modules). Phases with 0 epochs are left out.
     """
-    freeze = FREEZE_DEFAULT[model.recipe] if freeze_layers is None else freeze_layers
-    if model.recipe == "seed000":
+    recipe = canonical_recipe(model.recipe)
+    freeze = FREEZE_DEFAULT[recipe] if freeze_layers is None else freeze_layers
+    if recipe == FROZEN_BN_HEAD:
         phases = [dict(name="train", epochs=epochs, lr=lr, groups=parameter_groups(model, freeze))]
     else:
         if not phase2_lr_factor > 0:

@@ -24,7 +24,8 @@ def scaled(channels: int, width: float) -> int:
     return max(1, int(round(channels * width)))
 
 
-def make_layers(cfg: list[int | str], batch_norm: bool = False, width: float = 1.0, in_channels: int = 3) -> nn.Sequential:
+def make_layers(cfg: list[int | str], batch_norm: bool = False, width: float = 1.0,
+                in_channels: int = 3) -> nn.Sequential:
     """Conv(3x3) [+ BatchNorm] + ReLU per number in ``cfg``, MaxPool(2) per ``"M"``."""
     layers: list[nn.Module] = []
     c_in = in_channels

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..serialization import find_mismatch, load_checkpoint
 from .download import WeightsUnavailable, check_reachable
 
 log = logging.getLogger(__name__)
@@ -105,43 +106,36 @@ def load_imagenet_weights(model: nn.Module, source: str | os.PathLike = "imagene
     """Load torchvision's ImageNet weights for ``model.arch`` into ``model`` (in place).
 
     ``source``: ``"imagenet"`` (torch hub cache, downloaded and SHA-256-checked) or a local ``.pth``.
-    Files are read with ``torch.load(weights_only=True)``. Every ``features.*`` tensor must fit
-    (``width`` must be 1.0); classifier tensors load only where name and shape match, the rest are
-    listed in the returned report's ``unused``.
+    Files are read with :func:`sportsnet.serialization.load_checkpoint` (``weights_only=True``: a
+    pickle it refuses raises :class:`~sportsnet.serialization.UnsafeFileError`). Every ``features.*``
+    tensor must fit (``width`` must be 1.0); classifier tensors load only where name and shape match,
+    the rest are listed in the returned report's ``unused``.
     """
     path = resolve_weights_file(model, source)
     _check_hash(path)
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or not any(k.startswith("features.") for k in state):
+    state = load_checkpoint(path, what="weights file")
+    if not isinstance(state, dict) or not any(isinstance(k, str) and k.startswith("features.") for k in state):
         raise ValueError(f"{str(path)!r} is not a VGG state dict (no 'features.*' keys)")
     report = LoadReport(str(path))
     own = model.state_dict()
     stem = next((k for k in own if k.startswith("features.") and k.endswith(".weight") and own[k].dim() == 4), None)
-    if stem is not None and own[stem].shape[1] == 1 and state[stem].shape[1] == 3:
+    if stem is not None and stem in state and own[stem].shape[1] == 1 and state[stem].shape[1] == 3:
         state = dict(state)
         state[stem] = state[stem].sum(dim=1, keepdim=True)  # grayscale stem: gray x sum(w_c) == sum_c(gray x w_c)
         report.summed_rgb_stem = True
 
-    mismatched = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-                  for k, v in state.items() if k.startswith("features.") and k in own and own[k].shape != v.shape]
     # Old BN files predate num_batches_tracked; BatchNorm fills it in on load.
-    missing = [k for k in own if k.startswith("features.") and k not in state and not k.endswith("num_batches_tracked")]
-    extra = [k for k in state if k.startswith("features.") and k not in own]
-    if mismatched or missing or extra:
+    mismatch = find_mismatch(own, state, prefix="features.", optional=lambda k: k.endswith("num_batches_tracked"),
+                             saved="file")
+    if mismatch:
         raise ValueError(
-            f"{str(path)!r} does not fit the conv base of this {type(model).__name__}: "
-            + "; ".join(filter(None, [
-                f"shape mismatch {mismatched[:3]}" + (f" (+{len(mismatched) - 3} more)" if len(mismatched) > 3 else "")
-                if mismatched else "",
-                f"missing in file {missing[:3]}" if missing else "",
-                f"not in model {extra[:3]}" if extra else "",
-            ]))
-            + " (ImageNet weights need width=1.0 and the matching batch_norm setting)"
+            f"{str(path)!r} does not fit the conv base of this {type(model).__name__}: {mismatch.describe(limit=3)} "
+            f"(ImageNet weights need width=1.0 and the matching batch_norm setting)"
         )
-    fits = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    fits = {k: v for k, v in state.items() if k in own and isinstance(v, torch.Tensor) and own[k].shape == v.shape}
     model.load_state_dict(fits, strict=False)
     report.loaded = sorted(fits)
-    report.unused = sorted(set(state) - set(fits))
+    report.unused = sorted(map(str, set(state) - set(fits)))
     if report.unused:
         log.info("ImageNet weights: %d tensors not used by this head (%s...)", len(report.unused), report.unused[0])
     return report

@@ -64,8 +64,8 @@ class ZeroShotClassifier(nn.Module):
         self.classes = list(classes) if classes is not None else None
 
     @classmethod
-    def from_names(cls, bundle, classnames: Sequence[str], templates: Sequence[str], labels: Sequence[str] | None = None,
-                   **kwargs) -> "ZeroShotClassifier":
+    def from_names(cls, bundle, classnames: Sequence[str], templates: Sequence[str],
+                   labels: Sequence[str] | None = None, **kwargs) -> "ZeroShotClassifier":
         """From a :class:`~sportsnet.models.clip.ClipBundle`: prompts use ``classnames`` (cleaned), the
         classifier's ``classes`` keep ``labels`` (the dataset's spelling) when given."""
         weights = build_text_classifier(bundle.model, bundle.tokenizer, classnames, templates, **kwargs)
@@ -78,8 +78,3 @@ class ZeroShotClassifier(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         feats = self.encode(images)
         return self.logit_scale * feats @ self.text_classifier.to(feats.dtype)
-
-    def with_texts(self, bundle, texts: Sequence[str]) -> "ZeroShotClassifier":
-        """A classifier over free-text prompts (e.g. to explain "a person surfing")."""
-        weights = build_text_classifier(bundle.model, bundle.tokenizer, list(texts), ["{}"])
-        return ZeroShotClassifier(bundle.model, weights, self.logit_scale, classes=list(texts))
