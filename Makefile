@@ -1,7 +1,7 @@
 # sportsnet: the README's commands.
 #   make demo       - install (once) into .venv, then train VGG19 on the offline synthetic set
 #   make demo-clip  - the offline CLIP demo: zero_shot_clip.py with no weights to download
-#   make test       - install (once) into .venv, then run the whole test suite
+#   make test       - install (once) into .venv, then ruff check and the whole test suite
 #   make bench      - the CPU benchmarks (GPU ones too where CUDA is present); JSON in benchmarks/results/,
 #                     then the tables of the README and docs re-rendered from it. On a CPU with native bf16, the tables of
 #                     a CPU without it come from
@@ -47,8 +47,10 @@ demo: install
 demo-clip: install
 	$(PY) experiments/zero_shot_clip.py $(DEMO_ARGS)
 
-# The suite must exercise the compiled operator: no silent fallback to the reference.
+# Lint and import order first (ruff, configured in pyproject.toml); then the suite, which must exercise
+# the compiled operator: no silent fallback to the reference.
 test: install
+	$(VENV)/bin/ruff check .
 	SPORTSNET_REQUIRE_EXT=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 bench: install

@@ -51,8 +51,8 @@ def extensions():
     with_cuda = os.environ.get("FORCE_CUDA") == "1" or (torch.version.cuda is not None and cuda_home is not None)
     if with_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", b.DEFAULT_CUDA_ARCH_LIST)
-    print(f"sportsnet: building sportsnet._C for CPU{' and CUDA (' + os.environ['TORCH_CUDA_ARCH_LIST'] + ')' if with_cuda else ''}"
-          f" against torch {torch.__version__}")
+    cuda_note = f" and CUDA ({os.environ['TORCH_CUDA_ARCH_LIST']})" if with_cuda else ""
+    print(f"sportsnet: building sportsnet._C for CPU{cuda_note} against torch {torch.__version__}")
     ext = (CUDAExtension if with_cuda else CppExtension)(
         "sportsnet._C",
         sources=b.sources(ROOT, with_cuda),
@@ -87,5 +87,5 @@ setup(
         "open-clip-torch>=3.2,<4",
         "matplotlib",
     ],
-    extras_require={"test": ["pytest"]},
+    extras_require={"test": ["pytest", "ruff==0.17.6"]},
 )

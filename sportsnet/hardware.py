@@ -212,7 +212,8 @@ def choose_precision(requested: str, device: torch.device | str, *, cpu: CpuInfo
             if gpu.native_bf16:
                 return Choice("precision", requested, "bf16", f"{where} has native bf16")
             if gpu.fast_fp16:
-                return Choice("precision", requested, "fp16", f"{where} has no native bf16: fp16 with the gradient scaler")
+                return Choice("precision", requested, "fp16",
+                              f"{where} has no native bf16: fp16 with the gradient scaler")
             return Choice("precision", requested, "fp32", f"{where} has neither native bf16 nor fast fp16")
         slow = (requested == "bf16" and not gpu.native_bf16) or (requested == "fp16" and not gpu.fast_fp16)
         note = " (slow on this GPU)" if slow else ""
@@ -303,7 +304,8 @@ def describe(device: torch.device | str = "cpu") -> dict[str, Any]:
 def hardware_line(info: dict[str, Any]) -> str:
     """One line for a table caption, from :func:`describe`'s dict."""
     cpu = info["cpu"]
-    text = f"{cpu['model']}, {cpu['threads']} threads, {cpu['isa']}, native bf16 {'yes' if cpu['native_bf16'] else 'no'}"
+    text = (f"{cpu['model']}, {cpu['threads']} threads, {cpu['isa']},"
+            f" native bf16 {'yes' if cpu['native_bf16'] else 'no'}")
     if info.get("isa_overrides"):
         text += " (capped by " + " ".join(f"{k}={v}" for k, v in info["isa_overrides"].items()) + ")"
     if "gpu" in info:

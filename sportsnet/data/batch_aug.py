@@ -114,7 +114,8 @@ class _BatchTransform:
         """float32 mean and std on ``device`` (each value ``repeat`` times), made once per device."""
         key, cache = (device, repeat), self._stats_cache
         if key not in cache:
-            cache[key] = tuple(torch.tensor(v, dtype=torch.float32).repeat(repeat).to(device) for v in (self.mean, self.std))
+            cache[key] = tuple(torch.tensor(v, dtype=torch.float32).repeat(repeat).to(device)
+                               for v in (self.mean, self.std))
         return cache[key]
 
     def colour(self, images: torch.Tensor) -> torch.Tensor:
@@ -158,10 +159,10 @@ class _BatchTransform:
     def recycle(self, batch: torch.Tensor) -> None:
         """The caller is done with ``batch`` (an output of this transform): the next call may write over it.
 
-        Writing a fresh 38 MB CPU batch every step costs page faults; ``train_one_epoch`` and
-        ``evaluate`` hand each batch back after its step instead. As a guard, a recycled batch is still not written over
-        while autograd holds it or a view of it is alive (where this torch lacks the counters that
-        tell, it never is).
+        Writing a fresh 38 MB CPU batch every step costs page faults; the engine's ``SupervisedStep`` and
+        ``evaluate`` hand each batch back once its backward (or forward) is done instead. As a guard, a
+        recycled batch is still not written over while autograd holds it or a view of it is alive (where
+        this torch lacks the counters that tell, it never is).
         """
         if batch.device.type == "cpu" and batch.dtype == torch.float32:
             self._spare = batch
@@ -199,7 +200,8 @@ class BatchRandomResizedCrop(_BatchTransform):
 
         def geometry(i: int) -> torch.Tensor:
             top, left, h, w = boxes[i]
-            y = F.resize_image(images[i:i + 1, :, top:top + h, left:left + w], [s, s], self.interpolation, antialias=True)
+            y = F.resize_image(images[i:i + 1, :, top:top + h, left:left + w], [s, s], self.interpolation,
+                               antialias=True)
             return y.flip(-1) if flips[i] else y
 
         if self._fast(images):

@@ -28,9 +28,8 @@ from typing import Any, Iterable
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
-
 from PIL import Image
+from torch.utils.data import Dataset
 
 from .images import ImageListDataset, _orientation, load_rgb
 
@@ -67,6 +66,22 @@ def one_size(paths: Iterable[str], workers: int = 4) -> tuple[bool, Counter]:
     """Whether a decoded-image cache can hold these images (one size), and the sizes found."""
     sizes = image_sizes(paths, workers)
     return len(sizes) == 1 and "unreadable" not in sizes, sizes
+
+
+def _decode_into(path: Path, shape: tuple[int, int, int, int], paths: list[str], workers: int) -> None:
+    """Decode ``paths`` into a new uint8 memmap of ``shape`` at ``path``, flushed and unmapped on return."""
+    h, w = shape[1:3]
+    array = np.memmap(path, dtype=np.uint8, mode="w+", shape=shape)
+
+    def put(i: int) -> None:
+        img = np.asarray(load_rgb(paths[i]))
+        if img.shape[:2] != (h, w):
+            raise ValueError(f"{paths[i]} decodes to {img.shape[1]}x{img.shape[0]}, not {w}x{h}")
+        array[i] = img
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:  # PIL releases the GIL while decoding
+        list(pool.map(put, range(len(paths))))
+    array.flush()
 
 
 class DecodedImages(Dataset):
@@ -113,22 +128,12 @@ class DecodedImages(Dataset):
         folder.mkdir(parents=True, exist_ok=True)
         shape = (len(paths), h, w, 3)
         tmp = folder / f".{self.data_path.name}.{os.getpid()}.tmp"
-        with ThreadPoolExecutor(max(1, workers)) as pool:  # PIL releases the GIL while decoding
-            array = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=shape)
-            try:
-                def put(i: int) -> None:
-                    img = np.asarray(load_rgb(paths[i]))
-                    if img.shape[:2] != (h, w):
-                        raise ValueError(f"{paths[i]} decodes to {img.shape[1]}x{img.shape[0]}, not {w}x{h}")
-                    array[i] = img
-
-                list(pool.map(put, range(len(paths))))
-                array.flush()
-                del array
-                os.replace(tmp, self.data_path)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
+        try:
+            _decode_into(tmp, shape, paths, workers)
+            os.replace(tmp, self.data_path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         meta = {"shape": list(shape), "files": len(paths), "version": FORMAT_VERSION}
         tmp_meta = self.meta_path.with_suffix(".json.tmp")
         tmp_meta.write_text(json.dumps(meta) + "\n")

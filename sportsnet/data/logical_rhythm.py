@@ -31,7 +31,7 @@ class LogicalRhythm(ImageListDataset):
     SPLITS = ("train", "test")
 
     def __init__(
-        self,
+    self,
         root: str | os.PathLike,
         split: str = "train",
         transform: Callable[[Any], Any] | None = None,
@@ -106,6 +106,7 @@ class LogicalRhythm(ImageListDataset):
             w.writerow(["image", "sports"])
             for (img, _), p in zip(self.samples, predictions):
                 if not 0 <= int(p) < len(self.classes):
-                    raise ValueError(f"prediction {int(p)} for {img!r} is not a class index in [0, {len(self.classes)})")
+                    raise ValueError(f"prediction {int(p)} for {img!r} is not a class index"
+                                     f" in [0, {len(self.classes)})")
                 w.writerow([f"./{self.relpath(img)}", self.classes[int(p)]])
         return path

@@ -110,7 +110,7 @@ class Sports100(ImageListDataset):
     """
 
     def __init__(
-        self,
+    self,
         root: str | os.PathLike,
         split: str = "train",
         transform: Callable[[Any], Any] | None = None,

@@ -144,7 +144,9 @@ class ShardSampler(Sampler[int]):
 
     def __init__(self, data: Sized, rank: int | None = None, world_size: int | None = None):
         r, w = world()
-        self.n, self.rank, self.world_size = len(data), r if rank is None else rank, w if world_size is None else world_size
+        self.n = len(data)
+        self.rank = r if rank is None else rank
+        self.world_size = w if world_size is None else world_size
 
     def __iter__(self) -> Iterator[int]:
         return iter(range(self.rank, self.n, self.world_size))

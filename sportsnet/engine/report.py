@@ -115,7 +115,8 @@ def _markdown(s: dict[str, Any], split: str, paths: dict[str, Path]) -> str:
         if s.get(key):
             lines += [f"**{key}**: `{json.dumps(s[key])}`", ""]
     lines += ["## Worst classes", "", "| class | accuracy |", "|---|---|"]
-    lines += [f"| {w['class']} | {100 * w['accuracy']:.1f}% |" for w in s["worst_classes"]] or ["| (none below 100%) | |"]
+    lines += ([f"| {w['class']} | {100 * w['accuracy']:.1f}% |" for w in s["worst_classes"]]
+              or ["| (none below 100%) | |"])
     lines += ["", "## Per-class accuracy", "", "| class | accuracy | images |", "|---|---|---|"]
     for c, v in s["per_class"].items():
         a = "n/a" if v["accuracy"] is None else f"{100 * v['accuracy']:.1f}%"

@@ -43,7 +43,8 @@ def cuda_home() -> str | None:
         candidates += [os.path.dirname(os.path.dirname(os.path.realpath(nvcc))), os.path.dirname(os.path.dirname(nvcc))]
     candidates += ["/usr/local/cuda", *sorted(glob.glob("/usr/local/cuda-*"), reverse=True)]
     for c in candidates:
-        if c and os.path.isfile(os.path.join(c, "include", "cuda_runtime.h")) and os.path.isfile(os.path.join(c, "bin", "nvcc")):
+        if (c and os.path.isfile(os.path.join(c, "include", "cuda_runtime.h"))
+                and os.path.isfile(os.path.join(c, "bin", "nvcc"))):
             return c
     return None
 

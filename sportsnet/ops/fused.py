@@ -10,7 +10,8 @@ The backend is decided once, on first use, and logged once:
 
 The dispatcher op is ``torch.ops.sportsnet.fused_gradcam`` (and ``.out``, which writes into ``out``
 and returns nothing); it picks the CPU or CUDA kernel by device. It exists once the backend is
-loaded: call :func:`backend` (or ``import sportsnet._C``) before using ``torch.ops`` directly. A fake kernel is registered so ``torch.compile(fullgraph=True)`` can trace it.
+loaded: call :func:`backend` (or ``import sportsnet._C``) before using ``torch.ops`` directly. A fake
+kernel is registered so ``torch.compile(fullgraph=True)`` can trace it.
 """
 from __future__ import annotations
 

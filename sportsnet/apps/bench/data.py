@@ -36,8 +36,17 @@ from ...data import Sports100, build_transforms, make_synthetic_sports
 from ...data.batch_aug import collate_channels_last
 from ...data.cache import DecodedImages
 from ...engine.loop import to_device
-from .common import (caption, check_positive, environment, result_stem, select_devices, summary, table,
-                     time_interleaved, write_json)
+from .common import (
+    caption,
+    check_positive,
+    environment,
+    result_stem,
+    select_devices,
+    summary,
+    table,
+    time_interleaved,
+    write_json,
+)
 
 TARGET_CACHE_VS_PLAIN = 3.0
 

@@ -24,8 +24,18 @@ import torch
 from ...cam import GradCAM
 from ...models import vgg19
 from ...ops import backend, gradcam_reference
-from .common import (caption, check_positive, comma_list, environment, result_stem, select_devices, summary, table,
-                     time_interleaved, write_json)
+from .common import (
+    caption,
+    check_positive,
+    comma_list,
+    environment,
+    result_stem,
+    select_devices,
+    summary,
+    table,
+    time_interleaved,
+    write_json,
+)
 
 LAYER = "features.35"
 TARGETS = {"batch": 16, "vs_naive": 3.0, "vs_floor_max": 1.15, "top5_vs_naive": 4.0}

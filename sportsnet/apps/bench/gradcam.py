@@ -20,8 +20,20 @@ import argparse
 import torch
 
 from ...ops import METHODS, backend, fused_gradcam, gradcam_reference
-from .common import (caption, check_positive, comma_list, copies_to_defeat_cache, copy_bandwidth, environment,
-                     result_stem, select_devices, summary, table, time_interleaved, write_json)
+from .common import (
+    caption,
+    check_positive,
+    comma_list,
+    copies_to_defeat_cache,
+    copy_bandwidth,
+    environment,
+    result_stem,
+    select_devices,
+    summary,
+    table,
+    time_interleaved,
+    write_json,
+)
 
 SHAPES = {"vgg19_conv5_4": (512, 14, 14), "clip_rn50_layer4": (2048, 7, 7), "vit_b32_tokens": (768, 7, 7)}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}

@@ -24,8 +24,18 @@ from torch import nn
 
 from ...hardware import autocast, choose_channels_last, choose_precision, make_grad_scaler
 from ...models import vgg19
-from .common import (caption, check_positive, comma_list, environment, result_stem, select_devices, summary, table,
-                     time_interleaved, write_json)
+from .common import (
+    caption,
+    check_positive,
+    comma_list,
+    environment,
+    result_stem,
+    select_devices,
+    summary,
+    table,
+    time_interleaved,
+    write_json,
+)
 
 TARGET_CUDA_AMP_CL = 1.3
 
