@@ -8,8 +8,17 @@ import sys
 import pytest
 import torch
 
-from sportsnet.hardware import (ISA_OVERRIDES, CpuInfo, GpuInfo, choose_channels_last, choose_precision, describe,
-                                hardware_line, native_bf16, probe_cpu)
+from sportsnet.hardware import (
+    ISA_OVERRIDES,
+    CpuInfo,
+    GpuInfo,
+    choose_channels_last,
+    choose_precision,
+    describe,
+    hardware_line,
+    native_bf16,
+    probe_cpu,
+)
 
 AVX2 = CpuInfo("AMD EPYC 7B12", "AVX2", native_bf16=False, bf16_probe="oneDNN and CPU flags", onednn=True, threads=2)
 CASCADE_LAKE = CpuInfo("Intel Xeon", "AVX512", native_bf16=False, bf16_probe="oneDNN and CPU flags", onednn=True,
@@ -135,3 +144,18 @@ def test_a_onednn_cap_below_bf16_means_no_native_bf16_even_where_onednn_says_yes
     env["ONEDNN_MAX_CPU_ISA"] = "AVX512_CORE"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_device_names_resolve_or_fail_in_one_line(monkeypatch):
+    from sportsnet.apps.config import device_from_flag
+    from sportsnet.hardware import pick_device
+
+    assert pick_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pick_device("auto") == torch.device("cpu")
+    with pytest.raises(ValueError, match=r"device 'cuda:1' but CUDA is not available here"):
+        pick_device("cuda:1")
+    with pytest.raises(ValueError, match=r"device 'gpu' is not a device name \(expected cpu, cuda, cuda:N or auto\)"):
+        pick_device("gpu")
+    with pytest.raises(SystemExit, match=r"^error: --device: device 'gpu' is not a device name"):
+        device_from_flag("gpu")

@@ -1,4 +1,4 @@
-"""Shared by the CLIP scripts: which dataset, its splits with the model's preprocessing, and image
+"""Shared by the CLIP applications: which dataset, its splits with the model's preprocessing, and image
 features encoded once (cached on disk, keyed by model, weights, files and transform)."""
 from __future__ import annotations
 
@@ -8,20 +8,23 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from common import option, pick_device, precision_option
 from torch.utils.data import DataLoader
 
-from sportsnet.data import LogicalRhythm, Sports100, make_synthetic_sports
-from sportsnet.data.cache import files_fingerprint
-from sportsnet.engine.features import FeatureCache, extract_features
-from sportsnet.hardware import resolve_precision
-from sportsnet.models.clip import load_clip
-from sportsnet.models.download import WeightsUnavailable
+from ..data import SYNTHETIC_SETS, LogicalRhythm, Sports100, make_synthetic_sports
+from ..data.cache import files_fingerprint
+from ..engine.features import FeatureCache, extract_features
+from ..hardware import resolve_precision
+from ..models.clip import load_clip
+from ..models.download import WeightsUnavailable
+from ..serialization import WeightsFileError
+from .config import device_from_flag, option, precision_option
 
 log = logging.getLogger("clip_data")
 DEFAULT_SPORTS = "data/sports100"
-SYNTHETIC_CLIP = "data/synthetic_clip"  # apart from the VGG demo's set, whose parameters differ
-SYNTHETIC_DEFAULTS = dict(num_classes=10, train_per_class=60, eval_per_class=10, size=96)
+# The CLIP programs' synthetic set (apart from the VGG demo's, whose parameters differ): its folder, and the
+# arguments make_synthetic_sports takes.
+SYNTHETIC_CLIP = SYNTHETIC_SETS["clip-demo"]["root"]
+SYNTHETIC_DEFAULTS = {k: v for k, v in SYNTHETIC_SETS["clip-demo"].items() if k != "root"}
 
 
 @dataclass
@@ -50,7 +53,7 @@ def load_clip_or_exit(model: str, pretrained: str, device, *, unavailable_ok: bo
     torch.manual_seed(0)
     try:
         return load_clip(model, pretrained, device=device)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, WeightsFileError) as e:
         if unavailable_ok and isinstance(e, WeightsUnavailable):
             raise
         raise SystemExit(f"error: {e}") from None
@@ -62,9 +65,10 @@ def start(cfg: ClipRunConfig, *, offline_demo_ok: bool = False):
     (zero_shot_clip.py then runs its offline demo and says why in one line); every other error is a
     one-line exit."""
     kind, root, fallback = resolve_data(cfg.data)
-    device = pick_device(cfg.device)
+    device = device_from_flag(cfg.device)
     precision = resolve_precision(cfg.precision, device)
-    bundle = load_clip_or_exit(cfg.model, cfg.pretrained, device, unavailable_ok=offline_demo_ok and kind == "synthetic")
+    bundle = load_clip_or_exit(cfg.model, cfg.pretrained, device,
+                               unavailable_ok=offline_demo_ok and kind == "synthetic")
     if fallback:
         print(fallback, flush=True)
     return kind, root, device, precision, bundle

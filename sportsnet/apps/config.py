@@ -1,4 +1,5 @@
-"""Shared by the experiment scripts: config dataclass -> command-line flags, logging, devices, run folders.
+"""What the applications share: config dataclass -> command-line flags, logging, devices, run folders,
+and resuming a run with its saved config.
 
 Flags are generated from the dataclass fields (``--phase2-lr-factor`` for ``phase2_lr_factor``),
 with help text and choices taken from each field's metadata, so a config has one definition.
@@ -12,14 +13,21 @@ import logging
 import os
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Sequence, TypeVar
 
 import torch
 
-from sportsnet.hardware import PRECISIONS
+from ..engine.checkpoint import load_checkpoint
+from ..engine.distributed import init_from_env, is_main
+from ..engine.fit import TrainingInterrupted
+from ..engine.loop import NonFiniteLossError
+from ..hardware import PRECISIONS, pick_device
+from ..serialization import WeightsFileError
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 def option(default: Any, help: str, choices: Sequence[Any] | None = None, *, switch: bool = False) -> Any:
@@ -74,13 +82,74 @@ def setup_logging() -> None:
             handler.addFilter(_quiet_chatty_libraries)
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"error: --device {name} but CUDA is not available here (torch {torch.__version__})")
-    return device
+def device_from_flag(name: str) -> torch.device:
+    """``--device``: :func:`sportsnet.hardware.pick_device`, with a bad name a one-line exit."""
+    try:
+        return pick_device(name)
+    except ValueError as e:
+        raise SystemExit(f"error: --device: {e}") from None
+
+
+def training_device(name: str) -> torch.device:
+    """``--device`` of a training script: under torchrun this rank's device (and the process group
+    started), else :func:`device_from_flag`."""
+    return init_from_env(name) or device_from_flag(name)
+
+
+def saved_config(cls: type[T], saved: dict[str, Any]) -> T:
+    """The ``cls`` config stored in a checkpoint or config.json (options this version does not know are
+    dropped with a warning)."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(saved) - known)
+    if unknown:
+        log.warning("ignoring options this version does not know from the saved config: %s", unknown)
+    return cls(**{k: v for k, v in saved.items() if k in known})
+
+
+def checkpoint_path(run: str | os.PathLike, name: str = "last.pt") -> Path:
+    """A run folder -> its ``checkpoints/<name>``; a file -> itself."""
+    path = Path(run)
+    return path / "checkpoints" / name if path.is_dir() else path
+
+
+def run_folder(resume: str | os.PathLike) -> Path:
+    """The run folder of ``--resume`` (a run folder, or a checkpoint inside its ``checkpoints/``)."""
+    path = Path(resume)
+    return path if path.is_dir() else path.parent.parent
+
+
+def resume_config(cls: type[T], cfg: T, given: set[str], runtime_flags: set[str]) -> tuple[T, dict[str, Any]]:
+    """``--resume``: the run's ``last.pt`` and its saved config, with only ``runtime_flags`` (workers,
+    device, ...) taken from the command line; any other flag given is a one-line exit naming it."""
+    fixed = sorted(given - runtime_flags)
+    if fixed:
+        raise SystemExit(f"error: --resume continues with the run's saved config; drop "
+                         f"{', '.join(flag_name(f) for f in fixed)} (only "
+                         f"{', '.join(sorted(flag_name(f) for f in runtime_flags))} may change)")
+    try:
+        ckpt = load_checkpoint(checkpoint_path(cfg.resume))
+    except (FileNotFoundError, WeightsFileError) as e:
+        raise SystemExit(f"error: --resume {cfg.resume}: {e}") from None
+    runtime = {k: getattr(cfg, k) for k in given & runtime_flags}
+    return dataclasses.replace(saved_config(cls, ckpt["config"]), **runtime), ckpt
+
+
+@contextmanager
+def fit_exits(script: str, run_dir: Path, writer=None):
+    """Around :func:`sportsnet.engine.fit` in a script: a SIGTERM/SIGINT stop prints how to continue
+    (rank 0) and exits with 128 + the signal; a NaN/inf loss exits with its one-line error."""
+    try:
+        yield
+    except TrainingInterrupted as e:
+        if writer is not None:
+            writer.close()
+        if is_main():
+            print(f"{e}\ncontinue with: python experiments/{script}.py --resume {run_dir}", flush=True)
+        raise SystemExit(128 + e.signum) from None
+    except NonFiniteLossError as e:
+        if writer is not None:
+            writer.close()
+        raise SystemExit(f"error: {e}") from None
 
 
 def new_run_dir(out: str, name: str) -> Path:

@@ -12,8 +12,8 @@ Writes into --out: overlays/ (one PNG per image and class), grid.png (the first 
 predictions.csv (file, true class when known, top-k classes and scores) and metrics.json: accuracy,
 the pointing game (with the standard tolerance, 15 px at 224 px, and strict) and energy-in-box per
 method next to two baselines, random smooth maps and a map peaking at the image centre (when the
-data has object boxes, like the synthetic set's boxes.csv), deletion/insertion AUC, Average Drop and Increase in Confidence, and the files skipped
-as unreadable.
+data has object boxes, like the synthetic set's boxes.csv), deletion/insertion AUC, Average Drop and
+Increase in Confidence, and the files skipped as unreadable.
 """
 from __future__ import annotations
 
@@ -21,7 +21,6 @@ import csv
 import dataclasses
 import json
 import logging
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,23 +29,28 @@ from torch.utils.data import DataLoader
 from torchvision.utils import save_image
 from tqdm.auto import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from clip_data import load_clip_or_exit, open_split, resolve_data  # noqa: E402
-from common import option, parse_config, pick_device, precision_option, setup_logging, timestamp  # noqa: E402
-from train_vgg19 import load_run  # noqa: E402
-
-from sportsnet.cam import GradCAM  # noqa: E402
-from sportsnet.cam.metrics import (average_drop_increase, center_maps, deletion_insertion,  # noqa: E402
-                                   energy_in_box, pointing_game, random_maps)
-from sportsnet.cam.overlay import overlay, save_grid  # noqa: E402
-from sportsnet.data import (IMAGENET_MEAN, IMAGENET_STD, SPORTS100_CLASSES, ImageListDataset,  # noqa: E402
-                            build_transforms, denormalize, read_boxes, summarize_skipped)
-from sportsnet.data.images import is_image_file  # noqa: E402
-from sportsnet.engine.loop import autocast  # noqa: E402
-from sportsnet.hardware import resolve_precision  # noqa: E402
-from sportsnet.models.prompts import prompt_names, prompt_sets  # noqa: E402
-from sportsnet.models.zero_shot import ZeroShotClassifier  # noqa: E402
-from sportsnet.ops import METHODS  # noqa: E402
+from ..cam import GradCAM
+from ..cam.metrics import RunningMeans, score_explanations
+from ..cam.overlay import overlay, save_grid
+from ..data import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    SPORTS100_CLASSES,
+    ImageListDataset,
+    build_transforms,
+    denormalize,
+    read_boxes,
+    summarize_skipped,
+)
+from ..data.images import is_image_file
+from ..data.transforms import eval_box
+from ..hardware import autocast, resolve_precision
+from ..models.prompts import prompt_names, prompt_sets
+from ..models.zero_shot import ZeroShotClassifier
+from ..ops import METHODS
+from .clip_data import load_clip_or_exit, open_split, resolve_data
+from .config import device_from_flag, option, parse_config, precision_option, setup_logging, timestamp
+from .train_vgg19 import load_run
 
 log = logging.getLogger("explain")
 
@@ -76,18 +80,6 @@ class ExplainConfig:
     progress: bool = option(True, "progress bar")
 
 
-def transformed_box(box, image_size: tuple[int, int], size: int, resize: int) -> list[float]:
-    """A box in original pixels -> pixels of the eval transform's output (shorter side resized to
-    ``resize``, then a centre crop of ``size``), clipped to the crop."""
-    w0, h0 = image_size
-    scale = resize / min(w0, h0)
-    w1, h1 = (resize, int(resize * h0 / w0)) if w0 <= h0 else (int(resize * w0 / h0), resize)
-    left, top = int(round((w1 - size) / 2.0)), int(round((h1 - size) / 2.0))
-    x0, y0, x1, y1 = box
-    clip = lambda v: min(max(v, 0.0), float(size))  # noqa: E731
-    return [clip(x0 * scale - left), clip(y0 * scale - top), clip(x1 * scale - left), clip(y1 * scale - top)]
-
-
 @dataclass
 class Subject:
     """What is explained: the model and how its inputs are made."""
@@ -106,7 +98,8 @@ def vgg_subject(cfg: ExplainConfig, device) -> tuple[Subject, object]:
     model, train_cfg, classes = load_run(cfg.checkpoint, device)
     size, resize = train_cfg.image_size, round(train_cfg.image_size * train_cfg.eval_resize_ratio)
     transform = build_transforms(False, size, grayscale=train_cfg.grayscale, resize_ratio=train_cfg.eval_resize_ratio)
-    return Subject(model, classes, transform, IMAGENET_MEAN, IMAGENET_STD, size, resize, Path(cfg.checkpoint).name), train_cfg
+    subject = Subject(model, classes, transform, IMAGENET_MEAN, IMAGENET_STD, size, resize, Path(cfg.checkpoint).name)
+    return subject, train_cfg
 
 
 def clip_subject(cfg: ExplainConfig, device, classes: list[str], kind: str) -> Subject:
@@ -152,7 +145,7 @@ def attach_boxes(ds: ImageListDataset, boxes_csv: Path, size: int, resize: int) 
         if rel not in boxes:
             raise SystemExit(f"error: {boxes_csv} has no box for {rel}")
         with Image.open(path) as im:
-            rows.append(transformed_box(boxes[rel], im.size, size, resize))
+            rows.append(eval_box(boxes[rel], im.size, size, resize))
     return torch.tensor(rows)
 
 
@@ -185,7 +178,7 @@ def main(argv=None) -> dict:
         raise SystemExit(f"error: unknown method(s) {unknown}; expected {', '.join(METHODS)} or 'all'")
     if cfg.batch_size < 1 or cfg.top_k < 1:
         raise SystemExit(f"error: --batch-size ({cfg.batch_size}) and --top-k ({cfg.top_k}) must be >= 1")
-    device = pick_device(cfg.device)
+    device = device_from_flag(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     if cfg.checkpoint:
         subject, train_cfg = vgg_subject(cfg, device)
@@ -218,13 +211,7 @@ def main(argv=None) -> dict:
     # Zhang et al.'s pointing game counts a hit within 15 px of the box at 224 px.
     tolerance = round(15 * size / 224) if cfg.pointing_tolerance < 0 else cfg.pointing_tolerance
     gen = torch.Generator().manual_seed(cfg.seed)
-    sums: dict[str, float] = {}
-    counts: dict[str, int] = {}
-
-    def add(key: str, values: torch.Tensor) -> None:
-        sums[key] = sums.get(key, 0.0) + float(values.float().sum())
-        counts[key] = counts.get(key, 0) + values.numel()
-
+    means = RunningMeans()
     rows, grid = [], None
     loader = DataLoader(Indexed(ds), batch_size=cfg.batch_size, num_workers=0)
     for images, labels, idx in tqdm(loader, desc="explain", disable=not cfg.progress):
@@ -234,24 +221,12 @@ def main(argv=None) -> dict:
             first = outs[methods[0]]
             pred = first.classes[:, 0].cpu()
             if labelled:
-                add("accuracy", pred == labels)
-            if boxes is not None:
-                b = boxes[idx]
-                baselines = [("random", random_maps((len(idx), size, size), generator=gen, device=device)),
-                             ("center", center_maps((len(idx), size, size), device=device))]
-                for m, maps in [*((m, o.maps[:, 0]) for m, o in outs.items()), *baselines]:
-                    add(f"pointing_game/{m}", pointing_game(maps, b, tolerance).cpu())
-                    add(f"pointing_game_strict/{m}", pointing_game(maps, b).cpu())
-                    add(f"energy_in_box/{m}", energy_in_box(maps, b).cpu())
-            for m, o in outs.items():
-                top1 = o.classes[:, 0]
-                if cfg.deletion_steps > 0:
-                    di = deletion_insertion(model, images, o.maps[:, 0], top1, steps=cfg.deletion_steps)
-                    add(f"deletion_auc/{m}", di["deletion"].cpu())
-                    add(f"insertion_auc/{m}", di["insertion"].cpu())
-                ad = average_drop_increase(model, images, o.maps[:, 0], top1)
-                add(f"average_drop/{m}", torch.full((len(idx),), ad["average_drop"]))
-                add(f"increase_in_confidence/{m}", torch.full((len(idx),), ad["increase_in_confidence"]))
+                means.add("accuracy", pred == labels)
+            # Each method's maps explain its own top-1 class (the methods agree on it: the same forward).
+            scores = score_explanations(model, images, {m: o.maps[:, 0] for m, o in outs.items()}, first.classes[:, 0],
+                                        boxes[idx].to(device) if boxes is not None else None, tolerance=tolerance,
+                                        deletion_steps=cfg.deletion_steps, generator=gen)
+            means.update(scores)
         pictures = denormalize(images, subject.mean, subject.std)
         for j, i in enumerate(idx.tolist()):
             name = ds.relpath(ds.samples[i][0])
@@ -277,10 +252,12 @@ def main(argv=None) -> dict:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["file"])
         writer.writeheader()
         writer.writerows(rows)
-    metrics = {k: sums[k] / counts[k] for k in sorted(sums)}
-    report = {"model": subject.name, "checkpoint": cfg.checkpoint, "images": len(ds), "methods": methods, "target_layer": cams[methods[0]].target_layers,
+    metrics = means.means()
+    report = {"model": subject.name, "checkpoint": cfg.checkpoint, "images": len(ds), "methods": methods,
+              "target_layer": cams[methods[0]].target_layers,
               "pointing_tolerance_px": tolerance if boxes is not None else None, "precision": precision,
-              "metrics": metrics, "skipped": summarize_skipped(ds.skipped), "skipped_files": [dataclasses.asdict(s) for s in ds.skipped],
+              "metrics": metrics, "skipped": summarize_skipped(ds.skipped),
+              "skipped_files": [dataclasses.asdict(s) for s in ds.skipped],
               "boxes": boxes_csv is not None, "config": dataclasses.asdict(cfg)}
     (out_dir / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     if ds.skipped:

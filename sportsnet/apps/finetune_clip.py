@@ -18,28 +18,23 @@ from __future__ import annotations
 import copy
 import dataclasses
 import itertools
-import json
 import logging
 import statistics
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from clip_data import ClipRunConfig, encode_split, open_split, start  # noqa: E402
-from common import (config_markdown, new_run_dir, option, parse_config,  # noqa: E402
-                    setup_logging, timestamp, write_json)
-
-from sportsnet.data import LabeledSubset, few_shot_indices  # noqa: E402
-from sportsnet.engine import FitOptions, Phase, evaluate, fit, load_checkpoint  # noqa: E402
-from sportsnet.engine.features import fit_logistic, head_accuracy, train_head  # noqa: E402
-from sportsnet.models.adapters import ClipAdapter, LinearProbe, TipAdapter, wise_ft, zero_shot_linear  # noqa: E402
-from sportsnet.models.prompts import prompt_names, prompt_sets  # noqa: E402
-from sportsnet.models.zero_shot import ZeroShotClassifier, build_text_classifier  # noqa: E402
-from sportsnet.plotting import figure_to_array, save_figure  # noqa: E402
+from ..data import LabeledSubset, few_shot_indices
+from ..engine import FitOptions, Phase, evaluate, fit, load_checkpoint
+from ..engine.features import fit_logistic, head_accuracy, train_head
+from ..models.adapters import ClipAdapter, LinearProbe, TipAdapter, wise_ft, zero_shot_linear
+from ..models.prompts import prompt_names, prompt_sets
+from ..models.zero_shot import ZeroShotClassifier, build_text_classifier
+from ..plotting import figure_to_array, save_figure
+from .clip_data import ClipRunConfig, encode_split, open_split, start
+from .config import config_markdown, new_run_dir, option, parse_config, setup_logging, timestamp, write_json
 
 log = logging.getLogger("finetune_clip")
 METHODS = ("zero-shot", "linear-probe", "wise-ft", "clip-adapter", "tip-adapter", "tip-adapter-f")
@@ -169,7 +164,8 @@ def main(argv=None) -> dict:
     splits = {s: open_split(kind, root, s, bundle.transforms(False), synthetic) for s in ("train", "valid", "test")} \
         if kind != "logical_rhythm" else None
     if splits is None:
-        raise SystemExit("error: the few-shot ablation needs train/valid/test splits (100-Sports layout or 'synthetic')")
+        raise SystemExit("error: the few-shot ablation needs train/valid/test splits (100-Sports layout or "
+                         "'synthetic')")
     classes = splits[train_split].classes
     counts = torch.bincount(torch.tensor(splits[train_split].targets), minlength=len(classes))
     too_many = [k for k in shots if k != "all" and k > int(counts.min())]
@@ -188,19 +184,22 @@ def main(argv=None) -> dict:
     zero_shot = {"test": head_accuracy(zs_linear, *feats["test"]), "val": head_accuracy(zs_linear, *feats["valid"])}
 
     data_tag = kind if kind != "sports100" else root.name
-    run_dir = new_run_dir(cfg.out, cfg.name or f"fewshot-{bundle.name}-{Path(bundle.pretrained).name}-{data_tag}-{timestamp()}")
+    default_name = f"fewshot-{bundle.name}-{Path(bundle.pretrained).name}-{data_tag}-{timestamp()}"
+    run_dir = new_run_dir(cfg.out, cfg.name or default_name)
     write_json(run_dir / "config.json", dataclasses.asdict(cfg))
     rows = []
     head_methods = [m for m in methods if m != "zero-shot"]
     for k, seed in itertools.product(shots, seeds):
         train_labels = feats["train"][1]
-        idx = list(range(len(train_labels))) if k == "all" else few_shot_indices(train_labels.tolist(), k, seed, classes)
+        idx = (list(range(len(train_labels))) if k == "all"
+               else few_shot_indices(train_labels.tolist(), k, seed, classes))
         train = (feats["train"][0][idx], train_labels[idx])
         results = run_heads(head_methods, zs_head, train, feats["valid"], feats["test"], cfg.steps, seed)
         if "zero-shot" in methods:
             results["zero-shot"] = {**zero_shot, "hparams": {}}
         if cfg.full_finetune:
-            results["full-finetune"] = full_finetune(bundle, W, splits, idx, cfg, device, precision, seed, run_dir / f"ft-{k}-{seed}")
+            results["full-finetune"] = full_finetune(bundle, W, splits, idx, cfg, device, precision, seed,
+                                                     run_dir / f"ft-{k}-{seed}")
         for method, r in results.items():
             rows.append({"method": method, "shots": k, "seed": seed, **r})
         log.info("shots %s seed %d: %s", k, seed, {m: round(100 * r["test"], 2) for m, r in results.items()})
@@ -215,9 +214,9 @@ def main(argv=None) -> dict:
     title = f"{bundle.name} ({bundle.pretrained}) on {kind}: test top-1 (%), mean ± std over seeds {seeds}"
     (run_dir / "results.md").write_text(f"# Few-shot ablation\n\n{title}\n\n{table}\nShots are training images per "
                                         f"class; hyper-parameters chosen on the validation split.\n")
-    (run_dir / "results.json").write_text(json.dumps({"config": dataclasses.asdict(cfg), "model": bundle.name,
-                                                      "pretrained": bundle.pretrained, "dataset": kind,
-                                                      "summary": summary, "rows": rows, "grids": GRIDS}, indent=2) + "\n")
+    write_json(run_dir / "results.json", {"config": dataclasses.asdict(cfg), "model": bundle.name,
+                                          "pretrained": bundle.pretrained, "dataset": kind, "summary": summary,
+                                          "rows": rows, "grids": GRIDS})
     fig = accuracy_plot(summary, shots, f"{bundle.name} ({bundle.pretrained}), {kind}")
     save_figure(fig, run_dir / "accuracy_vs_shots.png")
 
@@ -257,9 +256,11 @@ def full_finetune(bundle, W, splits, idx, cfg, device, precision, seed, run_dir)
                  options=FitOptions(precision=precision, channels_last=False, seed=seed, progress=cfg.progress,
                                     warmup_epochs=0.0))
     model.load_state_dict(load_checkpoint(result.best_checkpoint)["model"])
-    test = evaluate(model, DataLoader(splits["test"], batch_size=cfg.batch_size, num_workers=cfg.workers), device=device,
-                    num_classes=W.shape[1], precision=precision, channels_last=False, progress=cfg.progress)
-    return {"test": test.acc1, "val": result.best_acc1, "hparams": {"epochs": cfg.finetune_epochs, "lr": cfg.finetune_lr}}
+    test_loader = DataLoader(splits["test"], batch_size=cfg.batch_size, num_workers=cfg.workers)
+    test = evaluate(model, test_loader, device=device, num_classes=W.shape[1], precision=precision, channels_last=False,
+                    progress=cfg.progress)
+    return {"test": test.acc1, "val": result.best_score,
+            "hparams": {"epochs": cfg.finetune_epochs, "lr": cfg.finetune_lr}}
 
 
 if __name__ == "__main__":

@@ -1,31 +1,43 @@
 """Write the offline synthetic sports set (the 100-Sports layout) and print what was written.
 
-    python experiments/make_synthetic.py --root data/synthetic --num-classes 10 --size 64
+    python experiments/make_synthetic.py                        # the VGG demo's set (data/synthetic)
+    python experiments/make_synthetic.py --preset clip-demo     # the CLIP programs' set (data/synthetic_clip)
+    python experiments/make_synthetic.py --root /tmp/syn --num-classes 20 --size 64
+
+The presets are :data:`sportsnet.data.SYNTHETIC_SETS`; any flag given overrides its value. A set that
+already exists with the same arguments is reused, so the programs then find it in place.
 """
 from __future__ import annotations
 
 import argparse
 import time
 
-from sportsnet.data import Sports100, make_synthetic_sports
+from ..data import SYNTHETIC_SETS, Sports100, synthetic_set
+
+FLAGS = {"root": str, "num_classes": int, "train_per_class": int, "eval_per_class": int, "size": int}
+HELP = {"root": "output folder", "num_classes": "2..100, real class names",
+        "train_per_class": "training images per class", "eval_per_class": "images per class in valid and in test",
+        "size": "image side in pixels, >= 32"}
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--root", default="data/synthetic", help="output folder (default: %(default)s)")
-    p.add_argument("--num-classes", type=int, default=10, help="2..100, real class names (default: %(default)s)")
-    p.add_argument("--train-per-class", type=int, default=60)
-    p.add_argument("--eval-per-class", type=int, default=10, help="images per class in valid and in test")
-    p.add_argument("--size", type=int, default=64, help="image side in pixels, >= 32 (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--preset", default="vgg-demo", choices=sorted(SYNTHETIC_SETS),
+                   help="which program's set (default: %(default)s)")
+    for name, kind in FLAGS.items():
+        p.add_argument("--" + name.replace("_", "-"), type=kind, default=None,
+                       help=f"{HELP[name]} (default: the preset's)")
+    p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
     a = p.parse_args(argv)
+    overrides = {k: getattr(a, k) for k in FLAGS if getattr(a, k) is not None}
     t0 = time.perf_counter()
     try:
-        root = make_synthetic_sports(a.root, a.num_classes, a.train_per_class, a.eval_per_class, a.size, a.seed)
+        root = synthetic_set(a.preset, seed=a.seed, **overrides)
     except (ValueError, FileExistsError) as e:
         p.error(str(e))
+    spec = {**SYNTHETIC_SETS[a.preset], **overrides}
     counts = {s: len(Sports100(root, s)) for s in ("train", "valid", "test")}
-    print(f"synthetic sports set at {root}: {a.num_classes} classes, {a.size}px, {counts} "
+    print(f"synthetic sports set at {root}: {spec['num_classes']} classes, {spec['size']}px, {counts} "
           f"({time.perf_counter() - t0:.1f}s)")
 
 

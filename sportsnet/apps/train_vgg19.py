@@ -1,7 +1,7 @@
 """Train the seeds' VGG19 on 100-Sports (or the offline synthetic set) and write a test report.
 
-    python experiments/train_vgg19.py --data /path/to/sports100          # seed 001's recipe, ImageNet weights
-    python experiments/train_vgg19.py --data /path --recipe seed000 --grayscale
+    python experiments/train_vgg19.py --data /path/to/sports100          # reduce256-two-phase, ImageNet weights
+    python experiments/train_vgg19.py --data /path --recipe frozen-bn-head --grayscale
     python experiments/train_vgg19.py                                    # no dataset: the offline demo
     python experiments/train_vgg19.py --resume runs/<name>               # continue an interrupted run
 
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,30 +20,40 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, default_collate
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (config_markdown, new_run_dir, option, parse_config, pick_device, precision_option,  # noqa: E402
-                    setup_logging, timestamp, write_json)
-
-from sportsnet.cam import GradCAM  # noqa: E402
-from sportsnet.cam.overlay import grid_figure  # noqa: E402
-from sportsnet.data import Sports100, build_transforms, denormalize, make_synthetic_sports, summarize_skipped  # noqa: E402
-from sportsnet.data.batch_aug import collate_channels_last  # noqa: E402
-from sportsnet.data.cache import DecodedImages, one_size  # noqa: E402
-from sportsnet.data.images import UnreadableImageError  # noqa: E402
-from sportsnet.engine import (FitOptions, NonFiniteLossError, Phase, TrainingInterrupted,  # noqa: E402
-                              describe_mismatch, evaluate, fit, load_checkpoint, write_report)
-from sportsnet.engine.distributed import (ShardSampler, barrier, broadcast_object, init_from_env,  # noqa: E402
-                                          is_main, shutdown, world)
-from sportsnet.engine.loop import to_device  # noqa: E402
-from sportsnet.engine.optim import OPTIMIZERS  # noqa: E402
-from sportsnet.hardware import resolve_channels_last, resolve_precision  # noqa: E402
-from sportsnet.models import RECIPES, load_imagenet_weights, recipe_phases, sports_vgg19  # noqa: E402
-from sportsnet.models.weights import resolve_weights_file  # noqa: E402
-from sportsnet.plotting import figure_to_array, save_figure  # noqa: E402
+from ..cam import GradCAM
+from ..cam.overlay import grid_figure
+from ..data import SYNTHETIC_SETS, Sports100, build_transforms, denormalize, make_synthetic_sports, summarize_skipped
+from ..data.batch_aug import collate_channels_last
+from ..data.cache import DecodedImages, one_size
+from ..data.images import UnreadableImageError
+from ..engine import FitOptions, Phase, describe_mismatch, evaluate, fit, load_checkpoint, write_report
+from ..engine.distributed import ShardSampler, barrier, broadcast_object, is_main, shutdown, world
+from ..engine.loop import to_device
+from ..engine.optim import OPTIMIZERS
+from ..hardware import resolve_channels_last, resolve_precision
+from ..models import RECIPE_ALIASES, RECIPES, canonical_recipe, load_imagenet_weights, recipe_phases, sports_vgg19
+from ..models.weights import resolve_weights_file
+from ..plotting import figure_to_array, save_figure
+from .config import (
+    checkpoint_path,
+    config_markdown,
+    fit_exits,
+    new_run_dir,
+    option,
+    parse_config,
+    precision_option,
+    resume_config,
+    run_folder,
+    saved_config,
+    setup_logging,
+    timestamp,
+    training_device,
+    write_json,
+)
 
 log = logging.getLogger("train_vgg19")
 DEFAULT_DATA = "data/sports100"
-SYNTHETIC_DATA = "data/synthetic"
+DEMO_SET = SYNTHETIC_SETS["vgg-demo"]
 # Flags that may change when resuming; everything else comes from the checkpoint's config.
 RUNTIME_FLAGS = {"resume", "workers", "progress", "device", "log_every", "data_path", "cache_dir"}
 
@@ -56,8 +65,10 @@ class TrainConfig:
     out: str = option("runs", "folder for run folders")
     name: str = option("", "run folder name (default: vgg19-<recipe>-<data>-<time>)")
     resume: str = option("", "run folder or checkpoint to continue with its saved config")
-    recipe: str = option("seed001", "seed000: frozen first layers + BN head; seed001: 1x1 reduction, two phases",
-                         RECIPES)
+    recipe: str = option("reduce256-two-phase", "frozen-bn-head: the first 15 conv-base layers frozen, a "
+                         "Dropout/Linear/BatchNorm1d/ReLU head; reduce256-two-phase: a 1x1 512->256 reduction, "
+                         "trained on a frozen base, then everything (old names seed000 / seed001 accepted)",
+                         (*RECIPES, *RECIPE_ALIASES))
     weights: str = option("imagenet", "'imagenet' (hub cache / download), 'none', or a path to vgg19-dcbb9e9d.pth")
     width: float = option(1.0, "scales every conv and hidden width (1.0 = real VGG19)")
     batch_norm: bool = option(False, "VGG19-BN conv base")
@@ -69,10 +80,10 @@ class TrainConfig:
     image_size: int = option(224, "training and evaluation resolution in pixels")
     crop_scale: float = option(0.25, "smallest area fraction of the random resized crop")
     eval_resize_ratio: float = option(1.0, "eval: resize to size*ratio, centre-crop size (100-Sports is 224 px)")
-    epochs: int = option(10, "epochs of seed000's single phase")
-    phase1_epochs: int = option(3, "seed001: epochs training only the new layers on the frozen base")
-    phase2_epochs: int = option(7, "seed001: epochs fine-tuning everything")
-    phase2_lr_factor: float = option(0.1, "seed001: learning-rate factor of phase 2")
+    epochs: int = option(10, "epochs of frozen-bn-head's single phase")
+    phase1_epochs: int = option(3, "reduce256-two-phase: epochs training only the new layers on the frozen base")
+    phase2_epochs: int = option(7, "reduce256-two-phase: epochs fine-tuning everything")
+    phase2_lr_factor: float = option(0.1, "reduce256-two-phase: learning-rate factor of phase 2")
     optimizer: str = option("adamw", "optimizer", OPTIMIZERS)
     lr: float = option(1e-3, "peak learning rate")
     weight_decay: float = option(1e-4, "weight decay")
@@ -99,11 +110,12 @@ class TrainConfig:
                             "where a split's images share one size", ("auto", "cache", "plain"))
     cache_dir: str = option("data/cache/decoded", "folder of the decoded-image caches")
     progress: bool = option(True, "tqdm progress bars")
-    synthetic_classes: int = option(10, "synthetic set: number of classes")
-    synthetic_train_per_class: int = option(200, "synthetic set: training images per class")
-    synthetic_eval_per_class: int = option(50, "synthetic set: images per class in valid and in test")
-    synthetic_size: int = option(64, "synthetic set: image side in pixels")
-    synthetic_root: str = option(SYNTHETIC_DATA, "where the synthetic set is written (and reused)")
+    synthetic_classes: int = option(DEMO_SET["num_classes"], "synthetic set: number of classes")
+    synthetic_train_per_class: int = option(DEMO_SET["train_per_class"], "synthetic set: training images per class")
+    synthetic_eval_per_class: int = option(DEMO_SET["eval_per_class"], "synthetic set: images per class in valid "
+                                                                       "and in test")
+    synthetic_size: int = option(DEMO_SET["size"], "synthetic set: image side in pixels")
+    synthetic_root: str = option(DEMO_SET["root"], "where the synthetic set is written (and reused)")
 
 
 # The offline demo: an eighth-width VGG19-BN from scratch on the synthetic set at 96 px, with a global-
@@ -116,27 +128,17 @@ class TrainConfig:
 # than twice as fast as 1/4 and its maps point as well, and without dropout and label smoothing it
 # reaches in 12 epochs what took 30 with them. NCHW, not channels-last: this narrow BatchNorm net
 # trains faster in NCHW on CPUs with and without native bf16 (plain VGG19 is faster channels-last).
-DEMO = dict(data="synthetic", weights="none", width=0.125, batch_norm=True, image_size=96, synthetic_size=96,
+DEMO = dict(data="synthetic", weights="none", width=0.125, batch_norm=True, image_size=DEMO_SET["size"],
             pool=1, crop_scale=0.6, phase1_epochs=0, phase2_epochs=12, phase2_lr_factor=1.0, lr=2e-3,
             batch_size=32, dropout=0.0, label_smoothing=0.0, hidden=512, warmup_epochs=0.5, channels_last=False)
-
-
-def saved_config(ckpt: dict) -> TrainConfig:
-    """The TrainConfig stored in a checkpoint (options this version does not know are dropped)."""
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(ckpt["config"]) - known)
-    if unknown:
-        log.warning("ignoring options this version does not know from the checkpoint: %s", unknown)
-    return TrainConfig(**{k: v for k, v in ckpt["config"].items() if k in known})
 
 
 def load_run(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, TrainConfig, list[str]]:
     """The model of a training run (a run folder -> its best checkpoint, or a checkpoint file), its config
     and class names; weights loaded with weights_only=True, model in eval mode."""
-    path = Path(path)
-    ckpt_path = path / "checkpoints" / "best.pt" if path.is_dir() else path
+    ckpt_path = checkpoint_path(path, "best.pt")
     ckpt = load_checkpoint(ckpt_path, map_location="cpu")
-    cfg, classes = saved_config(ckpt), list(ckpt["classes"])
+    cfg, classes = saved_config(TrainConfig, ckpt["config"]), list(ckpt["classes"])
     model = build_model(cfg, len(classes))
     try:
         model.load_state_dict(ckpt["model"])
@@ -150,17 +152,8 @@ def resolve_config(argv=None) -> tuple[TrainConfig, dict | None]:
     """Flags -> config; the demo's defaults when there is no dataset; the saved config on --resume."""
     cfg, given = parse_config(TrainConfig, argv, TrainConfig(), __doc__)
     if cfg.resume:
-        path = Path(cfg.resume)
-        ckpt_path = path / "checkpoints" / "last.pt" if path.is_dir() else path
-        ckpt = load_checkpoint(ckpt_path)
-        fixed = sorted(given - RUNTIME_FLAGS)
-        if fixed:
-            raise SystemExit(f"error: --resume continues with the run's saved config; drop "
-                             f"{', '.join('--' + f.replace('_', '-') for f in fixed)} (only "
-                             f"{', '.join(sorted('--' + f.replace('_', '-') for f in RUNTIME_FLAGS))} may change)")
-        saved = saved_config(ckpt)
-        runtime = {k: getattr(cfg, k) for k in given & RUNTIME_FLAGS}
-        return dataclasses.replace(saved, **runtime), ckpt
+        return resume_config(TrainConfig, cfg, given, RUNTIME_FLAGS)
+    cfg = dataclasses.replace(cfg, recipe=canonical_recipe(cfg.recipe))  # run names and configs use the new names
     if not cfg.data:
         if (Path(DEFAULT_DATA) / "train").is_dir():
             cfg = dataclasses.replace(cfg, data=DEFAULT_DATA)
@@ -237,7 +230,8 @@ def build_data(cfg: TrainConfig):
                 raise SystemExit(f"error: --data-path cache needs the {s} images to share one size; found "
                                  f"{dict(sizes.most_common(5))} (use --data-path plain or auto)")
             else:
-                log.info("%s: images of several sizes %s: decoding from disk every epoch", s, dict(sizes.most_common(3)))
+                log.info("%s: images of several sizes %s: decoding from disk every epoch", s,
+                         dict(sizes.most_common(3)))
     skipped = {s: summarize_skipped(ds.skipped) for s, ds in splits.items() if ds.skipped}
     if skipped:
         log.warning("skipped files: %s", skipped)
@@ -295,7 +289,7 @@ def main(argv=None) -> float:
     setup_logging()
     cfg, ckpt = resolve_config(argv)
     check_config(cfg)
-    device = init_from_env(cfg.device) or pick_device(cfg.device)
+    device = training_device(cfg.device)
     try:
         return train(cfg, ckpt, device)
     finally:
@@ -312,7 +306,8 @@ def train(cfg: TrainConfig, ckpt: dict | None, device: torch.device) -> float:
     cfg = dataclasses.replace(cfg, precision=precision, channels_last=channels_last)
     torch.manual_seed(cfg.seed)
     weights_file = None
-    if cfg.weights != "none" and ckpt is None:  # first, so that an offline machine fails in one line, having made nothing
+    # The weights first, so that an offline machine fails in one line, having made nothing.
+    if cfg.weights != "none" and ckpt is None:
         with torch.device("meta"):
             arch = build_model(cfg, num_classes=2)
         try:
@@ -321,7 +316,7 @@ def train(cfg: TrainConfig, ckpt: dict | None, device: torch.device) -> float:
             raise SystemExit(f"error: {e}") from None
 
     if ckpt is not None:
-        run_dir = Path(cfg.resume) if Path(cfg.resume).is_dir() else Path(cfg.resume).parent.parent
+        run_dir = run_folder(cfg.resume)
     else:
         data_tag = "synthetic" if cfg.data == "synthetic" else Path(cfg.data).name
         name = broadcast_object(cfg.name or f"vgg19-{cfg.recipe}-{data_tag}-{timestamp()}")
@@ -368,22 +363,12 @@ def train(cfg: TrainConfig, ckpt: dict | None, device: torch.device) -> float:
             writer.add_image("val/gradcam", figure_to_array(fig), epoch, dataformats="HWC")
 
     with logging_redirect_tqdm():
-        try:
+        with fit_exits("train_vgg19", run_dir, writer):
             result = fit(model, phases, train_loader, val_loader,
                          loss_fn=nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), device=device,
                          classes=classes, run_dir=run_dir, options=options, config=dataclasses.asdict(cfg),
                          writer=writer, resume=ckpt, on_epoch_end=log_gradcam,
                          train_transform=on_device.get("train"), val_transform=on_device.get("valid"))
-        except TrainingInterrupted as e:
-            if writer is not None:
-                writer.close()
-            if main_rank:
-                print(f"{e}\ncontinue with: python experiments/train_vgg19.py --resume {run_dir}", flush=True)
-            raise SystemExit(128 + e.signum) from None
-        except NonFiniteLossError as e:
-            if writer is not None:
-                writer.close()
-            raise SystemExit(f"error: {e}") from None
 
         # The test report is for the checkpoint with the best validation accuracy.
         barrier()  # rank 0 has written it
@@ -397,16 +382,21 @@ def train(cfg: TrainConfig, ckpt: dict | None, device: torch.device) -> float:
             save_figure(gradcam_grid(model, cam_images, cam_labels, classes,
                                      f"Grad-CAM of the best checkpoint (epoch {result.best_epoch})"),
                         run_dir / "gradcam_grid.png")
+    # Counted again at the end: files that data-loader workers skipped while training (without
+    # --verify-images) reach each dataset's record in this process too.
+    final = {s: summarize_skipped(ds.skipped) for s, ds in splits.items() if ds.skipped}
+    if final != skipped:
+        log.warning("skipped files: %s", final)
     paths = write_report(run_dir, test, classes, split="test", extra={
-        "skipped": skipped,
-        "run": {"best_epoch": result.best_epoch, "best_val_acc1": result.best_acc1, "device": str(device),
+        "skipped": final,
+        "run": {"best_epoch": result.best_epoch, "best_val_acc1": result.best_score, "device": str(device),
                 "precision": precision, "channels_last": channels_last, "data": str(root)},
         "history": result.history,
     })
     writer.add_scalar("acc1/test", test.acc1, result.history[-1]["epoch"])
     writer.add_scalar("acc5/test", test.acc5, result.history[-1]["epoch"])
     hparams = {k: v for k, v in dataclasses.asdict(cfg).items() if isinstance(v, (int, float, str, bool))}
-    writer.add_hparams(hparams, {"hparam/test_acc1": test.acc1, "hparam/best_val_acc1": result.best_acc1},
+    writer.add_hparams(hparams, {"hparam/test_acc1": test.acc1, "hparam/best_val_acc1": result.best_score},
                        run_name=".")
     writer.close()
     print(f"report: {paths['markdown']} (JSON and PNGs beside it); checkpoints: {result.last_checkpoint.parent}")

@@ -23,24 +23,29 @@ import hashlib
 import json
 import logging
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from clip_data import DEFAULT_SPORTS, ClipRunConfig, encode_split, open_split, start  # noqa: E402
-from common import (config_markdown, new_run_dir, option, parse_config, pick_device,  # noqa: E402
-                    setup_logging, timestamp, write_json)
-
-from sportsnet.data.synthetic import FORMAT_VERSION as SYNTHETIC_FORMAT  # noqa: E402
-from sportsnet.engine import EvalResult, write_report  # noqa: E402
-from sportsnet.engine.report import confusion_figure  # noqa: E402
-from sportsnet.models.clip import CONFIGS as CLIP_CONFIGS, DEMO_ARCH  # noqa: E402
-from sportsnet.models.download import WeightsUnavailable  # noqa: E402
-from sportsnet.models.prompts import prompt_names, prompt_sets  # noqa: E402
-from sportsnet.models.zero_shot import build_text_classifier  # noqa: E402
-from sportsnet.plotting import figure_to_array  # noqa: E402
+from ..data.synthetic import FORMAT_VERSION as SYNTHETIC_FORMAT
+from ..engine import EvalResult, write_report
+from ..engine.report import confusion_figure
+from ..models.clip import CONFIGS as CLIP_CONFIGS
+from ..models.clip import DEMO_ARCH
+from ..models.download import WeightsUnavailable
+from ..models.prompts import prompt_names, prompt_sets
+from ..models.zero_shot import build_text_classifier
+from ..plotting import figure_to_array
+from .clip_data import DEFAULT_SPORTS, ClipRunConfig, encode_split, open_split, start
+from .config import (
+    config_markdown,
+    device_from_flag,
+    new_run_dir,
+    option,
+    parse_config,
+    setup_logging,
+    timestamp,
+    write_json,
+)
 
 log = logging.getLogger("zero_shot_clip")
 # The offline demo's contrastive pre-training, as pretrain_clip.py flags: under three minutes on two CPU
@@ -57,7 +62,7 @@ class ZeroShotConfig(ClipRunConfig):
 def offline_demo_checkpoint(cfg: ZeroShotConfig, workers: int) -> Path:
     """The demo CLIP's best checkpoint: trained by pretrain_clip.py on the synthetic set's training
     captions the first time (a run killed midway is resumed), reused afterwards."""
-    import pretrain_clip
+    from . import pretrain_clip
 
     recipe = [*DEMO_PRETRAIN, "--synthetic-size", str(cfg.synthetic_size), "--precision", cfg.precision]
     # The folder is named by everything the model depends on: the recipe, the synthetic set's format
@@ -87,7 +92,7 @@ def main(argv=None) -> dict:
     try:
         kind, root, device, precision, bundle = start(cfg, offline_demo_ok=not (given & {"model", "pretrained"}))
     except WeightsUnavailable as e:
-        device = pick_device(cfg.device)
+        device = device_from_flag(cfg.device)
         no_data = "" if cfg.data else f" and no dataset at {DEFAULT_SPORTS}"
         print(f"no {cfg.model} weights {cfg.pretrained!r} here ({e.reason}){no_data}: running the offline CLIP demo, "
               f"a small CLIP pre-trained on the synthetic set's training captions (--pretrained PATH uses your "
@@ -115,17 +120,21 @@ def main(argv=None) -> dict:
     main_result = results[cfg.prompts]
 
     data_tag = kind if kind != "sports100" else root.name
-    run_dir = new_run_dir(cfg.out, cfg.name or f"zeroshot-{bundle.name}-{Path(bundle.pretrained).name}-{data_tag}-{timestamp()}")
+    default_name = f"zeroshot-{bundle.name}-{Path(bundle.pretrained).name}-{data_tag}-{timestamp()}"
+    run_dir = new_run_dir(cfg.out, cfg.name or default_name)
     write_json(run_dir / "config.json", dataclasses.asdict(cfg))
     ablation = {k: {"top1": r.acc1, "top5": r.acc5, "templates": len(prompt_sets()[k])} for k, r in results.items()}
     (run_dir / "prompt_ablation.json").write_text(json.dumps(ablation, indent=2) + "\n")
-    rows = "\n".join(f"| {k} | {v['templates']} | {100 * v['top1']:.2f}% | {100 * v['top5']:.2f}% |" for k, v in ablation.items())
+    rows = "\n".join(f"| {k} | {v['templates']} | {100 * v['top1']:.2f}% | {100 * v['top5']:.2f}% |"
+                     for k, v in ablation.items())
     table = f"| prompt set | templates | top-1 | top-5 |\n|---|---|---|---|\n{rows}\n"
-    (run_dir / "prompt_ablation.md").write_text(f"# Prompt-set ablation ({bundle.name}, {bundle.pretrained}, {kind} {cfg.split})\n\n{table}")
+    (run_dir / "prompt_ablation.md").write_text(
+        f"# Prompt-set ablation ({bundle.name}, {bundle.pretrained}, {kind} {cfg.split})\n\n{table}")
     paths = write_report(run_dir, main_result, classes, split=cfg.split, extra={
         "run": {"model": bundle.name, "pretrained": bundle.pretrained, "data": str(root), "dataset": kind,
                 "prompts": cfg.prompts, "device": str(device), "precision": precision},
-        "prompt_names": dict(zip(classes, names)), "prompt_ablation": ablation, "skipped": {s.path: s.reason for s in ds.skipped},
+        "prompt_names": dict(zip(classes, names)), "prompt_ablation": ablation,
+        "skipped": {s.path: s.reason for s in ds.skipped},
     })
 
     from torch.utils.tensorboard import SummaryWriter
@@ -136,8 +145,8 @@ def main(argv=None) -> dict:
         for k, r in results.items():
             writer.add_scalar(f"zero_shot/top1_{k}", r.acc1, 0)
             writer.add_scalar(f"zero_shot/top5_{k}", r.acc5, 0)
-        writer.add_image(f"{cfg.split}/confusion_matrix", figure_to_array(confusion_figure(main_result.confusion, classes)),
-                         0, dataformats="HWC")
+        confusion = figure_to_array(confusion_figure(main_result.confusion, classes))
+        writer.add_image(f"{cfg.split}/confusion_matrix", confusion, 0, dataformats="HWC")
     print(table)
     print(f"report: {paths['markdown']}; TensorBoard: tensorboard --logdir {cfg.out}")
     print(f"zero-shot top-1 accuracy: {100 * main_result.acc1:.2f}%")

@@ -12,6 +12,9 @@ Faithfulness to the model (forward passes of the batch, under ``torch.inference_
   area under each curve (lower deletion and higher insertion are better).
 - :func:`average_drop_increase`: with the map as a soft mask on the input, Average Drop (%) and
   Increase in Confidence (%).
+
+:func:`score_explanations` computes all of them for a batch of maps of several methods, and
+:class:`RunningMeans` averages them over a dataset (what ``explain.py`` reports).
 """
 from __future__ import annotations
 
@@ -48,7 +51,8 @@ def pointing_game(maps: torch.Tensor, boxes: torch.Tensor, tolerance: int = 0) -
     peak, idx = flat.max(dim=1)
     y, x = idx // W, idx % W
     b = boxes.to(maps.device)
-    inside = (x >= b[:, 0] - tolerance) & (x < b[:, 2] + tolerance) & (y >= b[:, 1] - tolerance) & (y < b[:, 3] + tolerance)
+    inside = ((x >= b[:, 0] - tolerance) & (x < b[:, 2] + tolerance)
+              & (y >= b[:, 1] - tolerance) & (y < b[:, 3] + tolerance))
     return inside & (peak > 0)
 
 
@@ -129,3 +133,56 @@ def average_drop_increase(model: Callable, images: torch.Tensor, maps: torch.Ten
     o = _probs(model, images * maps[:, None].to(images.dtype), classes)
     drop = ((y - o).clamp_min(0) / y.clamp_min(1e-12)).mean()
     return {"average_drop": 100 * drop.item(), "increase_in_confidence": 100 * (o > y).float().mean().item()}
+
+
+def score_explanations(model: Callable, images: torch.Tensor, maps: dict[str, torch.Tensor], classes: torch.Tensor,
+                       boxes: torch.Tensor | None = None, *, tolerance: int = 0, deletion_steps: int = 16,
+                       generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """Every metric of this module for one batch, per image: ``{"<metric>/<name>": (B,) values}``.
+
+    ``maps`` holds one ``(B, H, W)`` map per method name (the images' size); ``classes`` ``(B,)`` is the
+    class each map explains. With ``boxes``, the localisation metrics (pointing game with ``tolerance``
+    and strict, energy in box) of every method and of the random and centre baselines; always Average
+    Drop / Increase in Confidence (one value per batch, repeated per image) and, unless
+    ``deletion_steps`` is 0, the deletion/insertion AUCs. Average them over a dataset with
+    :class:`RunningMeans`.
+    """
+    out: dict[str, torch.Tensor] = {}
+    b = images.shape[0]
+    if boxes is not None:
+        shape = (b, images.shape[-2], images.shape[-1])
+        baselines = {"random": random_maps(shape, generator=generator, device=images.device),
+                     "center": center_maps(shape, device=images.device)}
+        for name, m in {**maps, **baselines}.items():
+            out[f"pointing_game/{name}"] = pointing_game(m, boxes, tolerance)
+            out[f"pointing_game_strict/{name}"] = pointing_game(m, boxes)
+            out[f"energy_in_box/{name}"] = energy_in_box(m, boxes)
+    for name, m in maps.items():
+        if deletion_steps > 0:
+            di = deletion_insertion(model, images, m, classes, steps=deletion_steps)
+            out[f"deletion_auc/{name}"] = di["deletion"]
+            out[f"insertion_auc/{name}"] = di["insertion"]
+        ad = average_drop_increase(model, images, m, classes)
+        out[f"average_drop/{name}"] = torch.full((b,), ad["average_drop"])
+        out[f"increase_in_confidence/{name}"] = torch.full((b,), ad["increase_in_confidence"])
+    return out
+
+
+class RunningMeans:
+    """Means of named per-image values over many batches (a dataset's metrics)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, key: str, values: torch.Tensor) -> None:
+        self.sums[key] = self.sums.get(key, 0.0) + float(values.float().sum())
+        self.counts[key] = self.counts.get(key, 0) + values.numel()
+
+    def update(self, values: dict[str, torch.Tensor]) -> None:
+        for key, v in values.items():
+            self.add(key, v)
+
+    def means(self) -> dict[str, float]:
+        """Each key's mean, keys sorted."""
+        return {k: self.sums[k] / self.counts[k] for k in sorted(self.sums)}

@@ -10,12 +10,12 @@ from .images import IMAGE_EXTENSIONS, ImageListDataset, Skipped, UnreadableImage
 from .logical_rhythm import LogicalRhythm
 from .sports100 import Sports100
 from .subsets import LabeledSubset, few_shot_indices, few_shot_subset, fraction_subset, stratified_split
-from .synthetic import make_synthetic_sports, read_boxes
+from .synthetic import SYNTHETIC_SETS, make_synthetic_sports, read_boxes, synthetic_set
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms, denormalize
 
 __all__ = [
     "Captions", "IMAGE_EXTENSIONS", "IMAGENET_MEAN", "IMAGENET_STD", "ImageListDataset", "LabeledSubset",
     "LogicalRhythm", "SPORTS100_CLASSES", "Skipped", "Sports100", "UnreadableImageError", "build_transforms",
-    "denormalize", "few_shot_indices", "few_shot_subset", "fraction_subset", "load_rgb", "make_synthetic_sports", "read_boxes",
-    "stratified_split", "summarize_skipped",
+    "denormalize", "few_shot_indices", "few_shot_subset", "fraction_subset", "load_rgb", "make_synthetic_sports", "SYNTHETIC_SETS", "synthetic_set",
+    "read_boxes", "stratified_split", "summarize_skipped",
 ]

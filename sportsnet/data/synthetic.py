@@ -61,6 +61,25 @@ def _check_args(num_classes, train_per_class, eval_per_class, size) -> None:
         raise ValueError(f"size={size!r} must be an integer >= 32 (pixels per side)")
 
 
+#: The two offline sets the programs write (one home for their sizes; every program flag defaults to these):
+#: ``vgg-demo`` is train_vgg19.py's demo set, ``clip-demo`` the CLIP programs' (pretrain_clip.py trains on its
+#: training captions, zero_shot_clip.py and finetune_clip.py classify it). Each is reused while its
+#: arguments are unchanged.
+SYNTHETIC_SETS: dict[str, dict] = {
+    "vgg-demo": {"root": "data/synthetic", "num_classes": 10, "train_per_class": 200, "eval_per_class": 50,
+                 "size": 96},
+    "clip-demo": {"root": "data/synthetic_clip", "num_classes": 10, "train_per_class": 60, "eval_per_class": 10,
+                  "size": 96},
+}
+
+
+def synthetic_set(name: str, **overrides) -> Path:
+    """Write (or reuse) the named set of :data:`SYNTHETIC_SETS`, with any argument overridden."""
+    if name not in SYNTHETIC_SETS:
+        raise ValueError(f"synthetic set {name!r} is not one of {sorted(SYNTHETIC_SETS)}")
+    return make_synthetic_sports(**{**SYNTHETIC_SETS[name], **overrides})
+
+
 def make_synthetic_sports(
     root: str | os.PathLike,
     num_classes: int = 10,

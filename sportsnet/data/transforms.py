@@ -10,8 +10,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import v2
+from torchvision.transforms import InterpolationMode, v2
 
 # One way only: batch_aug takes what it shares with this module from .normalization, never from here.
 from .batch_aug import BatchRandomResizedCrop, BatchResizeCenterCrop
@@ -76,3 +75,18 @@ def denormalize(images: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN,
     m = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
     s = torch.as_tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
     return (images * s + m).clamp_(0, 1)
+
+
+def eval_box(box: Sequence[float], image_size: tuple[int, int], size: int, resize: int) -> list[float]:
+    """A box ``(x0, y0, x1, y1)`` in original pixels -> pixels of the eval transform's output (shorter side
+    resized to ``resize``, then a centre crop of ``size``), clipped to the crop. ``image_size`` is ``(w, h)``."""
+    w0, h0 = image_size
+    scale = resize / min(w0, h0)
+    w1, h1 = (resize, int(resize * h0 / w0)) if w0 <= h0 else (int(resize * w0 / h0), resize)
+    left, top = int(round((w1 - size) / 2.0)), int(round((h1 - size) / 2.0))
+    x0, y0, x1, y1 = box
+
+    def clip(v: float) -> float:
+        return min(max(v, 0.0), float(size))
+
+    return [clip(x0 * scale - left), clip(y0 * scale - top), clip(x1 * scale - left), clip(y1 * scale - top)]

@@ -1,5 +1,6 @@
-"""Contrastive image-text training: the symmetric InfoNCE loss, features gathered across ranks, one
-training-step path for fp32 / bf16 / fp16 with exact gradient accumulation, and retrieval metrics.
+"""Contrastive image-text training: the symmetric InfoNCE loss, features gathered across ranks, the
+training step with exact gradient accumulation (:class:`ContrastiveStep`, run by ``fit`` like any other
+step), and retrieval metrics.
 
 Works on any model with ``encode_image(x, normalize=True)``, ``encode_text(tokens, normalize=True)``
 and a ``logit_scale`` parameter holding log(temperature^-1) (open_clip's ``CLIP``).
@@ -15,18 +16,15 @@ gradients are averaged over ranks, which again gives the global batch's gradient
 from __future__ import annotations
 
 import math
-import time
-from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
+from ..hardware import autocast
 from .distributed import world
-from .loop import autocast, check_finite, group_lrs, make_grad_scaler
 
 MAX_LOGIT_SCALE = math.log(100.0)  # the temperature starts at 0.07 (open_clip's init) and stays >= 0.01
 
@@ -132,100 +130,40 @@ def contrastive_backward(model: nn.Module, micro_batches: Sequence[tuple[torch.T
     return loss_out
 
 
-@dataclass
-class ContrastiveLog:
-    step: int
-    loss: float
-    logit_scale: float
-    pairs_per_s: float
-    lrs: dict[str, float]
+class ContrastiveStep:
+    """One contrastive optimizer step, as a :class:`~sportsnet.engine.loop.TrainStep` for ``run_epoch``
+    and ``fit``: the loader's batch of ``(images, tokens)`` is the whole step (per process); it is
+    split into ``accum_steps`` micro-batches for :func:`contrastive_backward` (exact accumulation),
+    and the gradients are averaged over ranks here (not by DDP: ``ddp = False``). After the optimizer
+    step the logit scale is clamped to [0, log 100]. Reports ``loss`` and ``temperature``.
+    """
 
+    ddp = False
 
-@dataclass
-class ContrastiveStats:
-    loss: float
-    steps: int
-    pairs: int
-    seconds: float
-    logs: list[ContrastiveLog] = field(default_factory=list)
+    def __init__(self, accum_steps: int = 1):
+        if accum_steps < 1:
+            raise ValueError(f"accum_steps={accum_steps!r} must be >= 1")
+        self.accum_steps = accum_steps
 
-
-def train_contrastive_epoch(
-    model: nn.Module,
-    loader: Iterable,
-    optimizer: torch.optim.Optimizer,
-    *,
-    device: torch.device,
-    precision: str = "fp32",
-    accum_steps: int = 1,
-    scaler: torch.amp.GradScaler | None = None,
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-    grad_clip: float = 0.0,
-    log_every: int = 20,
-    global_step: int = 0,
-    on_log: Callable[[ContrastiveLog], None] | None = None,
-    progress: bool = True,
-    desc: str = "pretrain",
-) -> ContrastiveStats:
-    """One pass over ``loader`` of ``(images, tokens)`` batches; one optimizer step per
-    ``accum_steps`` batches (a trailing incomplete group is dropped, like ``drop_last``). After each
-    step the logit scale is clamped to [0, log 100]. NaN/inf losses stop the run at the next log step
-    (:class:`~sportsnet.engine.loop.NonFiniteLossError`, naming the step, learning rates and precision)."""
-    if accum_steps < 1:
-        raise ValueError(f"accum_steps={accum_steps!r} must be >= 1")
-    model.train()
-    scaler = scaler or make_grad_scaler(device, precision)
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    rank, size = world()
-    zero = torch.zeros((), device=device)
-    loss_sum, window_loss = zero.clone(), zero.clone()
-    steps = window_steps = pairs = window_pairs = 0
-    logs: list[ContrastiveLog] = []
-    t_start = t_window = time.perf_counter()
-    total = len(loader) // accum_steps if hasattr(loader, "__len__") else None
-    bar = tqdm(total=total, desc=desc, leave=False, disable=not progress or rank != 0, dynamic_ncols=True)
-    group: list[tuple[torch.Tensor, torch.Tensor]] = []
-    for images, tokens in loader:
-        group.append((images.to(device, non_blocking=True), tokens.to(device, non_blocking=True)))
-        if len(group) < accum_steps:
-            continue
-        optimizer.zero_grad(set_to_none=True)
+    def __call__(self, model: nn.Module, batch, *, device: torch.device, precision: str,
+                 scaler: torch.amp.GradScaler) -> dict[str, torch.Tensor | int]:
+        images, tokens = batch
+        n = images.shape[0]
+        if n % self.accum_steps:
+            raise ValueError(f"a batch of {n} pairs does not split into accum_steps={self.accum_steps} "
+                             f"equal micro-batches")
+        micro = n // self.accum_steps
+        group = [(images[i:i + micro].to(device, non_blocking=True), tokens[i:i + micro].to(device, non_blocking=True))
+                 for i in range(0, n, micro)]
         loss = contrastive_backward(model, group, precision=precision, scaler=scaler)
-        average_gradients(params)
-        if grad_clip > 0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(params, grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        if scheduler is not None:
-            scheduler.step()
+        average_gradients([p for p in model.parameters() if p.requires_grad])
+        temperature = model.logit_scale.detach().float().exp().reciprocal()
+        return {"loss": loss.float() * n, "temperature": temperature * n, "seen": n}
+
+    @staticmethod
+    def after_step(model: nn.Module) -> None:
         with torch.no_grad():
             model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
-        n = sum(b[0].shape[0] for b in group) * size
-        group = []
-        loss_sum += loss.float()
-        window_loss += loss.float()
-        steps += 1
-        window_steps += 1
-        pairs += n
-        window_pairs += n
-        bar.update(1)
-        if steps % log_every == 0 or steps == total:
-            now = time.perf_counter()
-            step_loss = (window_loss / window_steps).item()  # the one host sync of the window
-            check_finite(step_loss, "contrastive loss", global_step + steps, optimizer, precision)
-            log = ContrastiveLog(global_step + steps, step_loss, float(model.logit_scale.detach().exp()),
-                                 window_pairs / max(now - t_window, 1e-9), group_lrs(optimizer))
-            logs.append(log)
-            if on_log is not None:
-                on_log(log)
-            bar.set_postfix(loss=f"{log.loss:.3f}", scale=f"{log.logit_scale:.1f}", pairs_s=f"{log.pairs_per_s:.0f}")
-            window_loss.zero_()
-            window_steps, window_pairs, t_window = 0, 0, now
-    bar.close()
-    if steps == 0:
-        raise ValueError(f"the loader yielded fewer than accum_steps={accum_steps} batches: no optimizer step")
-    return ContrastiveStats((loss_sum / steps).item(), steps, pairs, time.perf_counter() - t_start, logs)
 
 
 def retrieval_metrics(image_features: torch.Tensor, text_features: torch.Tensor, text_image: torch.Tensor,

@@ -17,8 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..hardware import autocast
 from .checkpoint import load_checkpoint, save_checkpoint
-from .loop import autocast, to_device
+from .loop import to_device
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,8 @@ class FeatureCache:
             return None
         return self.directory / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.pt"
 
-    def get(self, key: str, compute: Callable[[], tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    def get(self, key: str,
+            compute: Callable[[], tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
         path = self.path(key)
         if path is not None and path.is_file():
             saved = load_checkpoint(path)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -9,23 +10,30 @@ from torch import nn
 OPTIMIZERS = ("adamw", "sgd")
 
 
-def build_optimizer(groups: dict[str, list[nn.Parameter]], name: str = "adamw", lr: float = 1e-3,
-                    weight_decay: float = 1e-4, momentum: float = 0.9,
-                    lr_scale: dict[str, float] | None = None) -> torch.optim.Optimizer:
-    """One param group per entry of ``groups``, carrying its name (logged per group).
+def build_optimizer(groups: dict[str, list[nn.Parameter] | dict[str, Any]], name: str = "adamw", lr: float = 1e-3,
+                    weight_decay: float = 1e-4, momentum: float = 0.9, lr_scale: dict[str, float] | None = None,
+                    betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> torch.optim.Optimizer:
+    """One param group per entry of ``groups``, carrying its name (logged per group). An entry is a list
+    of parameters, or a dict with ``"params"`` and the group's own settings (e.g. ``"weight_decay": 0.0``).
 
-    ``lr_scale`` multiplies the learning rate of named groups (e.g. ``{"base": 0.1}``).
+    ``lr_scale`` multiplies the learning rate of named groups (e.g. ``{"base": 0.1}``); ``betas`` and
+    ``eps`` are AdamW's.
     """
     if name not in OPTIMIZERS:
         raise ValueError(f"optimizer={name!r} is not one of {OPTIMIZERS}")
     if not lr > 0:
         raise ValueError(f"lr={lr} must be > 0")
     scale = lr_scale or {}
-    param_groups = [{"name": g, "params": ps, "lr": lr * scale.get(g, 1.0)} for g, ps in groups.items() if ps]
+    param_groups = []
+    for g, entry in groups.items():
+        entry = dict(entry) if isinstance(entry, dict) else {"params": entry}
+        entry["params"] = list(entry["params"])
+        if entry["params"]:
+            param_groups.append({"lr": lr * scale.get(g, 1.0), **entry, "name": g})
     if not param_groups:
         raise ValueError("no trainable parameters: every group is empty")
     if name == "adamw":
-        return torch.optim.AdamW(param_groups, lr=lr, weight_decay=weight_decay)
+        return torch.optim.AdamW(param_groups, lr=lr, weight_decay=weight_decay, betas=betas, eps=eps)
     return torch.optim.SGD(param_groups, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=momentum > 0)
 
 

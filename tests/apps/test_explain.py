@@ -5,9 +5,9 @@ import json
 import pytest
 from PIL import Image
 
-import explain
-import train_vgg19
-from trees import write_image, write_truncated_jpeg
+from sportsnet.apps import explain, train_vgg19
+from tests.support import clip_tiny
+from tests.support.trees import write_image, write_truncated_jpeg
 
 
 @pytest.fixture(scope="module")
@@ -83,3 +83,44 @@ def test_a_folder_of_images_with_an_unreadable_one(run, tmp_path):
 def test_bad_command_lines(run, tmp_path, args, message):
     with pytest.raises(SystemExit, match=message):
         explain.main(["--checkpoint", str(run[1]), "--out", str(tmp_path / "o"), "--no-progress", *args])
+
+
+clip_tiny.register()
+
+
+@pytest.mark.parametrize("name", ["tiny-vit-test", "tiny-rn-test"])
+def test_explain_script_on_zero_shot_clip(name, tmp_path, monkeypatch):
+    import csv
+
+    from sportsnet.apps import explain
+    from tests.support.trees import write_image
+
+    monkeypatch.chdir(tmp_path)  # the synthetic CLIP set is written under ./data
+    common = ["--clip", name, "--pretrained", "none", "--no-progress", "--deletion-steps", "2", "--batch-size", "32",
+              "--precision", "fp32"]
+    report = explain.main([*common, "--data", "synthetic", "--split", "test", "--top-k", "2", "--out", "o1"])
+    size = 32 if name == "tiny-vit-test" else 64
+    assert report["images"] == 100 and report["boxes"] and report["model"] == f"{name} (none)"
+    assert report["target_layer"] == [("visual.transformer.resblocks.1.ln_1" if "vit" in name else "visual.layer4")]
+    assert 0 <= report["metrics"]["accuracy"] <= 1 and 0 <= report["metrics"]["pointing_game/gradcam"] <= 1
+    rows = list(csv.DictReader(open(tmp_path / "o1" / "predictions.csv")))
+    assert len(rows) == 100 and rows[0]["true"] and {"top1", "top2"} <= set(rows[0])
+    with Image.open(next((tmp_path / "o1" / "overlays").rglob("*.png"))) as im:
+        assert im.size == (size, size)
+    for i in range(2):
+        write_image(tmp_path / "photos" / f"{i}.png", (200, 40 * i, 90), size=(80, 60))
+    report = explain.main([*common, "--images", "photos", "--prompt", "a person surfing; a person skiing",
+                           "--top-k", "2", "--out", "o2"])
+    rows = list(csv.DictReader(open(tmp_path / "o2" / "predictions.csv")))
+    assert [r["file"] for r in rows] == ["0.png", "1.png"]
+    assert {r["top1"] for r in rows} | {r["top2"] for r in rows} == {"a person surfing", "a person skiing"}
+    assert "accuracy" not in report["metrics"]
+
+
+def test_explain_refuses_a_prompt_without_clip(tmp_path):
+    from sportsnet.apps import explain
+
+    with pytest.raises(SystemExit, match="--prompt needs --clip"):
+        explain.main(["--checkpoint", "x", "--prompt", "a", "--images", str(tmp_path)])
+    with pytest.raises(SystemExit, match="give --checkpoint .* or --clip"):
+        explain.main(["--images", str(tmp_path)])

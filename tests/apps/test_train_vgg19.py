@@ -10,9 +10,9 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-import train_vgg19
-from conftest import EXPERIMENTS
+from sportsnet.apps import train_vgg19
 from sportsnet.engine import load_checkpoint
+from tests.support import EXPERIMENTS
 
 
 def tiny_args(tmp_path, name, *extra, epochs=2):
@@ -129,7 +129,8 @@ def test_the_run_records_what_auto_chose(tmp_path):
     run = tmp_path / "runs" / "auto"
     expected = {"precision": choose_precision("auto", "cpu").value,
                 "channels_last": choose_channels_last(None, "cpu").value}
-    for saved in (json.loads((run / "config.json").read_text()), load_checkpoint(run / "checkpoints" / "last.pt")["config"]):
+    config_json = json.loads((run / "config.json").read_text())
+    for saved in (config_json, load_checkpoint(run / "checkpoints" / "last.pt")["config"]):
         assert {k: saved[k] for k in expected} == expected
 
 
@@ -193,7 +194,8 @@ def test_torchrun_two_processes_then_resume_in_one_and_evaluation_matches_one_pr
     # The 2-process validation accuracy of the best epoch (summed over the ranks' shards) is exactly
     # a one-process evaluation of that epoch's weights (best.pt).
     model, cfg, classes = train_vgg19.load_run(run / "checkpoints" / "best.pt")
-    val = Sports100(tmp_path / "syn", "valid", transform=build_transforms(False, 48, resize_ratio=cfg.eval_resize_ratio))
+    transform = build_transforms(False, 48, resize_ratio=cfg.eval_resize_ratio)
+    val = Sports100(tmp_path / "syn", "valid", transform=transform)
     one = evaluate(model, torch.utils.data.DataLoader(val, batch_size=32), device=torch.device("cpu"), num_classes=3,
                    progress=False)
     row = ckpt["history"][ckpt["best_epoch"] - 1]
@@ -222,9 +224,8 @@ def test_an_unknown_flag_is_a_one_line_error(tmp_path, capsys):
 
 
 def test_unreadable_images_are_counted_in_the_report_or_stop_the_run_under_strict(tmp_path):
-    from trees import write_truncated_jpeg
-
     from sportsnet.data import make_synthetic_sports
+    from tests.support.trees import write_truncated_jpeg
 
     make_synthetic_sports(tmp_path / "syn", num_classes=3, train_per_class=300, eval_per_class=40, size=48)
     (tmp_path / "data").mkdir()
@@ -241,6 +242,11 @@ def test_unreadable_images_are_counted_in_the_report_or_stop_the_run_under_stric
         train_vgg19.main(args + ["--strict", "--name", "strict"])
     train_vgg19.main(args)
     report = json.loads((tmp_path / "runs" / "hostile" / "test_report.json").read_text())
+    assert sum(report["skipped"]["train"].values()) == 2, report["skipped"]
+    # Not verified up front: the data-loader workers meet the files while training, and the report
+    # still counts them (the workers' records reach the dataset in the main process).
+    train_vgg19.main(args + ["--no-verify-images", "--data-path", "plain", "--workers", "2", "--name", "workers"])
+    report = json.loads((tmp_path / "runs" / "workers" / "test_report.json").read_text())
     assert sum(report["skipped"]["train"].values()) == 2, report["skipped"]
 
 
@@ -279,3 +285,11 @@ def test_the_cache_path_feeds_the_model_what_the_plain_path_does(tmp_path, caplo
     assert not torch.equal(a, b)  # other draws ...
     torch.testing.assert_close(a.mean((0, 2, 3)), b.mean((0, 2, 3)), atol=0.05, rtol=0)  # ... same distribution
     torch.testing.assert_close(a.std((0, 2, 3)), b.std((0, 2, 3)), atol=0.05, rtol=0)
+
+
+def test_resume_of_something_that_is_not_a_checkpoint_is_a_one_line_error(tmp_path):
+    (tmp_path / "notes.pt").write_text("not a checkpoint")
+    with pytest.raises(SystemExit, match=r"^error: --resume .*notes\.pt: .*not a torch"):
+        train_vgg19.main(["--resume", str(tmp_path / "notes.pt")])
+    with pytest.raises(SystemExit, match=r"^error: --resume .*missing: "):
+        train_vgg19.main(["--resume", str(tmp_path / "missing")])

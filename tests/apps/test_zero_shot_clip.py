@@ -1,10 +1,12 @@
 """zero_shot_clip.py with no weights to be had: the offline demo, pre-trained once and then reused."""
+import json
 import logging
 
 import pytest
 
-import zero_shot_clip
-from clip_tiny import register
+from sportsnet.apps import zero_shot_clip
+from tests.support import clip_tiny
+from tests.support.clip_tiny import register
 
 # The demo's mechanism on a tiny model; the real recipe's accuracy and time are measured in the README.
 TINY_RECIPE = ["--model", "tiny-rn-test", "--pretrained", "none", "--data", "synthetic", "--epochs", "2",
@@ -62,3 +64,30 @@ def test_weights_the_user_named_are_an_error_not_a_demo(offline_hub, args):
     with pytest.raises(SystemExit, match="HF_HUB_OFFLINE is set"):
         zero_shot_clip.main(["--no-progress", *args])
     assert not (offline_hub / "runs").exists()
+
+
+clip_tiny.register()
+
+
+def script_args(tmp_path, *extra):
+    return ["--model", "tiny-vit-test", "--pretrained", "none", "--data", "synthetic", "--out", str(tmp_path / "runs"),
+            "--precision", "fp32",
+            "--cache-dir", str(tmp_path / "cache"), "--no-progress", "--workers", "0", *extra]
+
+
+def test_zero_shot_script_runs_without_weights_and_writes_its_reports(tmp_path, monkeypatch, capsys):
+    from sportsnet.apps import zero_shot_clip
+
+    monkeypatch.chdir(tmp_path)  # the synthetic set is written under ./data
+    result = zero_shot_clip.main(script_args(tmp_path))
+    run = result["run_dir"]
+    for f in ("test_report.json", "test_report.md", "test_confusion_matrix.png", "prompt_ablation.json",
+              "prompt_ablation.md"):
+        assert (run / f).is_file(), f
+    report = json.loads((run / "test_report.json").read_text())
+    assert report["prompt_names"]["ampute football"] == "amputee football"
+    assert set(result["ablation"]) == {"single", "sports", "imagenet"}
+    out = capsys.readouterr().out
+    assert "random weights" in out and out.strip().splitlines()[-1].startswith("zero-shot top-1 accuracy: ")
+    again = zero_shot_clip.main(script_args(tmp_path, "--name", "second"))  # features now from the cache
+    assert again["ablation"] == result["ablation"]

@@ -1,6 +1,7 @@
 """sportsnet.cam.GradCAM: maps, targets, model state, hooks, token sequences, errors."""
 import gc
 import warnings
+import weakref
 
 import pytest
 import torch
@@ -9,13 +10,16 @@ from torch import nn
 from sportsnet.cam import GradCAM, default_target_layer
 from sportsnet.cam.hooks import as_maps
 from sportsnet.models import sports_vgg19
+from sportsnet.models.clip import load_clip
+from sportsnet.models.zero_shot import ZeroShotClassifier
 from sportsnet.ops import METHODS, gradcam_reference
+from tests.support import clip_tiny
 
 
 @pytest.fixture
 def model():
     torch.manual_seed(0)
-    m = sports_vgg19("seed001", num_classes=6, width=0.125, batch_norm=True)
+    m = sports_vgg19("reduce256-two-phase", num_classes=6, width=0.125, batch_norm=True)
     with torch.no_grad():  # non-trivial running statistics, so eval mode matters
         m.train()(torch.randn(8, 3, 64, 64))
     return m
@@ -97,6 +101,34 @@ def test_state_and_hooks_survive_an_exception(model, images):
     assert hook_count(model) == before
 
 
+def test_leaving_the_with_block_releases_the_model_and_closes_the_explainer(images):
+    model = sports_vgg19("reduce256-two-phase", num_classes=6, width=0.125)
+    with GradCAM(model) as cam:
+        inside = cam(images)
+    assert inside.maps.shape == (4, 1, 64, 64) and cam.closed
+    assert hook_count(model) == 0 and cam.target_layers == [default_target_layer(model)]
+    with pytest.raises(RuntimeError, match=r"this GradCAM \(layers \['features\.\d+'\]\) was closed, by leaving its "
+                                           r"`with` block or by close\(\); make a new one"):
+        cam(images)
+    with pytest.raises(RuntimeError, match="this GradCAM is closed"):
+        with cam:
+            pass
+    cam.close()  # again: nothing to do
+    alive = weakref.ref(model)
+    del model
+    gc.collect()
+    assert alive() is None  # the closed explainer (still referenced here) no longer keeps the model
+
+
+def test_close_without_a_with_block(model, images):
+    cam = GradCAM(model, target_layer=["features.38", default_target_layer(model)])
+    cam(images)
+    cam.close()
+    assert cam.model is None and cam.layers == [] and cam.target_layers == ["features.38", default_target_layer(model)]
+    with pytest.raises(RuntimeError, match="was closed"):
+        cam(images)
+
+
 def live_tensors():
     gc.collect()
     with warnings.catch_warnings():  # isinstance() on torch's deprecated module attributes warns
@@ -142,7 +174,8 @@ def test_errors_name_the_problem(model, images):
         cam(images, targets=[0, 1, 2])
     with pytest.raises(ValueError, match="top_k=7 must be an integer in"):
         cam(images, top_k=7)
-    with pytest.raises(ValueError, match=r"layer 'head.2' gives a tensor of shape \(4, 128\); expected a \(B, C, h, w\)"):
+    with pytest.raises(ValueError, match=r"layer 'head.2' gives a tensor of shape \(4, 128\); "
+                                         r"expected a \(B, C, h, w\)"):
         GradCAM(model, target_layer="head.2")(images)
     with pytest.raises(ValueError, match="method='gradcam3'"):
         GradCAM(model, method="gradcam3")
@@ -204,3 +237,29 @@ def test_open_clip_modified_resnet_default_layer():
     assert default_target_layer(model) == "clip.visual.layer4"
     out = GradCAM(model)(torch.randn(2, 3, 64, 64))
     assert out.maps.shape == (2, 1, 64, 64) and float(out.maps.max()) > 0.99
+
+
+clip_tiny.register()
+
+
+@pytest.mark.parametrize("name, layer", [("tiny-vit-test", "visual.transformer.resblocks.1.ln_1"),
+                                         ("tiny-rn-test", "visual.layer4")])
+def test_gradcam_of_a_free_text_prompt_is_the_hand_computation(name, layer):
+    from sportsnet.cam import GradCAM, default_target_layer
+    from sportsnet.cam.hooks import as_maps
+    from sportsnet.ops import gradcam_reference
+
+    torch.manual_seed(0)
+    b = load_clip(name, "none")
+    clf = ZeroShotClassifier.from_names(b, ["a person surfing", "a person skiing"], ["{}"]).eval()
+    assert default_target_layer(clf) == layer
+    x = torch.randn(2, 3, b.image_size, b.image_size)
+    out = GradCAM(clf)(x, targets=1)  # the second prompt, whatever the prediction
+    assert out.maps.shape == (2, 1, b.image_size, b.image_size) and out.classes.eq(1).all()
+    store = {}
+    handle = dict(clf.named_modules())[layer].register_forward_hook(lambda m, i, o: store.__setitem__("a", o))
+    logits = clf(x)
+    handle.remove()
+    grads = torch.autograd.grad(logits[:, 1].sum(), store["a"])[0]
+    expected = gradcam_reference(as_maps(store["a"].detach(), 2, layer), as_maps(grads, 2, layer), x.shape[-2:])
+    torch.testing.assert_close(out.maps[:, 0], expected, atol=1e-4, rtol=0)

@@ -6,8 +6,14 @@ import torch
 from PIL import Image
 from torch import nn
 
-from sportsnet.cam.metrics import (average_drop_increase, center_maps, deletion_insertion, energy_in_box,
-                                   pointing_game, random_maps)
+from sportsnet.cam.metrics import (
+    average_drop_increase,
+    center_maps,
+    deletion_insertion,
+    energy_in_box,
+    pointing_game,
+    random_maps,
+)
 from sportsnet.cam.overlay import colorize, overlay, save_grid
 
 BOXES = torch.tensor([[2, 3, 6, 8], [0, 0, 4, 4]])  # x0, y0, x1, y1 (exclusive)
@@ -36,7 +42,8 @@ def test_random_maps_are_seeded_smooth_and_normalised():
     a = random_maps((3, 32, 32), generator=torch.Generator().manual_seed(1))
     b = random_maps((3, 32, 32), generator=torch.Generator().manual_seed(1))
     assert torch.equal(a, b) and a.shape == (3, 32, 32)
-    assert torch.allclose(a.amin(dim=(1, 2)), torch.zeros(3)) and torch.allclose(a.amax(dim=(1, 2)), torch.ones(3), atol=1e-6)
+    assert torch.allclose(a.amin(dim=(1, 2)), torch.zeros(3))
+    assert torch.allclose(a.amax(dim=(1, 2)), torch.ones(3), atol=1e-6)
     assert (a[:, :, 1:] - a[:, :, :-1]).abs().max() < 0.3  # smooth: no pixel-to-pixel noise
 
 

@@ -100,7 +100,8 @@ def test_channels_last_collation_in_workers_keeps_pixels_and_layout():
 
 def test_bad_batches_and_arguments_are_named():
     aug = build_transforms(True, 8, batched=True)
-    with pytest.raises(ValueError, match=r"uint8 \(B, 3, H, W\) batch with B >= 1, got torch.uint8 of shape \(3, 8, 8\)"):
+    with pytest.raises(ValueError,
+                       match=r"uint8 \(B, 3, H, W\) batch with B >= 1, got torch.uint8 of shape \(3, 8, 8\)"):
         aug(torch.zeros(3, 8, 8, dtype=torch.uint8))
     with pytest.raises(ValueError, match=r"got torch.float32 of shape \(2, 3, 8, 8\)"):
         build_transforms(False, 8, batched=True)(torch.zeros(2, 3, 8, 8))
@@ -159,8 +160,8 @@ def test_the_loops_recycle_their_batches():
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
                                 torch.nn.Linear(4, 2))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    for run in (lambda t: train_one_epoch(model, loader, opt, torch.nn.functional.cross_entropy, device=torch.device("cpu"),
-                                          progress=False, batch_transform=t),
+    for run in (lambda t: train_one_epoch(model, loader, opt, torch.nn.functional.cross_entropy,
+                                          device=torch.device("cpu"), progress=False, batch_transform=t),
                 lambda t: evaluate(model, loader, device=torch.device("cpu"), num_classes=2, progress=False,
                                    batch_transform=t)):
         t = Counting(16)

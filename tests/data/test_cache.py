@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader
 
 from sportsnet.data import Sports100, build_transforms, make_synthetic_sports
 from sportsnet.data.cache import DecodedImages
-from trees import write_image
+from tests.support.trees import write_image
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ import torch
 
 from sportsnet.data import Captions, summarize_skipped
 from sportsnet.data.captions import hash_split
-from trees import write_image
+from tests.support.trees import write_image
 
 CAPS = {
     "1000_a.jpg": ["A dog runs , fast .", "a brown dog", "dog on grass", "running dog", "a pet"],

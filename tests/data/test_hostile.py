@@ -5,7 +5,7 @@ raise :class:`UnreadableImageError` under ``strict=True``), and nothing may kill
 worker mid-epoch. Cases already covered elsewhere are not repeated here: truncated JPEG through the
 dataset / strict / verify, a text file named ``.jpg``, solid grayscale / CMYK / opaque RGBA / mid-grey
 16-bit, ``../`` and absolute CSV paths, and one bad image under a 2-worker DataLoader are in
-``test_data_sports100.py`` and ``test_data_logical_rhythm.py``.
+``tests/data/test_sports100.py`` and ``tests/data/test_logical_rhythm.py``.
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from sportsnet.data import (
     denormalize,
     load_rgb,
 )
-from trees import PALETTE, make_sports_tree, write_image
+from tests.support.trees import ASCII, ORIENTATION, PALETTE, make_sports_tree, write_image, png16, write_black_png, write_empty, random_png_bytes, write_truncated_png, exif_block, orientation_entry, quadrants, quadrant_centres, sample_index, over_white
 
 A, B, C = "air hockey", "bike polo", "canoe slamon"
 COUNTS = {"train": {A: 3, B: 3}}
@@ -41,96 +41,6 @@ COUNTS = {"train": {A: 3, B: 3}}
 @pytest.fixture
 def tree(tmp_path):
     return make_sports_tree(tmp_path / "sports", COUNTS, csv_release=None)
-
-
-# ----------------------------------------------------------------------------- file writers
-
-
-def _chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-
-def _png(width: int, height: int, bit_depth: int, colour_type: int, idat: bytes) -> bytes:
-    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
-
-
-def png16(array: np.ndarray) -> bytes:
-    """A 16-bit PNG written by hand (not by PIL): ``(H, W)`` grey or ``(H, W, 3)`` RGB uint16."""
-    h, w = array.shape[:2]
-    raw = b"".join(b"\x00" + array[y].astype(">u2").tobytes() for y in range(h))
-    return _png(w, h, 16, 0 if array.ndim == 2 else 2, zlib.compress(raw))
-
-
-def write_black_png(path: Path, width: int, height: int) -> Path:
-    """A valid 1-bit black PNG of any size: the zlib stream of zero rows is built row block by row
-    block, so a 20000x20000 "decompression bomb" costs ~50 kB on disk and ~0.1 s to write."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    row = b"\x00" * (1 + (width + 7) // 8)  # filter byte + packed bits
-    z = zlib.compressobj(9)
-    parts = [z.compress(row * 1000) for _ in range(height // 1000)]
-    parts += [z.compress(row * (height % 1000)), z.flush()]
-    path.write_bytes(_png(width, height, 1, 0, b"".join(parts)))
-    return path
-
-
-def write_empty(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"")
-    return path
-
-
-def random_png_bytes(size=(32, 24)) -> bytes:
-    rng = np.random.default_rng(1)
-    buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(buf, "PNG")
-    return buf.getvalue()
-
-
-def write_truncated_png(path: Path, keep: float | int = 0.5) -> Path:
-    """A random-pixel PNG cut to ``keep`` bytes (int) or that fraction of its length (float)."""
-    data = random_png_bytes()
-    n = keep if isinstance(keep, int) else int(len(data) * keep)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data[:n])
-    return path
-
-
-def exif_block(entries) -> bytes:
-    """APP1 payload: a big-endian TIFF header and one IFD of ``(tag, type, count, 4 value bytes)``."""
-    ifd = struct.pack(">H", len(entries))
-    ifd += b"".join(struct.pack(">HHI", tag, typ, count) + value for tag, typ, count, value in entries)
-    return b"Exif\x00\x00" + b"MM\x00*" + struct.pack(">I", 8) + ifd + b"\x00\x00\x00\x00"
-
-
-ORIENTATION = 0x0112
-SHORT, ASCII = 3, 2
-
-
-def orientation_entry(value: int):
-    return (ORIENTATION, SHORT, 1, struct.pack(">HH", value, 0))
-
-
-def quadrants(width=48, height=32) -> np.ndarray:
-    """Four solid quadrants in four colours, so each of the 8 flips/rotations looks different."""
-    a = np.zeros((height, width, 3), np.uint8)
-    h, w = height // 2, width // 2
-    a[:h, :w], a[:h, w:], a[h:, :w], a[h:, w:] = PALETTE[0], PALETTE[1], PALETTE[2], PALETTE[3]
-    return a
-
-
-def quadrant_centres(a: np.ndarray) -> np.ndarray:
-    h, w = a.shape[:2]
-    return np.array([a[y, x] for y in (h // 4, 3 * h // 4) for x in (w // 4, 3 * w // 4)], dtype=int)
-
-
-def sample_index(ds, rel: str) -> int:
-    return [ds.relpath(p) for p, _ in ds.samples].index(rel)
-
-
-def over_white(rgb, alpha) -> np.ndarray:
-    rgb, a = np.asarray(rgb, float), np.asarray(alpha, float)[..., None] / 255.0
-    return rgb * a + 255.0 * (1 - a)
 
 
 # ----------------------------------------------------------------------------- undecodable files
@@ -245,7 +155,7 @@ def test_palette_and_alpha_pngs_decode_to_rgb_over_white(tmp_path, case):
 
 def test_16_bit_pngs_scale_the_full_range_to_8_bits(tmp_path):
     """Grey 16-bit (PIL mode I;16) and 48-bit RGB written without PIL: 65535 -> 255, and small
-    16-bit values stay dark (not mistaken for 8-bit data). Mid-grey I;16 is in test_data_sports100."""
+    16-bit values stay dark (not mistaken for 8-bit data). Mid-grey I;16 is in test_sports100."""
     grey = np.array([[0, 1, 255, 256, 4096, 32896, 65280, 65535]], np.uint16)
     (tmp_path / "g16.png").write_bytes(png16(grey))
     (tmp_path / "dark16.png").write_bytes(png16(grey[:, :3]))  # max 255: still 16-bit data
@@ -380,7 +290,7 @@ def test_self_referencing_links_are_skipped_not_fatal(tree, where):
     " ../outside.jpg",
 ])
 def test_csv_spellings_of_a_path_outside_the_root_are_refused(tmp_path, row):
-    """Beyond the plain '../../etc/passwd' and '/etc/passwd.jpg' of test_data_sports100."""
+    """Beyond the plain '../../etc/passwd' and '/etc/passwd.jpg' of test_sports100."""
     root = make_sports_tree(tmp_path / "sports", COUNTS, csv_release=None)
     write_image(tmp_path / "outside.jpg")  # exists, so accepting the row would load it
     (root / "sports.csv").write_text(

@@ -3,7 +3,7 @@ import csv
 import pytest
 
 from sportsnet.data import LogicalRhythm, stratified_split, summarize_skipped
-from trees import PALETTE, write_image
+from tests.support.trees import PALETTE, write_image
 
 LABELS = {"1635.jpg": "wwe", "2.jpg": "badminton", "77.jpg": "chess", "8.jpg": "badminton", "9.jpg": "wwe"}
 

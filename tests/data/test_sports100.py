@@ -4,7 +4,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from sportsnet.data import Sports100, UnreadableImageError, build_transforms, summarize_skipped
-from trees import PALETTE, make_sports_tree, write_image, write_sports_csv, write_truncated_jpeg
+from tests.support.trees import PALETTE, make_sports_tree, write_image, write_sports_csv, write_truncated_jpeg
 
 COUNTS = {
     "train": {"bike polo": 3, "air hockey": 4, "canoe slamon": 2},
@@ -89,7 +89,8 @@ def test_csv_entries_that_are_not_images_or_are_missing_are_skipped_and_counted(
     write_sports_csv(root, rows)
     ds = Sports100(root, "train")
     assert len(ds) == 1
-    assert summarize_skipped(ds.skipped) == {"not an image file (.txt)": 1, "listed in sports.csv but missing on disk": 1}
+    assert summarize_skipped(ds.skipped) == {"not an image file (.txt)": 1,
+                                             "listed in sports.csv but missing on disk": 1}
 
 
 def test_truncated_jpeg_is_skipped_with_a_count_or_raises_under_strict(tree):

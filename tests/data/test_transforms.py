@@ -53,3 +53,13 @@ def test_bad_arguments_are_named():
         build_transforms(train=False, mean=(0.5,), std=(0.5,))
     with pytest.raises(ValueError, match="std=.* must be positive"):
         build_transforms(train=False, std=(0.2, 0.0, 0.2))
+
+
+def test_eval_box_follows_the_resize_and_centre_crop():
+    from sportsnet.data.transforms import eval_box
+
+    # 200x100 (w, h) -> shorter side 50 -> 100x50, centre crop 50: 25 px cut on the left.
+    assert eval_box((50, 0, 150, 100), (200, 100), size=50, resize=50) == [0.0, 0.0, 50.0, 50.0]
+    assert eval_box((0, 10, 40, 30), (200, 100), size=50, resize=50) == [0.0, 5.0, 0.0, 15.0]  # clipped: cut off
+    # Portrait 100x300, resize 60 -> 60x180, crop 50: 5 px cut left, 65 px from the top.
+    assert eval_box((10, 150, 90, 160), (100, 300), size=50, resize=60) == pytest.approx([1.0, 25.0, 49.0, 31.0])

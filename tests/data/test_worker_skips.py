@@ -13,13 +13,13 @@ import pickle
 import warnings
 
 import pytest
+from tests.support.trees import write_black_png, write_empty, write_truncated_png
 from torch.utils.data import DataLoader
 
 from sportsnet.data import Captions, LogicalRhythm, Skipped, Sports100, build_transforms, summarize_skipped
 from sportsnet.data.cache import DecodedImages
 from sportsnet.data.subsets import LabeledSubset
-from test_data_hostile import write_black_png, write_empty, write_truncated_png
-from trees import make_sports_tree, write_image
+from tests.support.trees import make_sports_tree, write_image
 
 A, B, C = "air hockey", "bike polo", "canoe slamon"
 

@@ -1,16 +1,22 @@
 """sportsnet.engine.contrastive: the loss, exact accumulation, the 2-process gather, retrieval metrics."""
 import os
 import socket
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-import clip_tiny
-from sportsnet.engine.contrastive import (average_gradients, clip_loss, contrastive_backward, gather_features,
-                                          retrieval_metrics, train_contrastive_epoch)
+from sportsnet.engine.contrastive import (
+    ContrastiveStep,
+    average_gradients,
+    clip_loss,
+    contrastive_backward,
+    gather_features,
+    retrieval_metrics,
+)
+from sportsnet.engine.loop import run_epoch
 from sportsnet.models.clip import load_clip
+from tests.support import clip_tiny
 
 clip_tiny.register()
 
@@ -78,7 +84,7 @@ def _free_port() -> int:
 def _worker(rank, world, port, out_dir):
     import torch.distributed as dist
 
-    import clip_tiny as ct
+    from tests.support import clip_tiny as ct
 
     ct.register()
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
@@ -148,138 +154,26 @@ def test_training_steps_lower_the_loss_and_clamp_the_temperature():
     with torch.no_grad():
         model.logit_scale.fill_(5.0)  # above log(100): clamped after the first step
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    loader = [(x[i:i + 4], tokens[i:i + 4]) for i in range(0, 16, 4)] * 5
-    first = train_contrastive_epoch(model, loader, opt, device=torch.device("cpu"), accum_steps=2, progress=False,
-                                    log_every=1)
-    assert first.steps == 10 and first.pairs == 80 and len(first.logs) == 10
+    loader = [(x[i:i + 8], tokens[i:i + 8]) for i in range(0, 16, 8)] * 5  # a step's batch: 2 micro-batches of 4
+    first = run_epoch(model, loader, opt, ContrastiveStep(accum_steps=2), device=torch.device("cpu"), progress=False,
+                      log_every=1)
+    assert first.steps == 10 and first.images == 80 and len(first.logs) == 10
     assert model.logit_scale.item() <= torch.log(torch.tensor(100.0)) + 1e-6
     assert first.logs[-1].loss < first.logs[0].loss
-    with pytest.raises(ValueError, match="fewer than accum_steps=3 batches"):
-        train_contrastive_epoch(model, loader[:2], opt, device=torch.device("cpu"), accum_steps=3, progress=False)
+    assert first.logs[-1].metrics["temperature"] == pytest.approx(0.01, abs=2e-3)  # 1 / 100 after the clamp
+    with pytest.raises(ValueError, match="a batch of 8 pairs does not split into accum_steps=3"):
+        run_epoch(model, loader[:1], opt, ContrastiveStep(accum_steps=3), device=torch.device("cpu"), progress=False)
 
 
-def test_pretrain_script_lifts_retrieval_and_its_checkpoint_loads_in_zero_shot(tmp_path, monkeypatch, caplog):
-    import json
-
-    import pretrain_clip
-    import zero_shot_clip
-
-    monkeypatch.chdir(tmp_path)  # the synthetic captions are written under ./data
-    common = ["--model", "tiny-vit-test", "--data", "synthetic", "--workers", "0", "--no-progress",
-              "--synthetic-size", "64", "--out", "runs", "--precision", "fp32"]
-    result = pretrain_clip.main([*common, "--pretrained", "none", "--epochs", "6", "--lr", "1e-3",
-                                 "--batch-size", "16", "--accum-steps", "2", "--warmup-steps", "10", "--name", "pre"])
-    run = result["run_dir"]
-    before, after = result["results"]["test, before training"], result["results"][f"test, best (epoch {result['best_epoch']})"]
-    chance = 1 / 100  # 100 test images, one caption each
-    # Reported in the README: text->image R@1 from ~chance to several times chance in seconds on CPU.
-    assert after["t2i_R@1"] >= 5 * chance and after["t2i_R@1"] > before["t2i_R@1"], (before, after)
-    assert after["t2i_R@10"] > before["t2i_R@10"] + 0.2 and after["i2t_R@10"] > before["i2t_R@10"] + 0.2
-    saved = json.loads((run / "retrieval.json").read_text())
-    assert saved["results"][f"test, best (epoch {result['best_epoch']})"] == pytest.approx(after)
-    assert "| test, before training |" in (run / "retrieval.md").read_text()
-    assert (run / "checkpoints" / "last.pt").is_file() and list(run.glob("events.out.tfevents.*"))
-    # The checkpoint is a weights file for the other scripts.
-    ckpt = str(result["checkpoint"])
-    loaded = load_clip("tiny-vit-test", ckpt)
-    state = torch.load(ckpt, weights_only=True)["state_dict"]
-    assert all(torch.equal(v, state[k]) for k, v in loaded.model.state_dict().items())
-    caplog.clear()
-    zs = zero_shot_clip.main([*common, "--pretrained", ckpt, "--cache-dir", "", "--name", "zs"])
-    assert 0 <= zs["top1"] <= 1 and "initialized randomly" not in caplog.text
-    with pytest.raises(SystemExit, match="holds tiny-vit-test weights, not tiny-rn-test: pass --model tiny-vit-test"):
-        zero_shot_clip.main([*common, "--model", "tiny-rn-test", "--pretrained", ckpt, "--name", "zs2"])
-
-
-@pytest.mark.parametrize("args, message", [
-    (["--batch-size", "0"], "--batch-size 0 must be >= 1"),
-    (["--lock-image", "--lock-text"], "leave nothing to train"),
-    (["--batch-size", "700"], "the train split has 600 pairs, fewer than one step's 700"),
-])
-def test_pretrain_bad_command_lines(tmp_path, monkeypatch, args, message):
-    import pretrain_clip
-
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit, match=message):
-        pretrain_clip.main(["--model", "tiny-vit-test", "--pretrained", "none", "--data", "synthetic", "--workers", "0",
-                            "--synthetic-size", "64", "--no-progress", *args])
-
-
-def _children(pid: int) -> list[int]:
-    """Process ids whose parent is ``pid`` (Linux /proc)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (comm)": state, ppid, ...
-        except OSError:  # the process ended meanwhile
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
-
-
-RUNNER = ("import sys; sys.path[:0] = [{tests!r}, {experiments!r}]; import clip_tiny; clip_tiny.register(); "
-          "import pretrain_clip; pretrain_clip.main(sys.argv[1:])")
-
-
-@pytest.mark.parametrize("procs, workers", [(1, 0), (2, 1)], ids=["1 process", "torchrun 2 processes, 1 worker each"])
-def test_pretrain_killed_after_an_epoch_resumes_to_the_same_weights(tmp_path, procs, workers):
-    """Killed after epoch 1, resumed: the same weights as an uninterrupted run. Under torchrun, with
-    loader workers: every rank resumes its own RNG stream, and workers are reseeded per rank and epoch."""
-    import signal
-    import subprocess
-    import sys
-
-    from conftest import EXPERIMENTS
-    from sportsnet.engine import load_checkpoint
-
-    code = RUNNER.format(tests=str(EXPERIMENTS.parent / "tests"), experiments=str(EXPERIMENTS))
-    args = ["--model", "tiny-vit-test", "--pretrained", "none", "--data", "synthetic", "--workers", str(workers),
-            "--precision", "fp32",
-            "--no-progress", "--synthetic-size", "64", "--epochs", "2", "--lr", "1e-3", "--batch-size", str(32 // procs),
-            "--warmup-steps", "5", "--out", "runs"]
-    launch = [sys.executable] if procs == 1 else [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}", "--no-python",
-        sys.executable]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-
-    def start(*extra):
-        return subprocess.Popen([*launch, "-c", code, *extra], cwd=tmp_path, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, env=env)
-
-    from clip_data import SYNTHETIC_CLIP, SYNTHETIC_DEFAULTS
-    from sportsnet.data import make_synthetic_sports
-
-    make_synthetic_sports(tmp_path / SYNTHETIC_CLIP, **{**SYNTHETIC_DEFAULTS, "size": 64})  # once, before both runs
-    full = start(*args, "--name", "full")  # the uninterrupted run and the victim run side by side (one thread each)
-    victim = start(*args, "--name", "killed")
-    for line in victim.stdout:
-        if "epoch 1: loss" in line:  # logged after last.pt of epoch 1 is written
-            # SIGKILL at once to every process that trains: torchrun's workers first, then torchrun.
-            for pid in ([] if procs == 1 else _children(victim.pid)) + [victim.pid]:
-                os.kill(pid, signal.SIGKILL)
-            break
-    victim.communicate(timeout=60)
-    out, _ = full.communicate(timeout=600)
-    assert full.returncode == 0, out
-    ckpt = load_checkpoint(tmp_path / "runs" / "killed" / "checkpoints" / "last.pt")
-    assert ckpt["epoch"] == 1
-    if procs > 1:
-        assert len(ckpt["rng_ranks"]) == procs and torch.equal(ckpt["rng_ranks"][0]["torch"], ckpt["rng"]["torch"])
-        assert not torch.equal(ckpt["rng_ranks"][1]["torch"], ckpt["rng"]["torch"])  # ranks draw apart
-    else:
-        assert "rng_ranks" not in ckpt
-    resumed = start("--resume", "runs/killed", "--no-progress")
-    out, _ = resumed.communicate(timeout=600)
-    assert resumed.returncode == 0, out
-    assert "resuming after epoch 1 of 2" in out
-    a = load_checkpoint(tmp_path / "runs" / "full" / "checkpoints" / "last.pt")
-    b = load_checkpoint(tmp_path / "runs" / "killed" / "checkpoints" / "last.pt")
-    assert a["epoch"] == b["epoch"] == 2 and a["global_step"] == b["global_step"]
-    for k in a["state_dict"]:
-        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
-    assert a["results"] == b["results"] and a["best_epoch"] == b["best_epoch"]
-    with pytest.raises(SystemExit, match=r"drop --lr"):
-        import pretrain_clip
-
-        pretrain_clip.main(["--resume", str(tmp_path / "runs" / "killed"), "--lr", "0.1"])
+def test_a_step_with_accumulation_equals_contrastive_backward_over_its_micro_batches():
+    """ContrastiveStep splits the loader's batch into micro-batches and accumulates exactly."""
+    bundle, x, tokens = tiny_batch(8)
+    model = bundle.model.train()
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    model.zero_grad(set_to_none=True)
+    out = ContrastiveStep(accum_steps=4)(model, (x, tokens), device=torch.device("cpu"), precision="fp32",
+                                         scaler=scaler)
+    stepped = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    loss, whole = grads_of(model, [(x, tokens)])
+    assert out["seen"] == 8 and float(out["loss"]) / 8 == pytest.approx(float(loss), rel=1e-5)
+    assert_same_grads(whole, stepped)

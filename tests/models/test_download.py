@@ -1,10 +1,9 @@
 """Weights fetching with the network unreachable: one attempt, one error line naming the file and the flag."""
 import socket
 import time
+from urllib.parse import urlsplit
 
 import pytest
-
-from urllib.parse import urlsplit
 
 from sportsnet.models.clip import load_clip
 from sportsnet.models.download import WeightsUnavailable, fetch_hf_file, hf_endpoint, unreachable
@@ -60,12 +59,13 @@ def test_a_cached_file_is_used_without_the_network(tmp_path, no_network):
 
 
 def test_imagenet_weights_offline_fail_before_the_run_folder_exists(tmp_path, no_network, monkeypatch):
-    import train_vgg19
+    from sportsnet.apps import train_vgg19
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     with pytest.raises(SystemExit) as info:
-        train_vgg19.main(["--data", "synthetic", "--synthetic-root", str(tmp_path / "syn"), "--out", str(tmp_path / "runs"),
-                          "--weights", "imagenet", "--width", "1.0", "--no-batch-norm", "--no-progress", "--name", "offline"])
+        train_vgg19.main(["--data", "synthetic", "--synthetic-root", str(tmp_path / "syn"),
+                          "--out", str(tmp_path / "runs"), "--weights", "imagenet", "--width", "1.0", "--no-batch-norm",
+                          "--no-progress", "--name", "offline"])
     message = str(info.value)
     assert message.startswith("error: the ImageNet weights of vgg19 are not on this machine, and cannot resolve "
                               "download.pytorch.org") and "\n" not in message
@@ -95,7 +95,8 @@ def test_behind_a_proxy_the_proxy_is_what_must_answer(monkeypatch):
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
     monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{port}")
-    assert unreachable("https://huggingface.co/x", timeout=2).startswith(f"cannot connect to the proxy 127.0.0.1:{port}")
+    message = unreachable("https://huggingface.co/x", timeout=2)
+    assert message.startswith(f"cannot connect to the proxy 127.0.0.1:{port}")
     with socket.socket() as proxy:  # a proxy that answers: the site is taken as reachable through it
         proxy.bind(("127.0.0.1", 0))
         proxy.listen()

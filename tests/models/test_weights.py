@@ -5,9 +5,9 @@ import pytest
 import torch
 import torchvision
 
-from sportsnet.models import hub_checkpoint_path, load_imagenet_weights, sports_vgg19, vgg19
-from sportsnet.models import weights
-from trees import write_malicious_pickle
+from sportsnet.models import hub_checkpoint_path, load_imagenet_weights, sports_vgg19, vgg19, weights
+from sportsnet.serialization import NotATorchFileError, UnsafeFileError
+from tests.support.trees import write_malicious_pickle
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def test_local_file_loads_into_plain_vgg19_with_identical_outputs(tv_weights):
 
 def test_seed_models_take_the_conv_base_and_leave_the_new_head(tv_weights):
     path, tv = tv_weights
-    m = sports_vgg19("seed001", num_classes=100)
+    m = sports_vgg19("reduce256-two-phase", num_classes=100)
     head_before = {k: v.clone() for k, v in m.head.state_dict().items()}
     report = load_imagenet_weights(m, path)
     for k, v in tv.features.state_dict().items():
@@ -43,8 +43,8 @@ def test_seed_models_take_the_conv_base_and_leave_the_new_head(tv_weights):
 
 def test_grayscale_stem_equals_the_rgb_model_on_a_gray_image(tv_weights):
     path, _ = tv_weights
-    rgb = sports_vgg19("seed000", num_classes=10)
-    gray = sports_vgg19("seed000", num_classes=10, grayscale=True)
+    rgb = sports_vgg19("frozen-bn-head", num_classes=10)
+    gray = sports_vgg19("frozen-bn-head", num_classes=10, grayscale=True)
     load_imagenet_weights(rgb, path)
     assert load_imagenet_weights(gray, path).summed_rgb_stem
     gray.head.load_state_dict(rgb.head.state_dict())
@@ -59,6 +59,25 @@ def test_grayscale_stem_equals_the_rgb_model_on_a_gray_image(tv_weights):
 def test_narrow_models_cannot_take_imagenet_weights(tv_weights):
     with pytest.raises(ValueError, match=r"shape mismatch.*need width=1.0"):
         load_imagenet_weights(vgg19(width=0.5), tv_weights[0])
+    with pytest.raises(ValueError, match=r"32 shape mismatches: \['features.0.weight: file \(64, 3, 3, 3\) vs model "
+                                         r"\(32, 3, 3, 3\)', .*\] \(\+29 more\) \(ImageNet weights need width=1.0"):
+        load_imagenet_weights(vgg19(width=0.5), tv_weights[0])
+
+
+def test_a_file_missing_conv_base_tensors_names_them(tv_weights, tmp_path):
+    state = dict(tv_weights[1].state_dict())
+    del state["features.0.weight"], state["features.2.bias"]
+    torch.save(state, tmp_path / "partial.pth")
+    for model in (vgg19(), sports_vgg19("frozen-bn-head", num_classes=3, grayscale=True)):  # a gray stem too
+        with pytest.raises(ValueError, match=r"does not fit the conv base of this \w+: 2 missing from the file: "
+                                             r"\['features.0.weight', 'features.2.bias'\]"):
+            load_imagenet_weights(model, tmp_path / "partial.pth")
+
+
+def test_a_file_that_is_not_a_torch_file_is_named(tmp_path):
+    (tmp_path / "vgg19.pth").write_text("<html>404 Not Found</html>")
+    with pytest.raises(NotATorchFileError, match=r"weights file '.*vgg19\.pth' is not a torch file"):
+        load_imagenet_weights(vgg19(), tmp_path / "vgg19.pth")
 
 
 def test_offline_download_error_says_where_to_put_the_file(tmp_path, monkeypatch):
@@ -88,6 +107,7 @@ def test_a_corrupt_cached_download_is_detected_by_its_hash(tmp_path, monkeypatch
 def test_a_pickle_that_runs_code_is_refused(tmp_path):
     evil, marker = tmp_path / "vgg19.pth", tmp_path / "pwned"
     write_malicious_pickle(evil, "features.0.weight", marker)
-    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed") as info:
         load_imagenet_weights(vgg19(), evil)
+    assert isinstance(info.value, UnsafeFileError) and "refusing to load" in str(info.value)
     assert not marker.exists()

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from sportsnet.ops import METHODS, backend, fused_gradcam, gradcam_reference
 from sportsnet.ops.fused import has_kernel
+from tests.support import ROOT
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 LAYOUTS = ["contiguous", "channels_last", "strided"]
@@ -55,8 +56,8 @@ def check_against_reference(methods, dtypes, layouts, shapes=SHAPES, sizes=SIZES
         for seed, (shape, size) in enumerate(itertools.product(shapes, sizes)):
             A, G = make_inputs(shape, dtype, layout, device, seed)
             hw = shape[2:] if size == "same" else size
-            out = torch.full((shape[0], *hw), float("nan"), dtype=torch.float64 if dtype == torch.float64 else torch.float32,
-                             device=device)
+            out = torch.full((shape[0], *hw), float("nan"),
+                             dtype=torch.float64 if dtype == torch.float64 else torch.float32, device=device)
             got = fused_gradcam(A, G, hw, method=method, out=out)
             assert got is out
             expected = gradcam_reference(A.cpu(), G.cpu(), hw, method=method)
@@ -92,11 +93,11 @@ def test_compiled_matches_reference(method, dtype, layout):
 
 def test_baseline_isa_build_matches_reference_too():
     """The CPU kernel also exists for the baseline ISA (the AVX2 one is picked on this machine)."""
-    code = ("import torch, test_gradcam_op as t; "
+    code = ("import torch; import tests.ops.test_fused as t; "
             "t.check_against_reference(t.METHODS, [torch.float32, torch.bfloat16], t.LAYOUTS, "
             "shapes=[(3, 64, 7, 7), (1, 512, 13, 9)], sizes=['same', (100, 37)])")
     env = dict(os.environ, SPORTSNET_CPU_ISA="default")
-    result = subprocess.run([sys.executable, "-c", code], cwd=os.path.dirname(__file__), env=env,
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
 
@@ -208,7 +209,8 @@ def test_torch_compile_fullgraph_traces_the_operator():
 @pytest.mark.parametrize("call", ["wrapper", "dispatcher"])
 @pytest.mark.parametrize("args, message", [
     ((torch.rand(2, 3, 4), torch.rand(2, 3, 4), (8, 8)), r"activations must be 4-D \(B, K, h, w\)"),
-    ((torch.rand(2, 3, 4, 4), torch.rand(2, 5, 4, 4), (8, 8)), r"activations \(2, 3, 4, 4\)|activations \[2, 3, 4, 4\]"),
+    ((torch.rand(2, 3, 4, 4), torch.rand(2, 5, 4, 4), (8, 8)),
+     r"activations \(2, 3, 4, 4\)|activations \[2, 3, 4, 4\]"),
     ((torch.ones(1, 2, 3, 3, dtype=torch.int64), torch.ones(1, 2, 3, 3, dtype=torch.int64), (8, 8)),
      "must be float32, float16, bfloat16 or float64"),
     ((torch.rand(1, 2, 3, 3), torch.rand(1, 2, 3, 3), (0, 8)), r"size must be two positive integers"),
@@ -269,7 +271,8 @@ def test_cuda_runs_on_the_current_stream_and_passes_opcheck():
 def test_cuda_degenerate_maps_and_empty_batch():
     zeros = fused_gradcam(torch.ones(2, 8, 7, 7, device="cuda"), torch.zeros(2, 8, 7, 7, device="cuda"), (20, 20))
     assert torch.equal(zeros, torch.zeros_like(zeros))
-    assert fused_gradcam(torch.rand(0, 4, 7, 7, device="cuda"), torch.rand(0, 4, 7, 7, device="cuda"), (9, 9)).shape == (0, 9, 9)
+    empty = fused_gradcam(torch.rand(0, 4, 7, 7, device="cuda"), torch.rand(0, 4, 7, 7, device="cuda"), (9, 9))
+    assert empty.shape == (0, 9, 9)
 
 
 def test_an_input_on_a_device_the_build_has_no_kernel_for_takes_the_reference(monkeypatch):
@@ -282,7 +285,8 @@ def test_an_input_on_a_device_the_build_has_no_kernel_for_takes_the_reference(mo
     monkeypatch.setattr(fused, "_warned_devices", set())
     A, G = make_inputs((2, 8, 7, 7), torch.float32, "contiguous")
     monkeypatch.setenv("SPORTSNET_REQUIRE_EXT", "1")
-    with pytest.raises(RuntimeError, match=r"no CPU kernel \(it was built with kernels for \['cuda'\].*forbids the reference"):
+    with pytest.raises(RuntimeError,
+                       match=r"no CPU kernel \(it was built with kernels for \['cuda'\].*forbids the reference"):
         fused_gradcam(A, G, (20, 20))
     monkeypatch.delenv("SPORTSNET_REQUIRE_EXT")
     with pytest.warns(RuntimeWarning, match="no CPU kernel .*cpu inputs use the pure-PyTorch reference"):

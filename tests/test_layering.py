@@ -1,0 +1,147 @@
+"""The package's import graph: every module imports alone, no cycles, and each layer imports only from itself and
+the layers below it (the reasons: docs/ARCHITECTURE.md). Imports inside functions count too."""
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import sportsnet
+
+PACKAGE = Path(sportsnet.__file__).resolve().parent
+# Bottom up; a module may import from its own layer and the ones before it, never from a later one.
+LAYERS = [
+    ("sportsnet", "sportsnet.hardware", "sportsnet.serialization", "sportsnet.plotting"),
+    ("sportsnet.ops",),
+    ("sportsnet.data",),
+    ("sportsnet.models", "sportsnet.cam", "sportsnet.engine"),
+    ("sportsnet.apps",),
+]
+# Side by side in one layer, knowing nothing of each other: models (what is trained), cam (explaining any
+# model) and engine (training any model).
+INDEPENDENT = ("sportsnet.models", "sportsnet.cam", "sportsnet.engine")
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def imports(name: str) -> set[str]:
+    """The sportsnet modules ``name`` imports (``from .x import y`` counts as x, or as x.y where y is a module)."""
+    path = MODULES[name]
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = ".".join(base + ([node.module] if node.module else []))
+            else:
+                base = node.module or ""
+            targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in MODULES else base for a in node.names]
+        else:
+            continue
+        for t in targets:
+            while t and t not in MODULES:  # e.g. sportsnet.engine.fit.fit -> sportsnet.engine.fit
+                t = t.rpartition(".")[0]
+            if t and t.startswith("sportsnet") and t != name:
+                found.add(t)
+    return found
+
+
+GRAPH = {name: imports(name) for name in MODULES}
+
+
+def layer(name: str) -> int:
+    best = None
+    for i, prefixes in enumerate(LAYERS):
+        for p in prefixes:
+            if (name == p or name.startswith(p + ".")) and (best is None or len(p) > best[1]):
+                best = (i, len(p))
+    assert best is not None, f"{name} is in no layer: add it to LAYERS"
+    return best[0]
+
+
+def test_no_import_cycles():
+    """Depth-first search; a back edge is a cycle (printed as the path that closes it)."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+    cycles = []
+
+    def visit(n: str) -> None:
+        state[n] = 1
+        stack.append(n)
+        for m in sorted(GRAPH[n]):
+            if state.get(m) == 1:
+                cycles.append(" -> ".join(stack[stack.index(m):] + [m]))
+            elif m not in state:
+                visit(m)
+        stack.pop()
+        state[n] = 2
+
+    for n in sorted(GRAPH):
+        if n not in state:
+            visit(n)
+    assert cycles == []
+
+
+def test_each_layer_imports_only_from_itself_and_below():
+    upward = [f"{a} -> {b}" for a, targets in GRAPH.items() for b in sorted(targets) if layer(b) > layer(a)]
+    assert upward == []
+
+
+def package(name: str) -> str:
+    return ".".join(name.split(".")[:2])
+
+
+def test_models_cam_and_engine_do_not_import_one_another():
+    across = [f"{a} -> {b}" for a, targets in GRAPH.items() for b in sorted(targets)
+              if package(a) in INDEPENDENT and package(b) in INDEPENDENT and package(a) != package(b)]
+    assert across == []
+
+
+def test_the_walker_sees_relative_and_function_level_imports():
+    """Guards the test itself: zero_shot_clip imports pretrain_clip inside a function (``from . import``)."""
+    assert "sportsnet.apps.pretrain_clip" in GRAPH["sportsnet.apps.zero_shot_clip"]
+    assert "sportsnet.engine.loop" in GRAPH["sportsnet.engine.fit"]
+    assert layer("sportsnet.apps.bench.tables") == 4 and layer("sportsnet.serialization") == 0
+
+
+CHILD = """
+import importlib, os, sys, traceback
+# Third-party first, shared by the forked children (so each child costs a tenth of a second).
+import numpy, PIL.Image, torch, torchvision, torchvision.transforms.v2, tqdm.auto
+import matplotlib.figure, matplotlib.backends.backend_agg
+from torch.utils.tensorboard import SummaryWriter
+import open_clip
+failed = []
+for name in sys.argv[1:]:
+    pid = os.fork()
+    if pid == 0:  # no sportsnet module is imported yet in this child
+        try:
+            importlib.import_module(name)
+            os._exit(0)
+        except BaseException:
+            traceback.print_exc()
+            os._exit(1)
+    if os.waitpid(pid, 0)[1]:
+        failed.append(name)
+print("failed:", failed)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="the check forks one child per module (POSIX only)")
+def test_every_module_imports_alone():
+    """Each module first, in a child with no other sportsnet module imported, so none can hide a missing
+    import or an order that only works after another module (the heavy third-party imports are shared)."""
+    result = subprocess.run([sys.executable, "-c", CHILD, *sorted(MODULES)], capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0 and "failed: []" in result.stdout, result.stdout[-2000:] + result.stderr[-3000:]
