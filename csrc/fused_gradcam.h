@@ -10,6 +10,11 @@
 //   layercam   map = ReLU(sum_k ReLU(G_k) A_k)
 // then bilinear resizing with torch.nn.functional.interpolate's align_corners=False semantics and,
 // optionally, per-map (x - min) / (max - min + eps) with near-constant maps set to zero.
+//
+// Non-finite values are never hidden (the contract the reference, sportsnet/ops/reference.py, states
+// too): NaN passes through every step (ReLU and the [0, 1] clamp return a NaN operand), so a raw map
+// holds NaN/inf where IEEE arithmetic puts them (which neighbours a resize spreads them to may differ
+// from interpolate's); a normalised map whose unresized map holds any NaN or inf is NaN everywhere.
 #pragma once
 
 #include <cstdint>
@@ -33,10 +38,18 @@ SPORTSNET_HD constexpr bool uses_channel_weights(CamMethod m) {
   return m == CamMethod::GradCAM || m == CamMethod::GradCAMPlusPlus || m == CamMethod::XGradCAM;
 }
 
-// max(x, 0) written in the operand order of SSE/AVX max, so compilers emit one instruction.
+// max(x, 0) that keeps NaN (as torch.relu does): x < 0 is false for NaN, so NaN is returned. The
+// operand order of SSE/AVX max (which returns its second operand when either is NaN), so compilers
+// still emit one instruction.
 template <typename acc_t>
 SPORTSNET_HD acc_t relu(acc_t x) {
-  return acc_t(0) < x ? x : acc_t(0);
+  return x < acc_t(0) ? acc_t(0) : x;
+}
+
+// Whether x is neither NaN nor infinite (x - x is 0 for finite x, NaN otherwise), without <cmath>.
+template <typename acc_t>
+SPORTSNET_HD bool is_finite(acc_t x) {
+  return x - x == acc_t(0);
 }
 
 // Sums over one channel's positions, gathered in a first pass.
@@ -147,11 +160,12 @@ SPORTSNET_HD bool is_flat(acc_t lo, acc_t hi) {
   return hi - lo <= acc_t(kFlatTolerance) * mag;
 }
 
-// (v - lo) / (hi - lo + eps), written as a multiply by the precomputed scale; clamped into [0, 1].
+// (v - lo) / (hi - lo + eps), written as a multiply by the precomputed scale; clamped into [0, 1]
+// with NaN kept (1 < NaN is false). A map with a non-finite value gets lo = inv_range = NaN: all NaN.
 template <typename acc_t>
 SPORTSNET_HD acc_t normalized(acc_t v, acc_t lo, acc_t inv_range) {
   const acc_t r = relu((v - lo) * inv_range);
-  return r < acc_t(1) ? r : acc_t(1);
+  return acc_t(1) < r ? acc_t(1) : r;
 }
 
 template <typename acc_t>

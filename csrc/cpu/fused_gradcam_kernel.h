@@ -278,7 +278,8 @@ void fused_gradcam_cpu_kernel(const at::Tensor& A, const at::Tensor& G, int64_t 
   }
   run_starts.push_back(W);
 
-  // 3. per-map min/max from the candidate samples.
+  // 3. per-map min/max from the candidate samples (NaN for a map with a non-finite value: see
+  //    fused_gradcam.h).
   std::vector<acc_t> lo(B, acc_t(0)), inv(B, acc_t(1));
   if (normalize) {
     const std::vector<int64_t> rows = extreme_candidates(H, h, scale_y), cols = extreme_candidates(W, w, scale_x);
@@ -291,8 +292,10 @@ void fused_gradcam_cpu_kernel(const at::Tensor& A, const at::Tensor& G, int64_t 
             mn = std::min(mn, v);
             mx = std::max(mx, v);
           }
-        lo[b] = mn;
-        inv[b] = inverse_range(mn, mx, eps);
+        bool finite = true;  // the unresized map: where a NaN or inf would show up in the resized one
+        for (int64_t p = 0; p < hw; ++p) finite &= is_finite(cam[b * hw + p]);
+        lo[b] = finite ? mn : std::numeric_limits<acc_t>::quiet_NaN();
+        inv[b] = finite ? inverse_range(mn, mx, eps) : std::numeric_limits<acc_t>::quiet_NaN();
       }
     });
   }
@@ -305,9 +308,13 @@ void fused_gradcam_cpu_kernel(const at::Tensor& A, const at::Tensor& G, int64_t 
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t b = r / H, i = r % H;
       const acc_t* cb = cam.data() + b * hw;
+      acc_t* orow = o + r * W;
+      if (H == h && W == w) {  // a copy, as interpolate does at the same size (a zero weight would spread NaN)
+        for (int64_t j = 0; j < W; ++j) orow[j] = normalize ? normalized(cb[i * w + j], lo[b], inv[b]) : cb[i * w + j];
+        continue;
+      }
       const LinearTap<acc_t>& y = ty[i];
       for (int64_t x = 0; x < w; ++x) row[x] = blend_rows(cb, w, y, x);
-      acc_t* orow = o + r * W;
       // Short runs of columns share one input cell: interpolate them with contiguous weights into
       // the output row (raw maps) or a row buffer that one full-width loop then normalises.
       acc_t* dst = normalize ? line.data() : orow;

@@ -48,6 +48,17 @@ __device__ __forceinline__ double positive_infinity<double>() {
   return __longlong_as_double(0x7ff0000000000000LL);
 }
 
+template <typename T>
+__device__ __forceinline__ T quiet_nan();
+template <>
+__device__ __forceinline__ float quiet_nan<float>() {
+  return __int_as_float(0x7fc00000);
+}
+template <>
+__device__ __forceinline__ double quiet_nan<double>() {
+  return __longlong_as_double(0x7ff8000000000000LL);
+}
+
 // Offset of position p (row-major over h x w) inside one channel's plane.
 template <bool kDense>
 __device__ __forceinline__ int64_t plane_offset(int p, int w, const Strides& s) {
@@ -169,13 +180,17 @@ __global__ void __launch_bounds__(kThreads) cam_and_range(const acc_t* __restric
   const int64_t b = blockIdx.x;
   const int hw = h * w;
   acc_t* cam_b = cam + b * hw;
+  bool finite = true;
   for (int p = threadIdx.x; p < hw; p += kThreads) {
     acc_t s = 0;
     for (int c = 0; c < chunks; ++c) s += partial[(b * chunks + c) * hw + p];
     cam_b[p] = relu(s);
+    finite &= is_finite(cam_b[p]);
   }
   if (!normalize) return;  // the same for every thread of the block
-  __syncthreads();         // cam_b is complete and visible to the block
+  // A barrier (cam_b is complete and visible to the block) that also tells whether every value of the
+  // unresized map is finite: a map with a NaN or inf normalises to NaN everywhere (fused_gradcam.h).
+  const bool all_finite = __syncthreads_and(finite);
 
   const acc_t sy = axis_scale<acc_t>(h, H), sx = axis_scale<acc_t>(w, W);
   acc_t mn = positive_infinity<acc_t>(), mx = -positive_infinity<acc_t>();
@@ -206,8 +221,8 @@ __global__ void __launch_bounds__(kThreads) cam_and_range(const acc_t* __restric
       mn = smn[v] < mn ? smn[v] : mn;
       mx = smx[v] > mx ? smx[v] : mx;
     }
-    lo[b] = mn;
-    inv[b] = inverse_range(mn, mx, eps);
+    lo[b] = all_finite ? mn : quiet_nan<acc_t>();
+    inv[b] = all_finite ? inverse_range(mn, mx, eps) : quiet_nan<acc_t>();
   }
 }
 
@@ -218,9 +233,14 @@ __global__ void resize_write(const acc_t* __restrict__ cam, int h, int w, int H,
   const int i = blockIdx.y * blockDim.y + threadIdx.y;
   const int64_t b = blockIdx.z;
   if (i >= H || j >= W) return;
-  const LinearTap<acc_t> ty = linear_tap<acc_t>(i, h, axis_scale<acc_t>(h, H));
-  const LinearTap<acc_t> tx = linear_tap<acc_t>(j, w, axis_scale<acc_t>(w, W));
-  const acc_t v = bilinear(cam + b * h * w, w, ty, tx);
+  acc_t v;
+  if (H == h && W == w) {  // a copy, as interpolate does at the same size (a zero weight would spread NaN)
+    v = cam[(b * h + i) * w + j];
+  } else {
+    const LinearTap<acc_t> ty = linear_tap<acc_t>(i, h, axis_scale<acc_t>(h, H));
+    const LinearTap<acc_t> tx = linear_tap<acc_t>(j, w, axis_scale<acc_t>(w, W));
+    v = bilinear(cam + b * h * w, w, ty, tx);
+  }
   out[(b * H + i) * W + j] = normalize ? normalized(v, lo[b], inv[b]) : v;
 }
 

@@ -67,6 +67,11 @@ def gradcam_reference(activations: torch.Tensor, gradients: torch.Tensor, size: 
     ``layercam`` ReLU(sum_k ReLU(G_k) A_k). Then bilinear resizing (align_corners=False) and, if
     ``normalize``, per map (x - min) / (max - min + eps), near-constant maps giving zeros.
     Returns ``(B, H, W)`` float32 (float64 for float64 inputs).
+
+    Non-finite values are never hidden: NaN and inf go through every step as IEEE arithmetic takes
+    them (so a raw map holds them where they arise), and a normalised map whose unresized map holds
+    any NaN or inf is NaN everywhere (e.g. ``xgradcam`` with ``eps=0`` and an all-zero activation
+    channel: 0/0 weights; or an inf gradient after an fp16 overflow). The compiled op does the same.
     """
     H, W = check_inputs(activations, gradients, size, method, eps)
     acc = output_dtype(activations.dtype)
@@ -85,11 +90,14 @@ def gradcam_reference(activations: torch.Tensor, gradients: torch.Tensor, size: 
         cam = (G * A).sum(dim=1)
     else:  # layercam
         cam = (G.relu() * A).sum(dim=1)
-    cam = F.interpolate(cam.relu()[:, None], size=(H, W), mode="bilinear", align_corners=False)[:, 0]
+    cam = cam.relu()
+    finite = torch.isfinite(cam).all(dim=(1, 2))[:, None, None]  # per map, before resizing
+    cam = F.interpolate(cam[:, None], size=(H, W), mode="bilinear", align_corners=False)[:, 0]
     if normalize and cam.numel():
         lo, hi = cam.amin(dim=(1, 2), keepdim=True), cam.amax(dim=(1, 2), keepdim=True)
         flat = (hi - lo) <= FLAT_TOLERANCE * torch.maximum(lo.abs(), hi.abs())
         cam = torch.where(flat, torch.zeros_like(cam), (cam - lo) / (hi - lo + eps))
+        cam = torch.where(finite, cam, torch.full_like(cam, float("nan")))
     if out is None:
         return cam
     if out.shape != cam.shape or out.dtype != cam.dtype or out.device != cam.device:

@@ -302,3 +302,74 @@ def test_an_input_on_a_device_the_build_has_no_kernel_for_takes_the_reference(mo
     monkeypatch.setattr(fused, "_warned_devices", set())
     compiled = torch.compile(fused_gradcam, fullgraph=True, backend="eager")
     assert torch.equal(compiled(A, G, (20, 20)), maps)
+
+
+# ----------------------------------------------------------------------------- non-finite values
+# The contract (csrc/fused_gradcam.h, gradcam_reference): NaN and inf are never hidden. Raw maps hold
+# them where IEEE arithmetic puts them; a normalised map whose unresized map has any is NaN everywhere.
+
+def poisoned(case: str, layout: str, device="cpu"):
+    """Inputs of 3 maps, only the middle one (index 1) touched by ``case``."""
+    A, G = make_inputs((3, 33, 7, 7), torch.float32, "contiguous", seed=5)
+    if case == "nan gradient":
+        G[1, 4, 2, 3] = float("nan")
+    elif case == "inf gradient":  # an fp16 overflow
+        G[1, 4, 2, 3] = float("inf")
+    elif case == "-inf gradient":
+        G[1, 4, :, :] = -float("inf")
+    elif case == "nan activation":
+        A[1, 0, 6, 6] = float("nan")
+    elif case == "zero channel":  # xgradcam with eps=0: 0/0 weight
+        A[1, 7] = 0.0
+    if layout == "channels_last":
+        A, G = A.contiguous(memory_format=torch.channels_last), G.contiguous(memory_format=torch.channels_last)
+    return A.to(device), G.to(device)
+
+
+CASES = ["nan gradient", "inf gradient", "-inf gradient", "nan activation", "zero channel"]
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("method", METHODS)
+def test_non_finite_inputs_give_the_references_nan_and_inf(case, method):
+    for layout, normalize, eps, size in itertools.product(["contiguous", "channels_last"], [True, False],
+                                                         [0.0, 1e-3], [(7, 7), (20, 13)]):
+        A, G = poisoned(case, layout)
+        got = fused_gradcam(A, G, size, method=method, normalize=normalize, eps=eps)
+        expected = gradcam_reference(A, G, size, method=method, normalize=normalize, eps=eps)
+        where = f"{case}, {method}, {layout}, normalize={normalize}, eps={eps}, {size}"
+        both = torch.isfinite(got) & torch.isfinite(expected)
+        torch.testing.assert_close(got[both], expected[both], atol=5e-5, rtol=1e-5, msg=lambda m: f"{where}: {m}")
+        # Each map has a non-finite value exactly when the reference's has (raw maps: which neighbours a
+        # resize spreads it to is arithmetic's choice; normalised maps: all NaN, identical).
+        assert torch.equal((~torch.isfinite(got)).flatten(1).any(1), (~torch.isfinite(expected)).flatten(1).any(1))
+        if normalize:
+            assert torch.equal(torch.isnan(got), torch.isnan(expected)), where
+        assert torch.isfinite(got[[0, 2]]).all(), f"a poisoned map leaked into its neighbours: {where}"
+        bad = not torch.isfinite(gradcam_reference(A[1:2], G[1:2], (7, 7), method=method, normalize=False,
+                                                   eps=eps)).all()
+        if normalize:
+            # The normalised map is all NaN exactly when its raw map has a non-finite value: never a
+            # plausible-looking map made of the finite part.
+            assert torch.isnan(got[1]).all() if bad else torch.isfinite(got[1]).all(), where
+
+
+def test_xgradcam_with_eps_zero_and_a_dead_channel_is_nan_not_a_map_of_zeros():
+    """The issue's trigger: an all-zero activation channel (common after a ReLU) makes 0/0 weights."""
+    A, G = poisoned("zero channel", "contiguous")
+    maps = fused_gradcam(A, G, (32, 32), method="xgradcam", eps=0.0)
+    assert torch.isnan(maps[1]).all() and torch.isfinite(maps[0]).all()
+    assert torch.isfinite(fused_gradcam(A, G, (32, 32), method="xgradcam", eps=1e-7)).all()  # the default eps
+
+
+@CUDA
+@pytest.mark.parametrize("method", METHODS)
+def test_non_finite_inputs_on_cuda_match_the_reference(method):
+    for case, normalize in itertools.product(CASES, [True, False]):
+        A, G = poisoned(case, "contiguous", "cuda")
+        got = fused_gradcam(A, G, (20, 13), method=method, normalize=normalize, eps=0.0)
+        expected = gradcam_reference(A.cpu(), G.cpu(), (20, 13), method=method, normalize=normalize, eps=0.0)
+        bad = (~torch.isfinite(got.cpu())).flatten(1).any(1)
+        assert torch.equal(bad, (~torch.isfinite(expected)).flatten(1).any(1)), (case, normalize)
+        if normalize:
+            assert torch.equal(torch.isnan(got.cpu()), torch.isnan(expected)), (case, normalize)
