@@ -2,7 +2,8 @@
 
 Package metadata lives here (not in pyproject.toml) because building the fused Grad-CAM extension
 ``sportsnet._C`` from csrc/ needs code: C++ always; CUDA as well when nvcc and a CUDA build of torch
-are present (or FORCE_CUDA=1). TORCH_CUDA_ARCH_LIST defaults to "8.0;9.0+PTX". SPORTSNET_BUILD_EXT=0
+are present (or FORCE_CUDA=1). TORCH_CUDA_ARCH_LIST defaults to the architectures the installed torch
+was built for (sportsnet/ops/_build.py). SPORTSNET_BUILD_EXT=0
 skips the extension (sportsnet.ops then builds it just in time or uses the pure-PyTorch reference).
 
 Install through the Makefile (`make test` / `make demo`): it pins the torch/torchvision pair and installs
@@ -49,9 +50,14 @@ def extensions():
     from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
     with_cuda = os.environ.get("FORCE_CUDA") == "1" or (torch.version.cuda is not None and cuda_home is not None)
+    record = ROOT / "sportsnet" / b.ARCHS_RECORD
+    record.unlink(missing_ok=True)
+    cuda_note = ""
     if with_cuda:
-        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", b.DEFAULT_CUDA_ARCH_LIST)
-    cuda_note = f" and CUDA ({os.environ['TORCH_CUDA_ARCH_LIST']})" if with_cuda else ""
+        archs, why = b.cuda_arch_list(b.torch_arch_names(torch))
+        os.environ["TORCH_CUDA_ARCH_LIST"] = archs
+        record.write_text(archs + "\n")  # what sportsnet.ops checks a GPU against at run time
+        cuda_note = f" and CUDA ({archs}: {why})"
     print(f"sportsnet: building sportsnet._C for CPU{cuda_note} against torch {torch.__version__}")
     ext = (CUDAExtension if with_cuda else CppExtension)(
         "sportsnet._C",
@@ -73,7 +79,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["sportsnet", "sportsnet.*"]),
-    package_data={"sportsnet.data": ["*.json"], "sportsnet.models": ["clip_configs/*.json"]},
+    package_data={"sportsnet": [build_helpers().ARCHS_RECORD], "sportsnet.data": ["*.json"],
+                  "sportsnet.models": ["clip_configs/*.json"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     install_requires=[

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import shutil
 import site
 import sys
 from pathlib import Path
 
-#: Architectures compiled by default: Ampere (8.0) and Hopper (9.0, plus PTX for newer GPUs).
-DEFAULT_CUDA_ARCH_LIST = "8.0;9.0+PTX"
+#: The GPU architectures compiled when TORCH_CUDA_ARCH_LIST is not set and torch does not say which it
+#: was built for (torch >= 2.4 always says): Turing (7.5, the T4 of Kaggle and Colab) to Hopper, plus PTX.
+FALLBACK_CUDA_ARCH_LIST = "7.5;8.0;8.6;9.0+PTX"
+#: Written next to the package by setup.py: the architecture list the prebuilt library was compiled for.
+ARCHS_RECORD = "_C_cuda_archs.txt"
 CXX_FLAGS = ["-O3", "-g0", "-fopenmp"]  # -fopenmp: at::parallel_for is serial without it
 NVCC_FLAGS = ["-O3"]
 LINK_FLAGS = ["-fopenmp"]
@@ -58,3 +62,51 @@ def extra_include_dirs() -> list[str]:
             if os.path.isdir(d) and d not in found:
                 found.append(d)
     return found
+
+
+def arch_list_from_torch(torch_archs: list[str]) -> str:
+    """torch's own list (``torch.cuda.get_arch_list()``, e.g. ``['sm_75', 'sm_80', 'sm_90']``) as a
+    TORCH_CUDA_ARCH_LIST (``7.5;8.0;9.0+PTX``): machine code for each, PTX of the newest for GPUs newer
+    than all of them. Architecture-specific variants (``sm_90a``) are left out."""
+    caps = sorted({(int(a[3:-1]), int(a[-1])) for a in torch_archs if re.fullmatch(r"sm_\d\d+", a)})
+    if not caps:
+        return FALLBACK_CUDA_ARCH_LIST
+    return ";".join(f"{major}.{minor}" for major, minor in caps) + "+PTX"
+
+
+def cuda_arch_list(torch_archs: list[str] | None = None) -> tuple[str, str]:
+    """``(list, why)``: TORCH_CUDA_ARCH_LIST if the user set it, else the architectures the installed torch
+    was built for (the GPUs torch itself runs on), else :data:`FALLBACK_CUDA_ARCH_LIST`."""
+    if os.environ.get("TORCH_CUDA_ARCH_LIST"):
+        return os.environ["TORCH_CUDA_ARCH_LIST"], "TORCH_CUDA_ARCH_LIST"
+    if torch_archs:
+        return arch_list_from_torch(torch_archs), "the architectures torch was built for"
+    return FALLBACK_CUDA_ARCH_LIST, "the fallback list (torch named no architectures)"
+
+
+def torch_arch_names(torch) -> list[str]:
+    """The architectures the installed torch was built for, also on a machine without a GPU."""
+    names = list(torch.cuda.get_arch_list())
+    if not names and hasattr(torch._C, "_cuda_getArchFlags"):  # older torch: empty without a GPU
+        names = torch._C._cuda_getArchFlags().split()
+    return names
+
+
+def parse_arch_list(text: str) -> list[tuple[int, int, bool]]:
+    """``"7.5;8.0 9.0+PTX"`` -> ``[(7, 5, False), (8, 0, False), (9, 0, True)]`` (the bool: PTX too).
+    Names and suffixed variants (``9.0a``) that are not plain numbers are left out."""
+    out = []
+    for token in re.split(r"[;\s]+", text.strip()):
+        m = re.fullmatch(r"(\d+)\.(\d)(\+PTX)?", token)
+        if m:
+            out.append((int(m.group(1)), int(m.group(2)), bool(m.group(3))))
+    return out
+
+
+def covers(capability: tuple[int, int], arch_list: str) -> bool:
+    """Whether a library compiled for ``arch_list`` runs on a GPU of compute ``capability``: machine code
+    for the same major version and an equal or lower minor one (sm_80 runs on 8.6 and 8.9), or PTX of an
+    equal or lower version (compiled for the GPU when first loaded)."""
+    major, minor = capability
+    return any((m == major and n <= minor) or (ptx and (m, n) <= (major, minor))
+               for m, n, ptx in parse_arch_list(arch_list))

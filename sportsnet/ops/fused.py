@@ -36,6 +36,11 @@ _BACKEND: str | None = None  # decided once by _load(); a plain global so torch.
 _KERNEL_DEVICES: frozenset[str] = frozenset()
 _DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA"}
 _warned_devices: set[str] = set()
+# The GPU architectures the CUDA kernel was compiled for (a TORCH_CUDA_ARCH_LIST; set by _load): a GPU
+# they do not cover takes the reference, with one warning, not "no kernel image is available". None:
+# not recorded (a library built elsewhere), so every GPU is tried.
+_CUDA_ARCHS: str | None = None
+_covered: dict[tuple[int, int], bool] = {}
 
 
 def has_kernel(dispatch_key: str) -> bool:
@@ -57,10 +62,15 @@ def _jit_build() -> None:
     csrc = _build.csrc_dir(root)
     if not csrc.is_dir():
         raise FileNotFoundError(f"no csrc/ next to the package ({csrc}); only source checkouts can build just in time")
+    global _CUDA_ARCHS
     with_cuda = torch.cuda.is_available() and torch.version.cuda is not None and _build.cuda_home() is not None
     if with_cuda and not os.environ.get("CUDA_HOME"):
         os.environ["CUDA_HOME"] = _build.cuda_home()
         cpp_extension.CUDA_HOME = os.environ["CUDA_HOME"]
+    if with_cuda:
+        _CUDA_ARCHS, why = _build.cuda_arch_list(_build.torch_arch_names(torch))
+        os.environ["TORCH_CUDA_ARCH_LIST"] = _CUDA_ARCHS
+        log.info("fused_gradcam: compiling for CUDA architectures %s (%s)", _CUDA_ARCHS, why)
     cpp_extension.load(
         name="sportsnet_fused_gradcam" + ("_cuda" if with_cuda else ""),
         sources=[str(root / s) for s in _build.sources(root, with_cuda)],
@@ -87,7 +97,7 @@ def _register_fake() -> None:
 
 def _load() -> str:
     """Decide the backend once; return ``"compiled"`` or ``"reference"``."""
-    global _BACKEND, _KERNEL_DEVICES
+    global _BACKEND, _KERNEL_DEVICES, _CUDA_ARCHS
     with _lock:
         if _BACKEND is not None:
             return _BACKEND
@@ -95,6 +105,9 @@ def _load() -> str:
         if not _registered():
             try:
                 import sportsnet._C  # noqa: F401  (registers the op)
+
+                record = Path(sportsnet._C.__file__).with_name(_build.ARCHS_RECORD)
+                _CUDA_ARCHS = record.read_text().strip() if record.is_file() else None
             except ImportError as e:
                 errors.append(f"prebuilt sportsnet._C: {e}")
         if not _registered():
@@ -127,10 +140,35 @@ def _is_compiling() -> bool:
     return bool(check())
 
 
-def _kernel_for(device_type: str) -> bool:
-    """Whether the compiled operator runs on ``device_type``. False (a reference fallback, warned
-    once per device type) for a CPU or CUDA input that the build has no kernel for; an error
-    instead under ``SPORTSNET_REQUIRE_EXT=1``. Other device types (meta) go to the dispatcher."""
+def _cuda_capability(device: torch.device) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(device)
+
+
+def _gpu_covered(device: torch.device) -> bool:
+    """Whether the CUDA kernel was compiled for this GPU (see :data:`_CUDA_ARCHS`); warned once per
+    capability when not, an error under ``SPORTSNET_REQUIRE_EXT=1``."""
+    if _CUDA_ARCHS is None:
+        return True
+    capability = tuple(_cuda_capability(device))
+    if capability not in _covered:
+        _covered[capability] = _build.covers(capability, _CUDA_ARCHS)
+        if not _covered[capability]:
+            message = (f"fused_gradcam: the CUDA kernel was compiled for architectures {_CUDA_ARCHS}, which do not "
+                       f"include this GPU's {capability[0]}.{capability[1]} (rebuild with "
+                       f"TORCH_CUDA_ARCH_LIST={capability[0]}.{capability[1]})")
+            if os.environ.get("SPORTSNET_REQUIRE_EXT") == "1":
+                raise RuntimeError(message + " and SPORTSNET_REQUIRE_EXT=1 forbids the reference fallback")
+            warnings.warn(message + "; its inputs use the pure-PyTorch reference", RuntimeWarning, stacklevel=4)
+    return _covered[capability]
+
+
+def _kernel_for(device: torch.device) -> bool:
+    """Whether the compiled operator runs on ``device``. False (a reference fallback, warned once per
+    device type, or per GPU architecture) for a CPU or CUDA input that the build has no kernel for; an
+    error instead under ``SPORTSNET_REQUIRE_EXT=1``. Other device types (meta) go to the dispatcher."""
+    device_type = device.type
+    if device_type == "cuda" and device_type in _KERNEL_DEVICES and not _is_compiling():
+        return _gpu_covered(device)
     if device_type in _KERNEL_DEVICES or device_type not in _DISPATCH_KEYS:
         return True
     if _is_compiling():  # no warning or state change inside a traced graph; eager calls warn or raise
@@ -162,7 +200,7 @@ def fused_gradcam(activations: torch.Tensor, gradients: torch.Tensor, size: Sequ
     Returns ``(B, H, W)``: float32, or float64 for float64 inputs.
     """
     H, W = check_inputs(activations, gradients, size, method, eps)
-    if (_BACKEND or _load()) == "reference" or not _kernel_for(activations.device.type):
+    if (_BACKEND or _load()) == "reference" or not _kernel_for(activations.device):
         return gradcam_reference(activations, gradients, (H, W), method=method, normalize=normalize, eps=eps, out=out)
     op = torch.ops.sportsnet.fused_gradcam
     if out is None:
