@@ -1,15 +1,34 @@
 // sportsnet::fused_gradcam, CUDA kernel. Same plan as the CPU kernel (cpu/fused_gradcam_kernel.h), with
-// the per-element arithmetic from fused_gradcam.h. Bytes moved: A and G read once from DRAM (the
-// contribution pass re-reads a 32-channel slice that the weight pass just brought into L1/L2), a
-// partial map per 32 channels (~1/32 of the input), and the output written once.
+// the per-element arithmetic from fused_gradcam.h. The method is a template parameter, so each pass
+// loads only the tensors its method needs:
 //
-//  1. channel_pass_*   grid (channel chunks, B): per-channel weights by warp reductions, then the
-//                      chunk's contribution to each position -> partial (B, chunks, h*w).
-//                      Separate kernels for spatially contiguous planes (NCHW) and for channels-last,
-//                      so loads coalesce in both; other strides use the plane kernel's generic path.
-//  2. cam_and_range    grid B: chunks summed in a fixed order (deterministic), ReLU -> cam; min/max
-//                      of the resized map from the candidate rows/columns only.
-//  3. resize_write     grid (W/32, H/8, B): one thread per output pixel, coalesced stores.
+//   method      weight pass          second pass     contribution pass     A and G from DRAM
+//   gradcam     G (mean)             -               A (w_k A_k)           once each
+//   gradcam++   A (sum)              G (alpha sum)   A                     once each (A again from L1/L2)
+//   xgradcam    A and G (sums)       -               A                     once each
+//   hirescam    -                    -               A and G               once each
+//   layercam    -                    -               A and G               once each
+//
+// Where both passes read A (Grad-CAM++, XGrad-CAM), the contribution pass re-reads the chunk's channels
+// soon after the weight pass (from L2 while a chunk's planes fit there, as at 7x7 to 56x56). Other
+// traffic: a partial map per chunk (1/32 of the input's elements at 32 channels per chunk, 1/8 at 8),
+// and the output written once.
+//
+//  0. plan_axes        2 blocks, once per call: each output row/column's interpolation taps (int32
+//                      indices, weights from the host's scale: no division per pixel) and the ordered
+//                      list of rows/columns that can hold a resized map's min/max (fused_gradcam.h).
+//  1. channel_pass_*   grid (channel chunks, B): per-channel weights, then the chunk's contribution to
+//                      each position -> partial (B, chunks, h*w). Separate kernels for spatially
+//                      contiguous planes (NCHW) and for channels-last, so loads coalesce in both; other
+//                      strides use the plane kernel's generic path. Small batches use chunks of 16 or 8
+//                      channels instead of 32, so the grid has blocks for every SM (at most 64 chunks:
+//                      step 2 adds them one after another).
+//  2. cam_and_range    grid B: chunks summed in a fixed order (deterministic), ReLU -> cam; min/max of
+//                      the resized map over the candidate rows x columns, spread over the whole block.
+//  3. resize_write     grid (W/128, H/8, maps): four output pixels per thread, 16-byte stores when W % 4
+//                      == 0 and the output is 16-byte aligned.
+// Batches go in slices of maps that bound the partial-map scratch to kScratchBytes (or one map's worth,
+// if larger) and the grid's third dimension to 65535.
 // Half/bfloat16 inputs are loaded as such and accumulated in float; float64 stays float64.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -20,6 +39,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdint>
 
 #include "../fused_gradcam.h"
 #include "../fused_gradcam_op.h"
@@ -29,7 +49,11 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
-constexpr int kChunk = 32;  // channels per block in the channel pass (one per lane in channels-last)
+constexpr int kMaxChunk = 32;  // channels per block in the channel pass, at most (one per lane in channels-last)
+constexpr int kMinChunk = 8;
+constexpr int kVector = 4;                      // output pixels per thread in resize_write
+constexpr int64_t kMaxMaps = 65535;             // gridDim.y / gridDim.z limit
+constexpr int64_t kScratchBytes = int64_t(64) << 20;  // partial maps + cam of one slice of the batch
 
 template <typename T>
 __device__ __forceinline__ T warp_sum(T v) {
@@ -59,124 +83,216 @@ __device__ __forceinline__ double quiet_nan<double>() {
   return __longlong_as_double(0x7ff8000000000000LL);
 }
 
+// Four consecutive outputs in one 16-byte-aligned store (two for double).
+__device__ __forceinline__ void store4(float* p, const float (&v)[kVector]) {
+  *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
+}
+__device__ __forceinline__ void store4(double* p, const double (&v)[kVector]) {
+  reinterpret_cast<double2*>(p)[0] = make_double2(v[0], v[1]);
+  reinterpret_cast<double2*>(p)[1] = make_double2(v[2], v[3]);
+}
+
 // Offset of position p (row-major over h x w) inside one channel's plane.
 template <bool kDense>
 __device__ __forceinline__ int64_t plane_offset(int p, int w, const Strides& s) {
   return kDense ? p : static_cast<int64_t>(p / w) * s.y + static_cast<int64_t>(p % w) * s.x;
 }
 
-template <typename scalar_t, typename acc_t, bool kDense>
+// One position's share of a channel's first-pass sums, loading only what method m's weight uses:
+// Grad-CAM sum(G); Grad-CAM++ sum(A); XGrad-CAM sum(A) and sum(A G).
+template <CamMethod m, typename acc_t, typename scalar_t>
+__device__ __forceinline__ void add_sums(ChannelSums<acc_t>& s, const scalar_t* a, const scalar_t* g) {
+  if constexpr (m == CamMethod::GradCAM) {
+    s.g += acc_t(*g);
+  } else if constexpr (m == CamMethod::XGradCAM) {
+    const acc_t av = acc_t(*a);
+    s.a += av;
+    s.ag += av * acc_t(*g);
+  } else {
+    s.a += acc_t(*a);
+  }
+}
+
+// One position's contribution from one channel: w_k A for the weighted methods (A only), else from A and G.
+template <CamMethod m, typename acc_t, typename scalar_t>
+__device__ __forceinline__ acc_t channel_term(acc_t wk, const scalar_t* a, const scalar_t* g) {
+  if constexpr (uses_channel_weights(m)) {
+    return contribution(m, wk, acc_t(*a), acc_t(0));
+  } else {
+    return contribution(m, acc_t(0), acc_t(*a), acc_t(*g));
+  }
+}
+
+// Spatially contiguous (or arbitrarily strided) planes: one warp per channel for the weights, then the
+// block's threads over positions, each adding the chunk's channels in order.
+template <typename scalar_t, typename acc_t, CamMethod m, bool kDense>
 __global__ void __launch_bounds__(kThreads) channel_pass_planes(
-    const scalar_t* __restrict__ A, const scalar_t* __restrict__ G, Strides sa, Strides sg, int K, int h, int w,
-    CamMethod m, acc_t eps, acc_t* __restrict__ partial) {
+    const scalar_t* __restrict__ A, const scalar_t* __restrict__ G, Strides sa, Strides sg, int K, int chunk_size,
+    int h, int w, acc_t eps, acc_t* __restrict__ partial) {
   const int chunk = blockIdx.x, chunks = gridDim.x;
   const int64_t b = blockIdx.y;
-  const int k0 = chunk * kChunk, n = min(kChunk, K - k0), hw = h * w;
+  const int k0 = chunk * chunk_size, n = min(chunk_size, K - k0), hw = h * w;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const scalar_t* Ab = A + b * sa.b + k0 * sa.k;
   const scalar_t* Gb = G + b * sg.b + k0 * sg.k;
-  __shared__ acc_t weight[kChunk];
+  __shared__ acc_t weight[kMaxChunk];
 
-  if (uses_channel_weights(m)) {
-    for (int c = warp; c < n; c += kWarps) {  // one warp per channel; lanes stride over positions
+  if constexpr (uses_channel_weights(m)) {
+    for (int c = warp; c < n; c += kWarps) {  // warp-uniform: lanes stride over the channel's positions
       const scalar_t* a = Ab + c * sa.k;
       const scalar_t* g = Gb + c * sg.k;
       ChannelSums<acc_t> s;
-      for (int p = lane; p < hw; p += 32) s.add(acc_t(a[plane_offset<kDense>(p, w, sa)]), acc_t(g[plane_offset<kDense>(p, w, sg)]));
+      for (int p = lane; p < hw; p += 32) add_sums<m>(s, a + plane_offset<kDense>(p, w, sa), g + plane_offset<kDense>(p, w, sg));
       s.a = warp_sum(s.a);
       s.g = warp_sum(s.g);
       s.ag = warp_sum(s.ag);
       acc_t pp = 0;
-      if (m == CamMethod::GradCAMPlusPlus) {
+      if constexpr (m == CamMethod::GradCAMPlusPlus) {
         for (int p = lane; p < hw; p += 32) pp += gradcampp_term(acc_t(g[plane_offset<kDense>(p, w, sg)]), s.a);
         pp = warp_sum(pp);
       }
       if (lane == 0) weight[c] = channel_weight(m, s, pp, hw, eps);
     }
+    __syncthreads();
   }
-  __syncthreads();
-  const bool weighted = uses_channel_weights(m);
   for (int p = threadIdx.x; p < hw; p += kThreads) {
     const int64_t oa = plane_offset<kDense>(p, w, sa), og = plane_offset<kDense>(p, w, sg);
     acc_t v = 0;
-    for (int c = 0; c < n; ++c)
-      v += contribution(m, weighted ? weight[c] : acc_t(0), acc_t(Ab[c * sa.k + oa]), acc_t(Gb[c * sg.k + og]));
+    for (int c = 0; c < n; ++c) {
+      const acc_t wk = uses_channel_weights(m) ? weight[c] : acc_t(0);
+      v += channel_term<m>(wk, Ab + c * sa.k + oa, Gb + c * sg.k + og);
+    }
     partial[(b * chunks + chunk) * hw + p] = v;
   }
 }
 
-// Channels-last (channel stride 1): lane c handles channel k0 + c; warps split the positions.
-template <typename scalar_t, typename acc_t>
+// Channels-last (channel stride 1): `lanes` (8, 16 or 32, a power of two) consecutive threads hold one
+// pixel's `lanes` channels, so each group's loads are contiguous; the block's groups split the positions.
+template <typename scalar_t, typename acc_t, CamMethod m>
 __global__ void __launch_bounds__(kThreads) channel_pass_pixels(
-    const scalar_t* __restrict__ A, const scalar_t* __restrict__ G, Strides sa, Strides sg, int K, int h, int w,
-    CamMethod m, acc_t eps, acc_t* __restrict__ partial) {
+    const scalar_t* __restrict__ A, const scalar_t* __restrict__ G, Strides sa, Strides sg, int K, int lanes,
+    int h, int w, acc_t eps, acc_t* __restrict__ partial) {
   const int chunk = blockIdx.x, chunks = gridDim.x;
   const int64_t b = blockIdx.y;
-  const int k0 = chunk * kChunk, hw = h * w;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int k0 = chunk * lanes, hw = h * w;
+  const int lane = threadIdx.x & (lanes - 1), group = threadIdx.x / lanes, groups = kThreads / lanes;
   const bool valid = k0 + lane < K;
-  const scalar_t* Ab = A + b * sa.b + k0 + lane;
-  const scalar_t* Gb = G + b * sg.b + k0 + lane;
-  __shared__ acc_t red[3][kWarps][kChunk];
-  __shared__ acc_t sum_a[kChunk];
-  __shared__ acc_t weight[kChunk];
+  const int k = k0 + (valid ? lane : 0);  // an invalid lane's pointer stays inside the tensor (never read)
+  const scalar_t* Ab = A + b * sa.b + k;
+  const scalar_t* Gb = G + b * sg.b + k;
+  __shared__ acc_t red[3][kThreads];  // [sum][group * lanes + lane]
+  __shared__ acc_t sum_a[kMaxChunk];
+  __shared__ acc_t weight[kMaxChunk];
 
-  if (uses_channel_weights(m)) {
+  if constexpr (uses_channel_weights(m)) {
     ChannelSums<acc_t> s;
     if (valid)
-      for (int p = warp; p < hw; p += kWarps) {
+      for (int p = group; p < hw; p += groups) {
         const int i = p / w, j = p % w;
-        s.add(acc_t(Ab[i * sa.y + j * sa.x]), acc_t(Gb[i * sg.y + j * sg.x]));
+        add_sums<m>(s, Ab + i * sa.y + j * sa.x, Gb + i * sg.y + j * sg.x);
       }
-    red[0][warp][lane] = s.a;
-    red[1][warp][lane] = s.g;
-    red[2][warp][lane] = s.ag;
+    red[0][threadIdx.x] = s.a;
+    red[1][threadIdx.x] = s.g;
+    red[2][threadIdx.x] = s.ag;
     __syncthreads();
-    if (warp == 0) {
+    if (threadIdx.x < lanes) {
       ChannelSums<acc_t> t;
-      for (int v = 0; v < kWarps; ++v) {  // fixed order: deterministic
+      for (int v = 0; v < groups; ++v) {  // fixed order: deterministic
         ChannelSums<acc_t> part;
-        part.a = red[0][v][lane];
-        part.g = red[1][v][lane];
-        part.ag = red[2][v][lane];
+        part.a = red[0][v * lanes + lane];
+        part.g = red[1][v * lanes + lane];
+        part.ag = red[2][v * lanes + lane];
         t.merge(part);
       }
       sum_a[lane] = t.a;
       weight[lane] = channel_weight(m, t, acc_t(0), hw, eps);
     }
     __syncthreads();
-    if (m == CamMethod::GradCAMPlusPlus) {
+    if constexpr (m == CamMethod::GradCAMPlusPlus) {
       acc_t pp = 0;
       if (valid)
-        for (int p = warp; p < hw; p += kWarps) {
+        for (int p = group; p < hw; p += groups) {
           const int i = p / w, j = p % w;
           pp += gradcampp_term(acc_t(Gb[i * sg.y + j * sg.x]), sum_a[lane]);
         }
-      red[0][warp][lane] = pp;
+      red[0][threadIdx.x] = pp;
       __syncthreads();
-      if (warp == 0) {
+      if (threadIdx.x < lanes) {
         acc_t t = 0;
-        for (int v = 0; v < kWarps; ++v) t += red[0][v][lane];
-        ChannelSums<acc_t> unused;
+        for (int v = 0; v < groups; ++v) t += red[0][v * lanes + lane];
+        const ChannelSums<acc_t> unused;
         weight[lane] = channel_weight(m, unused, t, hw, eps);
       }
       __syncthreads();
     }
   }
   const acc_t wk = uses_channel_weights(m) ? weight[lane] : acc_t(0);
-  for (int p = warp; p < hw; p += kWarps) {  // one warp per position, lanes over channels
-    const int i = p / w, j = p % w;
-    acc_t v = valid ? contribution(m, wk, acc_t(Ab[i * sa.y + j * sa.x]), acc_t(Gb[i * sg.y + j * sg.x])) : acc_t(0);
-    v = warp_sum(v);
-    if (lane == 0) partial[(b * chunks + chunk) * hw + p] = v;
+  // Positions in warp-uniform steps (every lane reaches the shuffles): warp `warp` covers groups
+  // warp * per_warp ... + per_warp - 1 of each step of `groups` positions.
+  const int warp = threadIdx.x / 32, per_warp = 32 / lanes, sub = (threadIdx.x % 32) / lanes;
+  for (int base = warp * per_warp; base < hw; base += groups) {
+    const int p = base + sub;
+    acc_t v = 0;
+    if (valid && p < hw) {
+      const int i = p / w, j = p % w;
+      v = channel_term<m>(wk, Ab + i * sa.y + j * sa.x, Gb + i * sg.y + j * sg.x);
+    }
+    for (int o = lanes / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);  // within the group
+    if (lane == 0 && p < hw) partial[(b * chunks + chunk) * hw + p] = v;
   }
+}
+
+// One axis of the resize: taps of every output index, and the indices that can hold an extreme.
+template <typename acc_t>
+struct AxisPlan {
+  int in_size, out_size;
+  acc_t scale;  // in_size / out_size, computed on the host
+  int* i0;
+  int* i1;
+  acc_t* l0;
+  acc_t* l1;
+  int* candidates;  // ordered; count in *count
+  int* count;
+
+  __device__ __forceinline__ LinearTap<acc_t> tap(int i) const { return {i0[i], i1[i], l0[i], l1[i]}; }
+};
+
+// Block 0 plans the rows, block 1 the columns. The candidate list is compacted in order with warp
+// ballots (block-uniform loop, so every thread reaches each barrier).
+template <typename acc_t>
+__global__ void __launch_bounds__(kThreads) plan_axes(AxisPlan<acc_t> rows, AxisPlan<acc_t> cols) {
+  const AxisPlan<acc_t>& ax = blockIdx.x == 0 ? rows : cols;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  __shared__ int warp_count[kWarps];
+  int base = 0;  // the same in every thread
+  for (int start = 0; start < ax.out_size; start += kThreads) {
+    const int i = start + threadIdx.x;
+    bool candidate = false;
+    if (i < ax.out_size) {
+      const LinearTap<acc_t> t = linear_tap<acc_t>(i, ax.in_size, ax.scale);
+      ax.i0[i] = static_cast<int>(t.i0);
+      ax.i1[i] = static_cast<int>(t.i1);
+      ax.l0[i] = t.l0;
+      ax.l1[i] = t.l1;
+      candidate = is_extreme_candidate<acc_t>(i, ax.out_size, ax.in_size, ax.scale);
+    }
+    const unsigned ballot = __ballot_sync(0xffffffffu, candidate);
+    if (lane == 0) warp_count[warp] = __popc(ballot);
+    __syncthreads();
+    int offset = base;
+    for (int v = 0; v < warp; ++v) offset += warp_count[v];
+    if (candidate) ax.candidates[offset + __popc(ballot & ((1u << lane) - 1u))] = i;
+    for (int v = 0; v < kWarps; ++v) base += warp_count[v];
+    __syncthreads();  // warp_count is rewritten in the next step
+  }
+  if (threadIdx.x == 0) *ax.count = base;
 }
 
 template <typename acc_t>
 __global__ void __launch_bounds__(kThreads) cam_and_range(const acc_t* __restrict__ partial, int chunks, int h, int w,
-                                                          int H, int W, bool normalize, acc_t eps,
-                                                          acc_t* __restrict__ cam, acc_t* __restrict__ lo,
-                                                          acc_t* __restrict__ inv) {
+                                                          bool normalize, acc_t eps, AxisPlan<acc_t> rows,
+                                                          AxisPlan<acc_t> cols, acc_t* __restrict__ cam,
+                                                          acc_t* __restrict__ lo, acc_t* __restrict__ inv) {
   const int64_t b = blockIdx.x;
   const int hw = h * w;
   acc_t* cam_b = cam + b * hw;
@@ -192,17 +308,14 @@ __global__ void __launch_bounds__(kThreads) cam_and_range(const acc_t* __restric
   // unresized map is finite: a map with a NaN or inf normalises to NaN everywhere (fused_gradcam.h).
   const bool all_finite = __syncthreads_and(finite);
 
-  const acc_t sy = axis_scale<acc_t>(h, H), sx = axis_scale<acc_t>(w, W);
   acc_t mn = positive_infinity<acc_t>(), mx = -positive_infinity<acc_t>();
-  for (int i = threadIdx.x; i < H; i += kThreads) {
-    if (!is_extreme_candidate<acc_t>(i, H, h, sy)) continue;
-    const LinearTap<acc_t> ty = linear_tap<acc_t>(i, h, sy);
-    for (int j = 0; j < W; ++j) {
-      if (!is_extreme_candidate<acc_t>(j, W, w, sx)) continue;
-      const acc_t v = bilinear(cam_b, w, ty, linear_tap<acc_t>(j, w, sx));
-      mn = v < mn ? v : mn;
-      mx = v > mx ? v : mx;
-    }
+  const int nr = *rows.count, nc = *cols.count;
+  const int64_t total = static_cast<int64_t>(nr) * nc;
+  for (int64_t t = threadIdx.x; t < total; t += kThreads) {  // every candidate (row, column) pair
+    const int r = static_cast<int>(t / nc), c = static_cast<int>(t - static_cast<int64_t>(r) * nc);
+    const acc_t v = bilinear(cam_b, w, rows.tap(rows.candidates[r]), cols.tap(cols.candidates[c]));
+    mn = v < mn ? v : mn;
+    mx = v > mx ? v : mx;
   }
   for (int o = 16; o > 0; o >>= 1) {
     const acc_t omn = __shfl_xor_sync(0xffffffffu, mn, o), omx = __shfl_xor_sync(0xffffffffu, mx, o);
@@ -226,75 +339,136 @@ __global__ void __launch_bounds__(kThreads) cam_and_range(const acc_t* __restric
   }
 }
 
-template <typename acc_t>
-__global__ void resize_write(const acc_t* __restrict__ cam, int h, int w, int H, int W, bool normalize,
-                             const acc_t* __restrict__ lo, const acc_t* __restrict__ inv, acc_t* __restrict__ out) {
-  const int j = blockIdx.x * blockDim.x + threadIdx.x;
+// Block (32, 8): thread (x, y) writes output pixels 4x .. 4x + 3 of row y. kAligned: W % 4 == 0 and the
+// output 16-byte aligned, so the four go out in one vector store.
+template <typename acc_t, bool kAligned>
+__global__ void __launch_bounds__(kThreads) resize_write(const acc_t* __restrict__ cam, int h, int w, bool normalize,
+                                                         AxisPlan<acc_t> rows, AxisPlan<acc_t> cols,
+                                                         const acc_t* __restrict__ lo, const acc_t* __restrict__ inv,
+                                                         acc_t* __restrict__ out) {
+  const int H = rows.out_size, W = cols.out_size;
   const int i = blockIdx.y * blockDim.y + threadIdx.y;
+  const int j0 = (blockIdx.x * blockDim.x + threadIdx.x) * kVector;
   const int64_t b = blockIdx.z;
-  if (i >= H || j >= W) return;
-  acc_t v;
-  if (H == h && W == w) {  // a copy, as interpolate does at the same size (a zero weight would spread NaN)
-    v = cam[(b * h + i) * w + j];
-  } else {
-    const LinearTap<acc_t> ty = linear_tap<acc_t>(i, h, axis_scale<acc_t>(h, H));
-    const LinearTap<acc_t> tx = linear_tap<acc_t>(j, w, axis_scale<acc_t>(w, W));
-    v = bilinear(cam + b * h * w, w, ty, tx);
+  if (i >= H || j0 >= W) return;
+  const acc_t* cam_b = cam + b * h * w;
+  const bool copy = H == h && W == w;  // a copy, as interpolate does at the same size (a zero weight would spread NaN)
+  const LinearTap<acc_t> ty = rows.tap(i);
+  const acc_t l = normalize ? lo[b] : acc_t(0), s = normalize ? inv[b] : acc_t(0);
+  acc_t v[kVector];
+#pragma unroll
+  for (int q = 0; q < kVector; ++q) {
+    const int j = min(j0 + q, W - 1);  // past the row's end: computed, not stored
+    const acc_t x = copy ? cam_b[static_cast<int64_t>(i) * w + j] : bilinear(cam_b, w, ty, cols.tap(j));
+    v[q] = normalize ? normalized(x, l, s) : x;
   }
-  out[(b * H + i) * W + j] = normalize ? normalized(v, lo[b], inv[b]) : v;
+  acc_t* row = out + (b * H + i) * static_cast<int64_t>(W);
+  if (kAligned) {
+    store4(row + j0, v);
+  } else {
+#pragma unroll
+    for (int q = 0; q < kVector; ++q)
+      if (j0 + q < W) row[j0 + q] = v[q];
+  }
 }
 
-template <typename scalar_t>
-void launch(const at::Tensor& A, const at::Tensor& G, int64_t H, int64_t W, CamMethod m, bool normalize, double eps_d,
+// Channels per block: 32, or fewer when the batch is too small to give every SM two blocks, as long as
+// a map has at most kMaxChunks partial maps (cam_and_range adds them serially per position).
+constexpr int64_t kMaxChunks = 64;
+int chunk_size_for(int64_t B, int64_t K) {
+  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  int size = kMaxChunk;
+  while (size > kMinChunk && B * ((K + size - 1) / size) < 2 * static_cast<int64_t>(sms) &&
+         (K + size / 2 - 1) / (size / 2) <= kMaxChunks)
+    size /= 2;
+  return size;
+}
+
+template <typename scalar_t, CamMethod m>
+void launch(const at::Tensor& A, const at::Tensor& G, int64_t H, int64_t W, bool normalize, double eps_d,
             at::Tensor& out) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t B = A.size(0), K = A.size(1), h = A.size(2), w = A.size(3);
   if (B == 0) return;
-  constexpr int64_t kMaxMaps = 65535;  // gridDim.y / gridDim.z limit: larger batches go in slices
-  if (B > kMaxMaps) {
-    for (int64_t start = 0; start < B; start += kMaxMaps) {
-      const int64_t n = std::min(kMaxMaps, B - start);
-      at::Tensor slice = out.narrow(0, start, n);
-      launch<scalar_t>(A.narrow(0, start, n), G.narrow(0, start, n), H, W, m, normalize, eps_d, slice);
-    }
-    return;
-  }
-  TORCH_CHECK(h * w <= INT32_MAX && K <= INT32_MAX - kChunk && H <= 65535 * 8 && W <= INT32_MAX,
-              "fused_gradcam (CUDA): sizes too large: activations ", A.sizes(), ", output (", H, ", ", W, ")");
+  // int loop counters step past h*w, H and W by up to kThreads; grid rows are 8 output rows each.
+  TORCH_CHECK(h * w <= INT32_MAX - kThreads && K <= INT32_MAX - kMaxChunk && H <= 65535 * 8 &&
+                  W <= INT32_MAX - kThreads,
+              "fused_gradcam (CUDA): sizes too large: activations ", A.sizes(), ", output (", H, ", ", W,
+              "); supported: h*w <= ", INT32_MAX - kThreads, ", K <= ", INT32_MAX - kMaxChunk, ", H <= ",
+              65535 * 8, ", W <= ", INT32_MAX - kThreads);
   const acc_t eps = static_cast<acc_t>(eps_d);
   const Strides sa = strides_of(A), sg = strides_of(G);
-  const int chunks = static_cast<int>(std::max<int64_t>(1, (K + kChunk - 1) / kChunk));  // K = 0: one empty chunk
+  const bool pixels = K > 1 && sa.k == 1 && sg.k == 1;
+  const bool dense = sa.x == 1 && sa.y == w && sg.x == 1 && sg.y == w;
+  const int chunk_size = chunk_size_for(B, K);
+  const int chunks = static_cast<int>(std::max<int64_t>(1, (K + chunk_size - 1) / chunk_size));  // K = 0: one empty
+  const int64_t per_map = (chunks + 1) * h * w * static_cast<int64_t>(sizeof(acc_t));
+  const int64_t slice = std::min({B, kMaxMaps, std::max<int64_t>(1, kScratchBytes / per_map)});
+
   const auto opts = A.options().dtype(out.scalar_type());
-  at::Tensor partial = at::empty({B * chunks * h * w}, opts);
-  at::Tensor cam = at::empty({B * h * w}, opts);
-  at::Tensor lo = at::empty({B}, opts), inv = at::empty({B}, opts);
+  at::Tensor partial = at::empty({slice * chunks * h * w}, opts);
+  at::Tensor cam = at::empty({slice * h * w}, opts);
+  at::Tensor range = at::empty({2, slice}, opts);
+  at::Tensor index = at::empty({3 * (H + W) + 2}, A.options().dtype(at::kInt));
+  at::Tensor weights = at::empty({2 * (H + W)}, opts);
+  int* ip = index.mutable_data_ptr<int>();
+  acc_t* wp = weights.mutable_data_ptr<acc_t>();
+  const AxisPlan<acc_t> rows{static_cast<int>(h), static_cast<int>(H), axis_scale<acc_t>(h, H), ip, ip + H,
+                             wp, wp + H, ip + 2 * H, ip + 3 * (H + W)};
+  const AxisPlan<acc_t> cols{static_cast<int>(w), static_cast<int>(W), axis_scale<acc_t>(w, W), ip + 3 * H,
+                             ip + 3 * H + W, wp + 2 * H, wp + 2 * H + W, ip + 3 * H + 2 * W, ip + 3 * (H + W) + 1};
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  plan_axes<acc_t><<<2, kThreads, 0, stream>>>(rows, cols);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 
-  const dim3 grid1(chunks, static_cast<unsigned>(B));
-  const scalar_t* a = A.const_data_ptr<scalar_t>();
-  const scalar_t* g = G.const_data_ptr<scalar_t>();
   acc_t* part = partial.mutable_data_ptr<acc_t>();
-  if (K > 1 && sa.k == 1 && sg.k == 1) {
-    channel_pass_pixels<scalar_t, acc_t><<<grid1, kThreads, 0, stream>>>(a, g, sa, sg, K, h, w, m, eps, part);
-  } else if (sa.x == 1 && sa.y == w && sg.x == 1 && sg.y == w) {
-    channel_pass_planes<scalar_t, acc_t, true><<<grid1, kThreads, 0, stream>>>(a, g, sa, sg, K, h, w, m, eps, part);
-  } else {
-    channel_pass_planes<scalar_t, acc_t, false><<<grid1, kThreads, 0, stream>>>(a, g, sa, sg, K, h, w, m, eps, part);
-  }
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-
   acc_t* cam_ptr = cam.mutable_data_ptr<acc_t>();
-  acc_t* lo_ptr = lo.mutable_data_ptr<acc_t>();
-  acc_t* inv_ptr = inv.mutable_data_ptr<acc_t>();
-  cam_and_range<acc_t><<<static_cast<unsigned>(B), kThreads, 0, stream>>>(part, chunks, h, w, H, W, normalize, eps,
-                                                                           cam_ptr, lo_ptr, inv_ptr);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  acc_t* lo_ptr = range.mutable_data_ptr<acc_t>();
+  acc_t* inv_ptr = lo_ptr + slice;
+  for (int64_t start = 0; start < B; start += slice) {  // scratch reused: the stream orders the slices
+    const int64_t n = std::min(slice, B - start);
+    const scalar_t* a = A.const_data_ptr<scalar_t>() + start * sa.b;
+    const scalar_t* g = G.const_data_ptr<scalar_t>() + start * sg.b;
+    const dim3 grid1(chunks, static_cast<unsigned>(n));
+    if (pixels) {
+      channel_pass_pixels<scalar_t, acc_t, m>
+          <<<grid1, kThreads, 0, stream>>>(a, g, sa, sg, static_cast<int>(K), chunk_size, h, w, eps, part);
+    } else if (dense) {
+      channel_pass_planes<scalar_t, acc_t, m, true>
+          <<<grid1, kThreads, 0, stream>>>(a, g, sa, sg, static_cast<int>(K), chunk_size, h, w, eps, part);
+    } else {
+      channel_pass_planes<scalar_t, acc_t, m, false>
+          <<<grid1, kThreads, 0, stream>>>(a, g, sa, sg, static_cast<int>(K), chunk_size, h, w, eps, part);
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
 
-  const dim3 block3(32, 8);
-  const dim3 grid3((W + 31) / 32, (H + 7) / 8, static_cast<unsigned>(B));
-  resize_write<acc_t><<<grid3, block3, 0, stream>>>(cam_ptr, h, w, H, W, normalize, lo_ptr, inv_ptr,
-                                                   out.mutable_data_ptr<acc_t>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+    cam_and_range<acc_t><<<static_cast<unsigned>(n), kThreads, 0, stream>>>(part, chunks, h, w, normalize, eps, rows,
+                                                                             cols, cam_ptr, lo_ptr, inv_ptr);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+
+    acc_t* o = out.mutable_data_ptr<acc_t>() + start * H * W;
+    const dim3 block3(32, 8);
+    const dim3 grid3((W + 32 * kVector - 1) / (32 * kVector), (H + 7) / 8, static_cast<unsigned>(n));
+    if (W % kVector == 0 && reinterpret_cast<std::uintptr_t>(o) % 16 == 0) {
+      resize_write<acc_t, true><<<grid3, block3, 0, stream>>>(cam_ptr, h, w, normalize, rows, cols, lo_ptr, inv_ptr, o);
+    } else {
+      resize_write<acc_t, false><<<grid3, block3, 0, stream>>>(cam_ptr, h, w, normalize, rows, cols, lo_ptr, inv_ptr, o);
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+}
+
+template <typename scalar_t>
+void launch_method(const at::Tensor& A, const at::Tensor& G, int64_t H, int64_t W, CamMethod m, bool normalize,
+                   double eps, at::Tensor& out) {
+  switch (m) {
+    case CamMethod::GradCAM: return launch<scalar_t, CamMethod::GradCAM>(A, G, H, W, normalize, eps, out);
+    case CamMethod::GradCAMPlusPlus:
+      return launch<scalar_t, CamMethod::GradCAMPlusPlus>(A, G, H, W, normalize, eps, out);
+    case CamMethod::XGradCAM: return launch<scalar_t, CamMethod::XGradCAM>(A, G, H, W, normalize, eps, out);
+    case CamMethod::HiResCAM: return launch<scalar_t, CamMethod::HiResCAM>(A, G, H, W, normalize, eps, out);
+    case CamMethod::LayerCAM: return launch<scalar_t, CamMethod::LayerCAM>(A, G, H, W, normalize, eps, out);
+  }
 }
 
 void fused_gradcam_out_cuda(const at::Tensor& activations, const at::Tensor& gradients, at::IntArrayRef size,
@@ -302,9 +476,11 @@ void fused_gradcam_out_cuda(const at::Tensor& activations, const at::Tensor& gra
   const at::ScalarType dtype = check_inputs(activations, gradients, size, eps);
   const CamMethod m = parse_method(method);
   check_out(out, activations, size, dtype);
+  TORCH_CHECK(activations.is_cuda(), "fused_gradcam (CUDA): activations must be on a CUDA device, got ",
+              activations.device());
   const c10::cuda::CUDAGuard guard(activations.device());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, activations.scalar_type(), "fused_gradcam_cuda", [&] {
-    launch<scalar_t>(activations, gradients, size[0], size[1], m, normalize, eps, out);
+    launch_method<scalar_t>(activations, gradients, size[0], size[1], m, normalize, eps, out);
   });
 }
 

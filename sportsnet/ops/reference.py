@@ -35,6 +35,9 @@ def check_inputs(activations: torch.Tensor, gradients: torch.Tensor, size: Seque
     if activations.dtype not in _DTYPES or gradients.dtype not in _DTYPES:
         raise TypeError(f"fused_gradcam: activations and gradients must be float32, float16, bfloat16 or float64, "
                         f"got {activations.dtype} and {gradients.dtype}")
+    if activations.dtype != gradients.dtype:
+        raise TypeError(f"fused_gradcam: activations ({activations.dtype}) and gradients ({gradients.dtype}) must "
+                        f"have the same dtype")
     if method not in METHODS:
         raise ValueError(f"fused_gradcam: unknown method {method!r}; expected one of {', '.join(METHODS)}")
     try:
