@@ -25,7 +25,7 @@ from typing import Sequence
 import torch
 
 from . import _build
-from .reference import check_inputs, gradcam_reference, output_dtype
+from .reference import check_inputs, check_weighted_inputs, gradcam_reference, output_dtype, weighted_cam_reference
 
 log = logging.getLogger(__name__)
 _OP = "sportsnet::fused_gradcam"
@@ -207,3 +207,19 @@ def fused_gradcam(activations: torch.Tensor, gradients: torch.Tensor, size: Sequ
         return op.default(activations, gradients, [H, W], method, normalize, float(eps))
     op.out(activations, gradients, [H, W], method, normalize, float(eps), out=out)
     return out
+
+
+def fused_weighted_cam(activations: torch.Tensor, weights: torch.Tensor, size: Sequence[int], *,
+                       bias: torch.Tensor | None = None, normalize: bool = True, eps: float = 1e-7,
+                       out: torch.Tensor | None = None) -> torch.Tensor:
+    """CAM maps from given channel weights, ``ReLU(sum_k weights[b, k] A[b, k] + bias[b])``, resized and
+    normalised as :func:`fused_gradcam` does; see :func:`weighted_cam_reference`.
+
+    Args:
+        activations: ``(B, K, h, w)`` float32/float16/bfloat16/float64, any layout.
+        weights: ``(B, K)``, float32 (float64 for float64 activations).
+        size: ``(H, W)`` of the output maps.
+        bias: optional ``(B,)`` added to every position of a map before the ReLU.
+    """
+    check_weighted_inputs(activations, weights, bias, size, eps)
+    return weighted_cam_reference(activations, weights, size, bias=bias, normalize=normalize, eps=eps, out=out)

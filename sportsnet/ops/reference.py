@@ -1,4 +1,4 @@
-"""The Grad-CAM epilogue in plain PyTorch: the test oracle for the compiled op, and its fallback.
+"""The CAM epilogues in plain PyTorch: the test oracles for the compiled ops, and their fallbacks.
 
 Kept short and literal; the formulas are stated in csrc/fused_gradcam.h and in the docstring below.
 """
@@ -18,39 +18,39 @@ _DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 def check_inputs(activations: torch.Tensor, gradients: torch.Tensor, size: Sequence[int], method: str,
-                 eps: float) -> tuple[int, int]:
+                 eps: float, op: str = "fused_gradcam") -> tuple[int, int]:
     """Validate the operator's arguments (both backends); return ``(H, W)``."""
     if not isinstance(activations, torch.Tensor) or not isinstance(gradients, torch.Tensor):
-        raise TypeError(f"fused_gradcam: activations and gradients must be tensors, got "
+        raise TypeError(f"{op}: activations and gradients must be tensors, got "
                         f"{type(activations).__name__} and {type(gradients).__name__}")
     for name, t in (("activations", activations), ("gradients", gradients)):
         if t.dim() != 4:
-            raise ValueError(f"fused_gradcam: {name} must be 4-D (B, K, h, w), got shape {tuple(t.shape)}")
+            raise ValueError(f"{op}: {name} must be 4-D (B, K, h, w), got shape {tuple(t.shape)}")
     if activations.shape != gradients.shape:
-        raise ValueError(f"fused_gradcam: activations {tuple(activations.shape)} and gradients "
+        raise ValueError(f"{op}: activations {tuple(activations.shape)} and gradients "
                          f"{tuple(gradients.shape)} must have the same shape")
     if activations.device != gradients.device:
-        raise ValueError(f"fused_gradcam: activations ({activations.device}) and gradients ({gradients.device}) "
+        raise ValueError(f"{op}: activations ({activations.device}) and gradients ({gradients.device}) "
                          f"must be on the same device")
     if activations.dtype not in _DTYPES or gradients.dtype not in _DTYPES:
-        raise TypeError(f"fused_gradcam: activations and gradients must be float32, float16, bfloat16 or float64, "
+        raise TypeError(f"{op}: activations and gradients must be float32, float16, bfloat16 or float64, "
                         f"got {activations.dtype} and {gradients.dtype}")
     if activations.dtype != gradients.dtype:
-        raise TypeError(f"fused_gradcam: activations ({activations.dtype}) and gradients ({gradients.dtype}) must "
+        raise TypeError(f"{op}: activations ({activations.dtype}) and gradients ({gradients.dtype}) must "
                         f"have the same dtype")
     if method not in METHODS:
-        raise ValueError(f"fused_gradcam: unknown method {method!r}; expected one of {', '.join(METHODS)}")
+        raise ValueError(f"{op}: unknown method {method!r}; expected one of {', '.join(METHODS)}")
     try:
         H, W = (int(s) for s in size)
         ok = H > 0 and W > 0 and all(int(s) == s for s in size)
     except (TypeError, ValueError):
         ok = False
     if not ok:
-        raise ValueError(f"fused_gradcam: size must be two positive integers (H, W), got {size!r}")
+        raise ValueError(f"{op}: size must be two positive integers (H, W), got {size!r}")
     if activations.shape[2] == 0 or activations.shape[3] == 0:
-        raise ValueError(f"fused_gradcam: the activation maps are empty: shape {tuple(activations.shape)}")
+        raise ValueError(f"{op}: the activation maps are empty: shape {tuple(activations.shape)}")
     if not (eps >= 0 and eps != float("inf")):
-        raise ValueError(f"fused_gradcam: eps must be finite and >= 0, got {eps!r}")
+        raise ValueError(f"{op}: eps must be finite and >= 0, got {eps!r}")
     return H, W
 
 
@@ -93,6 +93,13 @@ def gradcam_reference(activations: torch.Tensor, gradients: torch.Tensor, size: 
         cam = (G * A).sum(dim=1)
     else:  # layercam
         cam = (G.relu() * A).sum(dim=1)
+    return _epilogue(cam, (H, W), normalize, eps, out)
+
+
+def _epilogue(cam: torch.Tensor, size: tuple[int, int], normalize: bool, eps: float,
+              out: torch.Tensor | None) -> torch.Tensor:
+    """ReLU, bilinear resizing, per-map normalisation (NaN for a map with a non-finite value), out=."""
+    H, W = size
     cam = cam.relu()
     finite = torch.isfinite(cam).all(dim=(1, 2))[:, None, None]  # per map, before resizing
     cam = F.interpolate(cam[:, None], size=(H, W), mode="bilinear", align_corners=False)[:, 0]
@@ -104,6 +111,56 @@ def gradcam_reference(activations: torch.Tensor, gradients: torch.Tensor, size: 
     if out is None:
         return cam
     if out.shape != cam.shape or out.dtype != cam.dtype or out.device != cam.device:
-        raise ValueError(f"fused_gradcam: out must be a {cam.dtype} tensor of shape {tuple(cam.shape)} on "
+        raise ValueError(f"out must be a {cam.dtype} tensor of shape {tuple(cam.shape)} on "
                          f"{cam.device}, got {out.dtype} {tuple(out.shape)} on {out.device}")
     return out.copy_(cam)
+
+
+def check_weighted_inputs(activations: torch.Tensor, weights: torch.Tensor, bias: torch.Tensor | None,
+                          size: Sequence[int], eps: float) -> tuple[int, int]:
+    """Validate ``fused_weighted_cam``'s arguments (both backends); return ``(H, W)``."""
+    if not isinstance(activations, torch.Tensor) or not isinstance(weights, torch.Tensor):
+        raise TypeError(f"fused_weighted_cam: activations and weights must be tensors, got "
+                        f"{type(activations).__name__} and {type(weights).__name__}")
+    if activations.dim() != 4:
+        raise ValueError(f"fused_weighted_cam: activations must be 4-D (B, K, h, w), got shape "
+                         f"{tuple(activations.shape)}")
+    B, K = activations.shape[:2]
+    if weights.shape != (B, K):
+        raise ValueError(f"fused_weighted_cam: weights must have shape (B, K) = ({B}, {K}) for activations "
+                         f"{tuple(activations.shape)}, got {tuple(weights.shape)}")
+    if bias is not None and (not isinstance(bias, torch.Tensor) or bias.shape != (B,)):
+        raise ValueError(f"fused_weighted_cam: bias must be None or a tensor of shape (B,) = ({B},), got "
+                         f"{tuple(bias.shape) if isinstance(bias, torch.Tensor) else type(bias).__name__}")
+    for name, t in (("activations", activations), ("weights", weights), ("bias", bias)):
+        if t is not None and t.device != activations.device:
+            raise ValueError(f"fused_weighted_cam: {name} ({t.device}) and activations ({activations.device}) "
+                             f"must be on the same device")
+    if activations.dtype not in _DTYPES:
+        raise TypeError(f"fused_weighted_cam: activations must be float32, float16, bfloat16 or float64, got "
+                        f"{activations.dtype}")
+    acc = output_dtype(activations.dtype)
+    for name, t in (("weights", weights), ("bias", bias)):
+        if t is not None and t.dtype != acc:
+            raise TypeError(f"fused_weighted_cam: {name} must be {acc} (the accumulation type of "
+                            f"{activations.dtype} activations), got {t.dtype}")
+    return check_inputs(activations, activations, size, "gradcam", eps, op="fused_weighted_cam")
+
+
+def weighted_cam_reference(activations: torch.Tensor, weights: torch.Tensor, size: Sequence[int], *,
+                           bias: torch.Tensor | None = None, normalize: bool = True, eps: float = 1e-7,
+                           out: torch.Tensor | None = None) -> torch.Tensor:
+    """CAM maps from given channel weights: ``ReLU(sum_k weights[b, k] A[b, k] + bias[b])``, then the
+    same resizing, normalisation and non-finite contract as :func:`gradcam_reference`.
+
+    For the methods whose map is a weighted channel sum with weights from elsewhere: CAM (the
+    classifier's weights), Score-CAM and its variants (scores of masked inputs), Ablation-CAM (score
+    drops), Eigen-CAM (the first principal direction, with ``bias`` = minus the projected mean).
+    ``weights`` (and ``bias``) are float32, or float64 for float64 activations.
+    """
+    H, W = check_weighted_inputs(activations, weights, bias, size, eps)
+    acc = output_dtype(activations.dtype)
+    cam = torch.einsum("bk,bkhw->bhw", weights, activations.to(acc))
+    if bias is not None:
+        cam = cam + bias[:, None, None]
+    return _epilogue(cam, (H, W), normalize, eps, out)
