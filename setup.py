@@ -94,5 +94,7 @@ setup(
         "open-clip-torch>=3.2,<4",
         "matplotlib",
     ],
-    extras_require={"test": ["pytest", "ruff==0.17.6"]},
+    # The test extra: pytorch-grad-cam and torchcam for the parity tests of the CAM methods (pinned, and
+    # installed with the pinned torch pair by the Makefile, so they cannot pull another torch).
+    extras_require={"test": ["pytest", "ruff==0.17.6", "grad-cam==1.5.7", "torchcam==0.5.0"]},
 )

@@ -1,8 +1,43 @@
-"""Explanations: the batched Grad-CAM-family explainer, overlays, and faithfulness metrics.
+"""Explanations: batched CAM methods (gradient-weighted and gradient-free), overlays, and
+faithfulness metrics.
 
-Knows nothing of datasets: boxes and labels come in as tensors.
+Knows nothing of datasets: boxes and labels come in as tensors. Every method is called the same way
+(:class:`CamExplainer`); :func:`make_explainer` builds one by name (``explain.py --method``).
 """
-from .explainer import CamOutput, GradCAM
-from .hooks import default_target_layer, resolve_layer
+from __future__ import annotations
 
-__all__ = ["CamOutput", "GradCAM", "default_target_layer", "resolve_layer"]
+from typing import Any
+
+from torch import nn
+
+from ..ops import METHODS as GRADIENT_METHODS
+from .ablationcam import AblationCAM
+from .class_activation import CAM
+from .eigencam import EigenCAM, EigenGradCAM
+from .explainer import CamExplainer, CamOutput, GradCAM
+from .hooks import default_target_layer, resolve_layer
+from .scorecam import ScoreCAM
+
+#: Every method by name: the gradient-weighted ones of the fused operator, then the others.
+EXPLAINERS: dict[str, type[CamExplainer]] = {
+    **{m: GradCAM for m in GRADIENT_METHODS},
+    "eigengradcam": EigenGradCAM,
+    "cam": CAM,
+    "scorecam": ScoreCAM,
+    "ablationcam": AblationCAM,
+    "eigencam": EigenCAM,
+}
+
+
+def make_explainer(model: nn.Module, method: str, target_layer=None, size=None, **options: Any) -> CamExplainer:
+    """The explainer of ``method`` (a key of :data:`EXPLAINERS`) for ``model``."""
+    if method not in EXPLAINERS:
+        raise ValueError(f"method={method!r} is not one of {', '.join(EXPLAINERS)}")
+    cls = EXPLAINERS[method]
+    if cls is GradCAM:
+        return GradCAM(model, target_layer, method=method, size=size, **options)
+    return cls(model, target_layer, size, **options)
+
+
+__all__ = ["EXPLAINERS", "AblationCAM", "CAM", "CamExplainer", "CamOutput", "EigenCAM", "EigenGradCAM", "GradCAM",
+           "ScoreCAM", "default_target_layer", "make_explainer", "resolve_layer"]

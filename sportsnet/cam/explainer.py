@@ -1,4 +1,5 @@
-"""``GradCAM``: batched Grad-CAM-family explanations for any classifier returning ``(B, C)`` logits.
+"""Batched CAM explanations for any classifier returning ``(B, C)`` logits: the shared call
+(:class:`CamExplainer`) and the gradient-weighted family (:class:`GradCAM`).
 
     with GradCAM(model, target_layer="features.35", method="gradcam") as cam:
         out = cam(images)                    # the predicted class
@@ -7,16 +8,20 @@
     out.maps     # (B, K, H, W) float32 in [0, 1] on the images' device
     out.classes  # (B, K) class indices; out.scores (B, K) softmax probabilities
 
-How one call works: the model is put in eval mode with every parameter frozen, and a forward hook
-replaces the target layer's output with a detached leaf that requires grad. So the forward records
-no graph before that layer, and ``torch.autograd.grad`` takes each target's gradient with respect to
-that activation alone: no full backward, no parameter ``.grad``. K targets share one forward (one
-small backward each through the layers after the hook), and the maps come from
-:func:`sportsnet.ops.fused_gradcam` on the activations' device. Hooks live only for the duration of a
-call; the model's mode and ``requires_grad`` flags are restored afterwards, also after an exception.
+Every explainer (this module's, and the gradient-free ones beside it: Score-CAM, Ablation-CAM,
+Eigen-CAM, ...) is called the same way. One call puts the model in eval mode with every parameter
+frozen, runs one forward with hooks on the target layers, picks the classes, and hands the captured
+activations to the method; hooks live only for the duration of the call, and the model's mode and
+``requires_grad`` flags are restored afterwards, also after an exception.
 
-Between calls the explainer holds no hooks, only references to the model and its target layers.
-Leaving the ``with`` block (or :meth:`GradCAM.close`) drops them, so the explainer no longer keeps
+Grad-CAM family: a forward hook replaces the target layer's output with a detached leaf that requires
+grad. So the forward records no graph before that layer, and ``torch.autograd.grad`` takes each
+target's gradient with respect to that activation alone: no full backward, no parameter ``.grad``. K
+targets share one forward (one small backward each through the layers after the hook), and the maps
+come from :func:`sportsnet.ops.fused_gradcam` on the activations' device.
+
+Between calls an explainer holds no hooks, only references to the model and its target layers.
+Leaving the ``with`` block (or :meth:`CamExplainer.close`) drops them, so the explainer no longer keeps
 the model alive (a large model on a GPU can be freed), and a later call is refused.
 """
 from __future__ import annotations
@@ -51,20 +56,26 @@ def _nearest_attribute(model: nn.Module, layer_name: str, attribute: str, kind: 
     return None
 
 
-class GradCAM:
-    """Args:
+class CamExplainer:
+    """The shared call of every CAM method. Subclasses set :attr:`needs_gradients` and implement
+    :meth:`_maps`.
+
+    Args:
         model: maps ``(B, 3, H, W)`` images to ``(B, C)`` logits.
         target_layer: a module, a dotted name, or a list of them (maps per layer are normalised, then
             averaged); default: the family's usual layer (see :func:`default_target_layer`).
-        method: one of ``sportsnet.ops.METHODS``.
         size: ``(H, W)`` of the maps; default: the images' size.
     """
 
+    #: Whether the forward records a graph from the target layers (gradient-based methods), or runs
+    #: under ``torch.inference_mode`` (gradient-free ones).
+    needs_gradients = True
+    #: The method's name, as ``explain.py --method`` spells it.
+    name = ""
+
     def __init__(self, model: nn.Module, target_layer: str | nn.Module | Sequence[str | nn.Module] | None = None,
-                 method: str = "gradcam", size: tuple[int, int] | None = None):
-        if method not in METHODS:
-            raise ValueError(f"method={method!r} is not one of {METHODS}")
-        self.model, self.method, self.size = model, method, size
+                 size: tuple[int, int] | None = None):
+        self.model, self.size = model, size
         if target_layer is None:
             target_layer = default_target_layer(model)
         layers = list(target_layer) if isinstance(target_layer, (list, tuple)) else [target_layer]
@@ -85,9 +96,9 @@ class GradCAM:
         self.layers = []
         self.closed = True
 
-    def __enter__(self) -> "GradCAM":
+    def __enter__(self):
         if self.closed:
-            raise RuntimeError("this GradCAM is closed; make a new one to explain again")
+            raise RuntimeError(f"this {type(self).__name__} is closed; make a new one to explain again")
         return self
 
     def __exit__(self, *exc) -> None:
@@ -122,18 +133,18 @@ class GradCAM:
 
     def __call__(self, images: torch.Tensor, targets=None, top_k: int | None = None) -> CamOutput:
         if self.closed:
-            raise RuntimeError(f"this GradCAM (layers {self._names}) was closed, by leaving its `with` block or "
-                               f"by close(); make a new one to explain again")
+            raise RuntimeError(f"this {type(self).__name__} (layers {self._names}) was closed, by leaving its `with` "
+                               f"block or by close(); make a new one to explain again")
         if images.dim() != 4:
             raise ValueError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
         size = tuple(self.size or images.shape[-2:])
         state = ModelState.capture(self.model)
-        capture = ActivationCapture(self.layers)
+        capture = ActivationCapture(self.layers, gradients=self.needs_gradients)
         try:
             self.model.eval()
             for p in self.model.parameters():
                 p.requires_grad_(False)
-            with torch.enable_grad():
+            with torch.enable_grad() if self.needs_gradients else torch.inference_mode():
                 logits = self.model(images)
                 if logits.dim() != 2:
                     raise ValueError(f"the model returned shape {tuple(logits.shape)}; expected (B, C) logits")
@@ -142,17 +153,8 @@ class GradCAM:
                     raise RuntimeError(f"the forward pass never ran target layer(s) {missing}")
                 classes = self._targets(logits.detach(), targets, top_k)
                 acts = [capture.outputs[n] for n in self.target_layers]
-                B, K = classes.shape
-                maps = torch.empty(B, K, *size, dtype=torch.float32, device=images.device)
-                for k in range(K):
-                    score = logits.gather(1, classes[:, k:k + 1]).sum()  # images are independent in eval mode
-                    grads = torch.autograd.grad(score, acts, retain_graph=k < K - 1)
-                    per_layer = [
-                        fused_gradcam(as_maps(a.detach(), B, n, **self.token_layout[n]),
-                                      as_maps(g, B, n, **self.token_layout[n]), size, method=self.method)
-                        for n, a, g in zip(self.target_layers, acts, grads)
-                    ]
-                    maps[:, k] = per_layer[0] if len(per_layer) == 1 else torch.stack(per_layer).mean(0)
+                capture.remove()  # methods that run the model again must not re-capture
+                maps = self._maps(images, logits, classes, acts, size)
         finally:
             capture.remove()
             capture.clear()
@@ -160,3 +162,47 @@ class GradCAM:
         logits = logits.detach()
         scores = logits.float().softmax(dim=1).gather(1, classes)
         return CamOutput(maps, classes, scores, logits)
+
+    def _maps(self, images: torch.Tensor, logits: torch.Tensor, classes: torch.Tensor, acts: list[torch.Tensor],
+              size: tuple[int, int]) -> torch.Tensor:
+        """``(B, K, H, W)`` maps for ``classes`` (B, K) from the target layers' outputs ``acts``."""
+        raise NotImplementedError
+
+    def maps_view(self, act: torch.Tensor, name: str, batch: int) -> torch.Tensor:
+        """A target layer's output as ``(B, C, h, w)`` maps (token sequences as their patch grid)."""
+        return as_maps(act, batch, name, **self.token_layout[name])
+
+
+def average_layers(per_layer: list[torch.Tensor]) -> torch.Tensor:
+    """Maps of several target layers (each normalised) averaged; one layer's maps as they are."""
+    return per_layer[0] if len(per_layer) == 1 else torch.stack(per_layer).mean(0)
+
+
+class GradCAM(CamExplainer):
+    """Gradient-weighted CAMs through :func:`sportsnet.ops.fused_gradcam`.
+
+    Args:
+        method: one of ``sportsnet.ops.METHODS``; the other arguments as :class:`CamExplainer`.
+    """
+
+    def __init__(self, model: nn.Module, target_layer: str | nn.Module | Sequence[str | nn.Module] | None = None,
+                 method: str = "gradcam", size: tuple[int, int] | None = None):
+        if method not in METHODS:
+            raise ValueError(f"method={method!r} is not one of {METHODS}")
+        super().__init__(model, target_layer, size)
+        self.method = self.name = method
+
+    def _maps(self, images, logits, classes, acts, size):
+        B, K = classes.shape
+        maps = torch.empty(B, K, *size, dtype=torch.float32, device=images.device)
+        for k in range(K):
+            score = logits.gather(1, classes[:, k:k + 1]).sum()  # images are independent in eval mode
+            grads = torch.autograd.grad(score, acts, retain_graph=k < K - 1)
+            maps[:, k] = average_layers([self._from_gradients(self.maps_view(a.detach(), n, B),
+                                                              self.maps_view(g, n, B), size)
+                                         for n, a, g in zip(self.target_layers, acts, grads)])
+        return maps
+
+    def _from_gradients(self, A: torch.Tensor, G: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """``(B, H, W)`` maps of one target layer from its activations and one target's gradients."""
+        return fused_gradcam(A, G, size, method=self.method)

@@ -72,17 +72,19 @@ class ModelState:
 
 
 class ActivationCapture:
-    """Forward hooks that keep each target layer's output (in the autograd graph).
+    """Forward hooks that keep each target layer's output.
 
-    The first target layer the forward reaches gets a *detached* copy of its output that requires
-    grad: with the parameters frozen, nothing before it records a graph, and the gradient stops there.
-    The rest of the network gets a clone of what was captured, so an in-place op after the layer
-    (``ReLU(inplace=True)`` after a conv) cannot overwrite it. Hooks are removed by :meth:`remove`
-    (the explainer calls it in a ``finally``).
+    With ``gradients`` (the default), the first target layer the forward reaches gets a *detached*
+    copy of its output that requires grad: with the parameters frozen, nothing before it records a
+    graph, and the gradient stops there. Without, outputs are kept as they are (gradient-free methods
+    run under ``torch.inference_mode``). The rest of the network gets a clone of what was captured, so
+    an in-place op after the layer (``ReLU(inplace=True)`` after a conv) cannot overwrite it. Hooks are
+    removed by :meth:`remove` (the explainers call it in a ``finally``).
     """
 
-    def __init__(self, layers: Sequence[tuple[str, nn.Module]]):
+    def __init__(self, layers: Sequence[tuple[str, nn.Module]], gradients: bool = True):
         self.names = [n for n, _ in layers]
+        self.gradients = gradients
         self.outputs: dict[str, torch.Tensor] = {}
         self.handles = [m.register_forward_hook(self._hook(n)) for n, m in layers]
 
@@ -90,7 +92,9 @@ class ActivationCapture:
         def hook(module, inputs, output):
             if not isinstance(output, torch.Tensor):
                 raise TypeError(f"layer {name!r} returns {type(output).__name__}, not a tensor")
-            captured = output if output.requires_grad else output.detach().requires_grad_(True)
+            captured = output
+            if self.gradients and not output.requires_grad:
+                captured = output.detach().requires_grad_(True)
             self.outputs[name] = captured
             return captured.clone()
 

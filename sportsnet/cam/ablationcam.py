@@ -1,0 +1,57 @@
+"""Ablation-CAM (Desai and Ramaswamy, 2020): a channel's weight is the relative drop of the target
+class's logit when that channel of the target layer's output is set to zero,
+``w_k = (y - y_k) / y``; map ReLU(sum_k w_k A_k) through :func:`sportsnet.ops.fused_weighted_cam`.
+
+Only the network after the target layer runs for the ablated variants (:mod:`sportsnet.cam.split`):
+the layers before it ran once, in the call's first forward. A channel that is zero everywhere
+already is not run: zeroing it changes nothing, so its drop is 0 by definition.
+
+Definition (where pytorch-grad-cam differs): an ablated channel is set to 0, as in the paper.
+pytorch-grad-cam sets it to 0 only when the layer's minimum is 0 (after a ReLU), and otherwise to
+``min - 1e7``; on post-ReLU layers, the usual targets, the two agree.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..ops import fused_weighted_cam
+from .explainer import average_layers
+from .gradient_free import GradientFreeCAM
+from .split import rest_of_model
+
+
+class AblationCAM(GradientFreeCAM):
+    """Ablation-CAM; arguments as :class:`GradientFreeCAM`."""
+
+    name = "ablationcam"
+
+    def _maps(self, images, logits, classes, acts, size):
+        B, K = classes.shape
+        original = logits.float().gather(1, classes)  # (B, K)
+        per_layer = []
+        for (name, module), act in zip(self.layers, acts):
+            A = self.maps_view(act, name, B)
+            drops = self.score_drops(images, (name, module), act, A, classes, original)
+            weights = drops / original[:, None, :]
+            A = A.float()
+            per_layer.append(torch.stack([fused_weighted_cam(A, weights[:, :, k].contiguous(), size)
+                                          for k in range(K)], dim=1))
+        return average_layers(per_layer)
+
+    def score_drops(self, images, layer, act, A, classes, original) -> torch.Tensor:
+        """``(B, C, K)``: original logit minus the logit with channel c of the layer's output zeroed."""
+        B, C = A.shape[:2]
+        name = layer[0]
+        rest = rest_of_model(self.model, layer, images)
+        drops = torch.zeros(B, C, classes.shape[1], device=images.device)
+        live = A.flatten(2).ne(0).any(2)  # (B, C): channels with something to ablate
+        for b in range(B):
+            channels = live[b].nonzero().flatten()
+            for start in range(0, channels.numel(), self.batch_size):
+                c = channels[start:start + self.batch_size]
+                variants = act[b:b + 1].repeat(c.numel(), *([1] * (act.dim() - 1)))
+                view = self.maps_view(variants, name, c.numel())
+                view[torch.arange(c.numel(), device=c.device), c] = 0
+                out = self._forward(lambda v: rest(b, v), variants, images=False)
+                drops[b, c] = original[b] - out[:, classes[b]]
+        return drops

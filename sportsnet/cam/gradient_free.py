@@ -1,0 +1,41 @@
+"""What the gradient-free methods share: many forwards of the model (or of the part after the target
+layer) in large batches under ``torch.inference_mode``, at the precision and memory format this
+device runs fastest (:mod:`sportsnet.hardware` decides, and logs the choice once)."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ..hardware import autocast, resolve_channels_last, resolve_precision
+from .explainer import CamExplainer
+
+
+class GradientFreeCAM(CamExplainer):
+    """Args (besides :class:`CamExplainer`'s):
+        batch_size: forwards per batch (masked images, ablated activations).
+        precision: ``auto`` (bf16 where this device has it natively, else fp32), ``fp32``, ``bf16`` or
+            ``fp16``: the autocast of the extra forwards (the first forward, which picks the classes,
+            runs as the caller's model does).
+        channels_last: run the extra forwards' images channels-last; ``None``: where this device's conv
+            kernels are faster so.
+    """
+
+    needs_gradients = False
+
+    def __init__(self, model: nn.Module, target_layer: str | nn.Module | Sequence[str | nn.Module] | None = None,
+                 size: tuple[int, int] | None = None, *, batch_size: int = 128, precision: str = "auto",
+                 channels_last: bool | None = None):
+        super().__init__(model, target_layer, size)
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size={batch_size!r} must be a positive integer")
+        self.batch_size, self.precision, self.channels_last = batch_size, precision, channels_last
+
+    def _forward(self, fn, x: torch.Tensor, images: bool = True) -> torch.Tensor:
+        """``fn(x)`` as float32 logits, under this explainer's autocast (images channels-last if chosen)."""
+        device = x.device
+        if images and x.dim() == 4 and resolve_channels_last(self.channels_last, device):
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device, resolve_precision(self.precision, device)):
+            return fn(x).float()

@@ -1,0 +1,309 @@
+"""The CAM methods beyond the gradient-weighted family: parity with pytorch-grad-cam and torchcam on
+the same model, input and target; our definitions where they differ; the split at the target layer;
+precision, state restored, and bad input."""
+import logging
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from sportsnet.cam import EXPLAINERS, AblationCAM, EigenCAM, ScoreCAM, make_explainer
+from sportsnet.cam.eigencam import principal_projection
+from sportsnet.cam.scorecam import channel_masks
+from sportsnet.cam.split import rest_of_model, split_after
+from sportsnet.models import sports_vgg19
+from sportsnet.ops import gradcam_reference
+
+PARITY_ATOL = 1e-4
+
+
+class SameResolution(nn.Module):
+    """Convolutions that keep the image's resolution, then global average pooling and one linear layer:
+    the target layer's maps need no resizing, so the libraries' resizing conventions drop out."""
+
+    def __init__(self, classes=5):
+        super().__init__()
+        torch.manual_seed(0)
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1),
+                                      nn.ReLU())
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(16, classes)
+        with torch.no_grad():  # maps of order 1, so each library's normalisation eps (1e-7, 1e-8) is negligible
+            for conv in (self.features[0], self.features[2]):
+                conv.weight.mul_(4)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.pool(self.features(x)), 1))
+
+
+class Bypass(nn.Module):
+    """A skip connection around the target layer ``b``: the split after ``b`` is unsafe."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(1)
+        self.a = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU())
+        self.b = nn.Sequential(nn.Conv2d(6, 6, 3, padding=1), nn.ReLU())
+        self.fc = nn.Linear(6, 4)
+
+    def forward(self, x):
+        y = self.a(x)
+        return self.fc((self.b(y) + y).mean((2, 3)))
+
+
+@pytest.fixture(scope="module")
+def small():
+    model = SameResolution().eval()
+    images = torch.rand(2, 3, 12, 12, generator=torch.Generator().manual_seed(3))
+    return model, images
+
+
+def ours(model, method, images, classes, layer="features.3", **options):
+    if method in ("scorecam", "ablationcam", "eigencam"):
+        options.setdefault("precision", "fp32")
+    with make_explainer(model, method, target_layer=layer, **options) as cam:
+        return cam(images, targets=classes).maps[:, 0]
+
+
+def pgc_maps(cls, model, images, classes, layer, **kwargs):
+    targets_mod = pytest.importorskip("pytorch_grad_cam.utils.model_targets")
+    with cls(model=model, target_layers=[layer], **kwargs) as cam:
+        return torch.from_numpy(cam(input_tensor=images, targets=[targets_mod.ClassifierOutputTarget(int(c))
+                                                                  for c in classes]))
+
+
+GRAD_PGC = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "xgradcam": "XGradCAM", "hirescam": "HiResCAM",
+            "layercam": "LayerCAM", "scorecam": "ScoreCAM", "ablationcam": "AblationCAM"}
+
+
+@pytest.mark.parametrize("method", list(GRAD_PGC))
+def test_parity_with_pytorch_grad_cam(small, method):
+    pgc = pytest.importorskip("pytorch_grad_cam")
+    model, images = small
+    classes = torch.tensor([1, 3])
+    theirs = pgc_maps(getattr(pgc, GRAD_PGC[method]), model, images, classes, model.features[3])
+    mine = ours(model, method, images, classes)
+    assert (mine - theirs).abs().max() <= PARITY_ATOL, method
+
+
+def test_eigencam_parity_with_pytorch_grad_cam_up_to_the_documented_sign(small):
+    """Eigen-CAM and Eigen-Grad-CAM are pytorch-grad-cam's projection with its sign correction (our
+    definition, documented in sportsnet.cam.eigencam): theirs without it differs at most in sign."""
+    pytest.importorskip("pytorch_grad_cam")
+    from pytorch_grad_cam.utils.image import scale_cam_image
+    from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection, get_2d_projection_with_sign_correction
+
+    model, images = small
+    acts = model.features(images).detach()
+    corrected = torch.from_numpy(scale_cam_image(np.maximum(get_2d_projection_with_sign_correction(acts.numpy()), 0),
+                                                 (12, 12)))
+    mine = ours(model, "eigencam", images, torch.tensor([0, 0]))
+    assert (mine - corrected).abs().max() <= PARITY_ATOL
+    raw = get_2d_projection(acts.numpy())
+    for b in range(2):  # their uncorrected projection is ours, or ours negated
+        p, _ = principal_projection(acts[b:b + 1])
+        ours_projection = (acts[b].flatten(1).T - acts[b].flatten(1).mean(1)) @ p[0]
+        their_projection = torch.from_numpy(raw[b]).flatten()
+        gap = min((ours_projection - their_projection).abs().max(), (ours_projection + their_projection).abs().max())
+        assert gap < 1e-4
+
+
+def test_eigengradcam_is_the_projection_of_activations_times_gradients(small):
+    pytest.importorskip("pytorch_grad_cam")
+    from pytorch_grad_cam.utils.image import scale_cam_image
+    from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection_with_sign_correction
+
+    model, images = small
+    classes = torch.tensor([2, 4])
+    x = images.clone()
+    acts = model.features(x).detach().requires_grad_(True)
+    logits = model.fc(torch.flatten(model.pool(acts), 1))
+    grads, = torch.autograd.grad(logits.gather(1, classes[:, None]).sum(), acts)
+    expected = scale_cam_image(np.maximum(get_2d_projection_with_sign_correction((acts * grads).detach().numpy()), 0),
+                               (12, 12))
+    assert (ours(model, "eigengradcam", images, classes) - torch.from_numpy(expected)).abs().max() <= PARITY_ATOL
+
+
+# torchcam's GradCAMpp is left out: its alpha's denominator sums A * G^3 over the positions, where the
+# paper (eq. 19), pytorch-grad-cam and we multiply sum(A) by G^3 at each position (parity above).
+TORCHCAM = {"scorecam": "ScoreCAM", "cam": "CAM", "gradcam": "GradCAM", "xgradcam": "XGradCAM", "layercam": "LayerCAM"}
+
+
+def torchcam_maps(method, model, images, classes, normalized=True):
+    methods = pytest.importorskip("torchcam.methods")
+    with getattr(methods, TORCHCAM[method])(model, target_layer="features.3", input_shape=(3, 12, 12)) as extractor:
+        with torch.set_grad_enabled(method not in ("scorecam", "cam")):
+            scores = model(images)
+        return extractor(class_idx=classes.tolist(), scores=scores, normalized=normalized)[0].detach()
+
+
+@pytest.mark.parametrize("method", list(TORCHCAM))
+def test_parity_with_torchcam(small, method):
+    model, images = small
+    classes = torch.tensor([0, 2])
+    theirs = torchcam_maps(method, model, images, classes, normalized=method != "cam")
+    if method == "cam":  # torchcam scales CAM's signed sum to [0, 1]; we take its ReLU first, as for every method
+        theirs = gradcam_reference(theirs[:, None], torch.ones_like(theirs[:, None]), (12, 12), method="hirescam")
+    mine = ours(model, method, images, classes)
+    assert (mine - theirs).abs().max() <= PARITY_ATOL, method
+
+
+def test_scorecam_weights_are_the_softmax_of_masked_scores():
+    """Our definition at a layer that needs upsampling (14x14 -> 64x64): per-channel [0, 1] scaling at
+    the layer's resolution, bilinear upsampling with align_corners=False, softmax over channels."""
+    model = sports_vgg19(num_classes=4, width=0.125).eval()
+    images = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+    classes = torch.tensor([[2]])
+    acts = {}
+    handle = model.features[35].register_forward_hook(lambda m, i, o: acts.setdefault("a", o.detach().clone()))
+    with torch.no_grad():
+        model(images)
+    handle.remove()
+    A = acts["a"]
+    scores = []
+    with torch.no_grad():
+        for k in range(A.shape[1]):
+            a = A[0, k]
+            mask = (a - a.min()) / (a.max() - a.min()) if a.max() > a.min() else torch.zeros_like(a)
+            up = torch.nn.functional.interpolate(mask[None, None], size=(64, 64), mode="bilinear", align_corners=False)
+            scores.append(model(images * up)[0, 2])
+    with ScoreCAM(model, "features.35", precision="fp32", batch_size=7) as cam:
+        got = cam.channel_scores(images, A, classes)[0, :, 0]
+    torch.testing.assert_close(got, torch.stack(scores), atol=1e-5, rtol=1e-5)
+
+
+def test_scorecam_runs_one_forward_for_all_constant_channels():
+    model = SameResolution().eval()
+    images = torch.rand(2, 3, 12, 12)
+    A = torch.rand(2, 16, 12, 12)
+    A[0, 3] = 0.0
+    A[1, 5:9] = 2.5
+    masks, constant = channel_masks(A)
+    assert constant.sum() == 5 and masks[constant].abs().sum() == 0
+    calls = []
+    handle = model.register_forward_pre_hook(lambda m, i: calls.append(i[0].shape[0]))
+    with ScoreCAM(model, "features.3", precision="fp32", batch_size=64) as cam:
+        scores = cam.channel_scores(images, A, torch.tensor([[1], [2]]))
+    handle.remove()
+    assert sum(calls) == 1 + (32 - 5), calls  # one all-zero image, then each non-constant channel
+    with torch.no_grad():
+        zero = model(torch.zeros(1, 3, 12, 12))[0]
+    torch.testing.assert_close(scores[0, 3, 0], zero[1], atol=1e-5, rtol=0)  # channels-last vs not: rounding
+    torch.testing.assert_close(scores[1, 5:9, 0], zero[2].expand(4), atol=1e-5, rtol=0)
+
+
+def test_the_split_runs_only_the_layers_after_the_target():
+    model = sports_vgg19(num_classes=4, width=0.125).eval()
+    rest, why = split_after(model, "features.35")
+    assert why == "split"
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        features = model.features[:36](x)  # the output of features.35, the last ReLU
+        assert torch.equal(rest(features), model.forward_head(model.neck(model.features[36](features))))
+    ran = []
+    hooks = [m.register_forward_hook(lambda m, i, o, n=n: ran.append(n)) for n, m in model.named_modules() if n]
+    with torch.no_grad():
+        rest(features)
+    for h in hooks:
+        h.remove()
+    assert ran[0] == "features.36" and "head.0" in ran  # the max-pool after the target, then the rest
+    assert not any(n.startswith("features.") and int(n.split(".")[1]) <= 35 for n in ran)
+
+
+def test_a_branch_around_the_target_layer_takes_full_forwards(caplog):
+    model = Bypass().eval()
+    rest, why = split_after(model, "b")
+    assert rest is None and "without passing through layer 'b'" in why
+    images = torch.rand(2, 3, 8, 8)
+    with caplog.at_level(logging.INFO, logger="sportsnet.cam.split"):
+        with AblationCAM(model, "b", precision="fp32") as cam:
+            got = cam(images, targets=torch.tensor([1, 2]))
+    assert "full forwards for each variant" in caplog.text
+    # The drops equal ones computed literally: zero channel c of b's output in a full forward.
+    with torch.no_grad():
+        original = model(images)[torch.arange(2), torch.tensor([1, 2])]
+        for b, cls in ((0, 1), (1, 2)):
+            for c in range(6):
+                handle = model.b.register_forward_hook(lambda m, i, o, c=c: o.index_fill(1, torch.tensor([c]), 0.0))
+                ablated = model(images[b:b + 1])[0, cls]
+                handle.remove()
+                rest_fn = rest_of_model(model, ("b", model.b), images)
+                out = model.b(model.a(images[b:b + 1])).index_fill(1, torch.tensor([c]), 0.0)
+                assert torch.allclose(rest_fn(b, out)[0, cls], ablated, atol=1e-6)
+    assert got.maps.shape == (2, 1, 8, 8) and torch.isfinite(got.maps).all()
+    assert original.shape == (2,)
+
+
+def test_ablation_skips_all_zero_channels_with_a_zero_drop():
+    model = SameResolution().eval()
+    images = torch.rand(1, 3, 12, 12)
+    with AblationCAM(model, "features.3", precision="fp32") as cam:
+        A = torch.rand(1, 16, 12, 12)
+        A[0, :10] = 0.0
+        calls = []
+        handle = model.fc.register_forward_hook(lambda m, i, o: calls.append(o.shape[0]))
+        drops = cam.score_drops(images, ("features.3", model.features[3]), A, A, torch.tensor([[1]]),
+                                torch.tensor([[1.0]]))
+        handle.remove()
+    assert sum(calls) == 6 and torch.equal(drops[0, :10], torch.zeros(10, 1))
+
+
+@pytest.mark.parametrize("method", ["scorecam", "ablationcam", "eigencam", "eigengradcam", "cam"])
+def test_state_is_restored_after_an_error(method):
+    model = SameResolution().train()
+    flags = [p.requires_grad for p in model.parameters()]
+    boom = model.fc.register_forward_hook(lambda m, i, o: (_ for _ in ()).throw(RuntimeError("boom"))
+                                          if i[0].shape[0] > 2 or method in ("eigencam", "cam", "eigengradcam")
+                                          else None)
+    with pytest.raises(RuntimeError, match="boom"):
+        with make_explainer(model, method, target_layer="features.3") as cam:
+            cam(torch.rand(2, 3, 12, 12))
+    boom.remove()
+    assert model.training and [p.requires_grad for p in model.parameters()] == flags
+    assert not any(m._forward_hooks for m in model.modules())
+
+
+def test_bf16_autocast_and_channels_last_stay_close_to_fp32(small):
+    model, images = small
+    classes = torch.tensor([1, 3])
+    exact = ours(model, "scorecam", images, classes)
+    fast = ours(model, "scorecam", images, classes, precision="bf16", channels_last=True)
+    assert torch.isfinite(fast).all() and (fast - exact).abs().max() < 0.1
+
+
+def test_cam_refuses_a_head_that_is_not_pooling_and_one_linear_layer():
+    model = sports_vgg19(num_classes=4, width=0.125).eval()
+    with pytest.raises(ValueError, match="CAM: layer 'features.35' has 64 channels but 'head.5' takes"):
+        with make_explainer(model, "cam", target_layer="features.35") as cam:
+            cam(torch.rand(1, 3, 64, 64))
+
+
+def test_every_method_by_name_and_bad_names():
+    model, images = SameResolution().eval(), torch.rand(1, 3, 12, 12)
+    for method in EXPLAINERS:
+        with make_explainer(model, method, target_layer="features.3") as cam:
+            out = cam(images, top_k=2)
+        assert out.maps.shape == (1, 2, 12, 12) and torch.isfinite(out.maps).all(), method
+        assert out.maps.min() >= 0 and out.maps.max() <= 1, method
+    with pytest.raises(ValueError, match="method='scorcam' is not one of"):
+        make_explainer(model, "scorcam")
+    with pytest.raises(ValueError, match="batch_size=0 must be a positive integer"):
+        ScoreCAM(model, "features.3", batch_size=0)
+
+
+def test_eigencam_ignores_the_class_and_matches_the_literal_projection():
+    model, images = SameResolution().eval(), torch.rand(2, 3, 12, 12)
+    with EigenCAM(model, "features.3") as cam:
+        out = cam(images, top_k=3)
+    assert torch.equal(out.maps[:, 0], out.maps[:, 2])
+    A = model.features(images).detach().double()
+    for b in range(2):
+        X = A[b].flatten(1).T
+        X = X - X.mean(0)
+        v = torch.linalg.svd(X, full_matrices=False).Vh[0]
+        p = X @ v
+        p = p if p.max() >= -p.min() else -p
+        expected = gradcam_reference(p.reshape(1, 1, 12, 12), torch.ones(1, 1, 12, 12, dtype=torch.float64), (12, 12),
+                                     method="hirescam")
+        torch.testing.assert_close(out.maps[b, 0].double(), expected[0], atol=1e-4, rtol=0)
