@@ -16,14 +16,18 @@ from .class_activation import CAM
 from .eigencam import EigenCAM, EigenGradCAM
 from .explainer import CamExplainer, CamOutput, GradCAM
 from .hooks import default_target_layer, resolve_layer
-from .scorecam import ScoreCAM
+from .scorecam import ISCAM, SSCAM, ScoreCAM
+from .smoothgrad import SmoothGradCAMpp
 
 #: Every method by name: the gradient-weighted ones of the fused operator, then the others.
 EXPLAINERS: dict[str, type[CamExplainer]] = {
     **{m: GradCAM for m in GRADIENT_METHODS},
     "eigengradcam": EigenGradCAM,
+    "smoothgradcam++": SmoothGradCAMpp,
     "cam": CAM,
     "scorecam": ScoreCAM,
+    "sscam": SSCAM,
+    "iscam": ISCAM,
     "ablationcam": AblationCAM,
     "eigencam": EigenCAM,
 }
@@ -40,4 +44,4 @@ def make_explainer(model: nn.Module, method: str, target_layer=None, size=None, 
 
 
 __all__ = ["EXPLAINERS", "AblationCAM", "CAM", "CamExplainer", "CamOutput", "EigenCAM", "EigenGradCAM", "GradCAM",
-           "ScoreCAM", "default_target_layer", "make_explainer", "resolve_layer"]
+           "ISCAM", "SSCAM", "ScoreCAM", "SmoothGradCAMpp", "default_target_layer", "make_explainer", "resolve_layer"]

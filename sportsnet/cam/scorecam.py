@@ -8,6 +8,13 @@ pytorch-grad-cam upsamples first, with ``align_corners=True``, which gives the s
 layer has the image's resolution). A constant channel scales to a zero mask, so every such channel
 masks every image to the same all-zero image: its logits are computed once per call, not once per
 channel. Maps: :func:`sportsnet.ops.fused_weighted_cam`.
+
+Two variants average each channel's logit over several masked images before the softmax:
+- SS-CAM (Wang et al., 2020, "smoothed"): ``num_samples`` masks with Gaussian noise (``std``) added at
+  the image's resolution (as torchcam does); the noise comes from a generator seeded with ``seed``, so
+  a call is reproducible. Constant channels are not shared (their noisy masks differ).
+- IS-CAM (Naidu et al., 2020, "integrated"): the mask scaled by the cumulative coefficients
+  sum_{j<=i} j/N, i = 1..N (torchcam's schedule).
 """
 from __future__ import annotations
 
@@ -32,6 +39,12 @@ class ScoreCAM(GradientFreeCAM):
     """Score-CAM; arguments as :class:`GradientFreeCAM`."""
 
     name = "scorecam"
+    #: Noise added to the masks (SS-CAM); 0: none.
+    std = 0.0
+
+    def scales(self) -> list[float]:
+        """The factors each channel's mask is used at; the logits are averaged over them."""
+        return [1.0]
 
     def _maps(self, images, logits, classes, acts, size):
         B, K = classes.shape
@@ -44,18 +57,60 @@ class ScoreCAM(GradientFreeCAM):
         return average_layers(per_layer)
 
     def channel_scores(self, images: torch.Tensor, A: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-        """``(B, C, K)``: the logit of each target class for the image masked by each channel."""
+        """``(B, C, K)``: the logit of each target class for the image masked by each channel, averaged
+        over :meth:`scales` (and the noise samples)."""
         B, C = A.shape[:2]
         K = classes.shape[1]
         masks, constant = channel_masks(A)
-        scores = torch.empty(B, C, K, device=images.device)
-        if constant.any():  # one all-zero image stands for every constant channel of every image
+        if self.std > 0:
+            constant = torch.zeros_like(constant)  # noisy masks are never zero
+        scales = self.scales()
+        scores = torch.zeros(B, C, K, device=images.device)
+        if constant.any():  # one all-zero image stands for every constant channel of every image, at any scale
             zero_logits = self._forward(self.model, torch.zeros_like(images[:1]))[0]
             scores[constant] = zero_logits[classes][:, None, :].expand(B, C, K)[constant]
-        pairs = (~constant).nonzero()  # (n, 2): (image, channel) pairs that need a forward
+        generator = torch.Generator(device=images.device).manual_seed(getattr(self, "seed", 0))
+        pairs = (~constant).nonzero()  # (n, 2): (image, channel) pairs that need forwards
         for start in range(0, pairs.shape[0], self.batch_size):
             b, c = pairs[start:start + self.batch_size].unbind(1)
             up = F.interpolate(masks[b, c][:, None], size=images.shape[-2:], mode="bilinear", align_corners=False)
-            out = self._forward(self.model, images[b] * up.to(images.dtype))
-            scores[b, c] = out.gather(1, classes[b])
+            total = torch.zeros(b.numel(), K, device=images.device)
+            for scale in scales:
+                mask = up * scale
+                if self.std > 0:
+                    mask = mask + self.std * torch.randn(mask.shape, generator=generator, device=mask.device)
+                total += self._forward(self.model, images[b] * mask.to(images.dtype)).gather(1, classes[b])
+            scores[b, c] = total / len(scales)
         return scores
+
+
+class SSCAM(ScoreCAM):
+    """SS-CAM: Score-CAM with ``num_samples`` noisy masks per channel (noise ``std``, seeded by ``seed``)."""
+
+    name = "sscam"
+
+    def __init__(self, model, target_layer=None, size=None, *, num_samples: int = 35, std: float = 2.0, seed: int = 0,
+                 **options):
+        super().__init__(model, target_layer, size, **options)
+        if not isinstance(num_samples, int) or num_samples < 1 or not std >= 0:
+            raise ValueError(f"SSCAM: num_samples={num_samples!r} must be a positive integer and std={std!r} >= 0")
+        self.num_samples, self.std, self.seed = num_samples, float(std), seed
+
+    def scales(self):
+        return [1.0] * self.num_samples
+
+
+class ISCAM(ScoreCAM):
+    """IS-CAM: Score-CAM averaged over masks scaled by the cumulative coefficients of ``num_samples`` steps."""
+
+    name = "iscam"
+
+    def __init__(self, model, target_layer=None, size=None, *, num_samples: int = 10, **options):
+        super().__init__(model, target_layer, size, **options)
+        if not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(f"ISCAM: num_samples={num_samples!r} must be a positive integer")
+        self.num_samples = num_samples
+
+    def scales(self):
+        steps = torch.arange(1, self.num_samples + 1, dtype=torch.float64) / self.num_samples
+        return steps.cumsum(0).tolist()

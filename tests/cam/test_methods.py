@@ -60,7 +60,7 @@ def small():
 
 
 def ours(model, method, images, classes, layer="features.3", **options):
-    if method in ("scorecam", "ablationcam", "eigencam"):
+    if method in ("scorecam", "sscam", "iscam", "ablationcam", "eigencam"):
         options.setdefault("precision", "fp32")
     with make_explainer(model, method, target_layer=layer, **options) as cam:
         return cam(images, targets=classes).maps[:, 0]
@@ -126,8 +126,11 @@ def test_eigengradcam_is_the_projection_of_activations_times_gradients(small):
 
 
 # torchcam's GradCAMpp is left out: its alpha's denominator sums A * G^3 over the positions, where the
-# paper (eq. 19), pytorch-grad-cam and we multiply sum(A) by G^3 at each position (parity above).
-TORCHCAM = {"scorecam": "ScoreCAM", "cam": "CAM", "gradcam": "GradCAM", "xgradcam": "XGradCAM", "layercam": "LayerCAM"}
+# paper (eq. 19), pytorch-grad-cam and we multiply sum(A) by G^3 at each position (parity above), and its
+# division by that denominator is applied to a masked copy (alpha[mask].div_), so alpha stays G^2.
+# SS-CAM and SmoothGrad-CAM++ draw random noise: their definitions are tested below, not their parity.
+TORCHCAM = {"scorecam": "ScoreCAM", "iscam": "ISCAM", "cam": "CAM", "gradcam": "GradCAM", "xgradcam": "XGradCAM",
+            "layercam": "LayerCAM"}
 
 
 def torchcam_maps(method, model, images, classes, normalized=True):
@@ -307,3 +310,25 @@ def test_eigencam_ignores_the_class_and_matches_the_literal_projection():
         expected = gradcam_reference(p.reshape(1, 1, 12, 12), torch.ones(1, 1, 12, 12, dtype=torch.float64), (12, 12),
                                      method="hirescam")
         torch.testing.assert_close(out.maps[b, 0].double(), expected[0], atol=1e-4, rtol=0)
+
+
+def test_sscam_without_noise_is_scorecam_and_its_noise_is_seeded(small):
+    model, images = small
+    classes = torch.tensor([1, 3])
+    scorecam = ours(model, "scorecam", images, classes)
+    torch.testing.assert_close(ours(model, "sscam", images, classes, std=0.0, num_samples=2), scorecam,
+                               atol=1e-5, rtol=0)
+    noisy = ours(model, "sscam", images, classes, num_samples=3, seed=1)
+    assert torch.equal(noisy, ours(model, "sscam", images, classes, num_samples=3, seed=1))
+    assert not torch.equal(noisy, ours(model, "sscam", images, classes, num_samples=3, seed=2))
+    assert not torch.equal(noisy, scorecam)
+
+
+def test_smoothgradcampp_with_one_noise_free_sample_is_gradcampp(small):
+    model, images = small
+    classes = torch.tensor([0, 4])
+    torch.testing.assert_close(ours(model, "smoothgradcam++", images, classes, num_samples=1, std=0.0),
+                               ours(model, "gradcam++", images, classes), atol=1e-5, rtol=0)
+    smooth = ours(model, "smoothgradcam++", images, classes, seed=3)
+    assert torch.equal(smooth, ours(model, "smoothgradcam++", images, classes, seed=3))
+    assert torch.isfinite(smooth).all() and smooth.amax((1, 2)).min() > 0.99
