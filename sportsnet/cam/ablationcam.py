@@ -45,11 +45,14 @@ class AblationCAM(GradientFreeCAM):
         rest = rest_of_model(self.model, layer, images)
         drops = torch.zeros(B, C, classes.shape[1], device=images.device)
         live = A.flatten(2).ne(0).any(2)  # (B, C): channels with something to ablate
+        # The batch dimension of the layer's output: 1 for a sequence-first token tensor (N, B, D).
+        batch_first = self.token_layout[name]["batch_first"]
+        bdim = 1 if act.dim() == 3 and (batch_first is False or (batch_first is None and act.shape[0] != B)) else 0
         for b in range(B):
             channels = live[b].nonzero().flatten()
             for start in range(0, channels.numel(), self.batch_size):
                 c = channels[start:start + self.batch_size]
-                variants = act[b:b + 1].repeat(c.numel(), *([1] * (act.dim() - 1)))
+                variants = act.narrow(bdim, b, 1).repeat_interleave(c.numel(), dim=bdim)
                 view = self.maps_view(variants, name, c.numel())
                 view[torch.arange(c.numel(), device=c.device), c] = 0
                 out = self._forward(lambda v: rest(b, v), variants, images=False)

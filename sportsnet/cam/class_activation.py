@@ -3,7 +3,8 @@ average pooling then one linear layer: the target class's row of that layer's we
 target layer's channels, ``map = ReLU(sum_k W[c, k] A_k)``, through
 :func:`sportsnet.ops.fused_weighted_cam`. No gradients and no extra forward. Models with another head
 (our VGG19's hidden layers, open_clip's attention pooling) are refused with a clear error: for them
-the weights mean nothing.
+the weights mean nothing. The check is numerical: the call's logits must equal the linear layer applied
+to the target layer's average over positions.
 """
 from __future__ import annotations
 
@@ -48,6 +49,12 @@ class CAM(GradientFreeCAM):
                 raise ValueError(f"CAM: layer {name!r} has {A.shape[1]} channels but {self.fc_name!r} takes "
                                  f"{self.fc.in_features} features; CAM needs a head of global average pooling "
                                  f"and one linear layer")
+            pooled = self.fc(A.float().mean((2, 3)).to(self.fc.weight.dtype)).float()
+            if pooled.shape != logits.shape or not torch.allclose(pooled, logits.float(), rtol=1e-3,
+                                                                  atol=1e-3 * float(logits.abs().max()) + 1e-6):
+                raise ValueError(f"CAM: the model's logits are not {self.fc_name!r} applied to the average of layer "
+                                 f"{name!r} over its positions; CAM needs a head of global average pooling and one "
+                                 f"linear layer right after the target layer")
             weight = self.fc.weight.detach().float()  # (classes, C)
             per_layer.append(torch.stack([fused_weighted_cam(A.float(), weight[classes[:, k]], size)
                                           for k in range(K)], dim=1))

@@ -14,6 +14,7 @@ from sportsnet.cam.scorecam import channel_masks
 from sportsnet.cam.split import rest_of_model, split_after
 from sportsnet.models import sports_vgg19
 from sportsnet.ops import gradcam_reference
+from tests.support import clip_tiny
 
 PARITY_ATOL = 1e-4
 
@@ -332,3 +333,43 @@ def test_smoothgradcampp_with_one_noise_free_sample_is_gradcampp(small):
     smooth = ours(model, "smoothgradcam++", images, classes, seed=3)
     assert torch.equal(smooth, ours(model, "smoothgradcam++", images, classes, seed=3))
     assert torch.isfinite(smooth).all() and smooth.amax((1, 2)).min() > 0.99
+
+
+clip_tiny.register()
+
+
+@clip_tiny.needs_open_clip
+@pytest.mark.parametrize("name", ["tiny-vit-test", "tiny-rn-test"])
+@pytest.mark.parametrize("fast", [False, True], ids=["fp32", "bf16-channels-last"])
+def test_every_method_on_open_clip_towers(name, fast):
+    """Every method on a zero-shot classifier over an open_clip ViT (token maps) and ModifiedResNet, in
+    float32 and under bf16 autocast with channels-last inputs; CAM is refused (no pooling + linear head)."""
+    from sportsnet.models.clip import load_clip
+    from sportsnet.models.zero_shot import ZeroShotClassifier
+
+    torch.manual_seed(0)
+    bundle = load_clip(name, "none")
+    clf = ZeroShotClassifier.from_names(bundle, ["a person surfing", "a person skiing", "a dog"], ["{}"]).eval()
+    images = torch.randn(2, 3, bundle.image_size, bundle.image_size)
+    if fast:
+        images = images.contiguous(memory_format=torch.channels_last)
+    lively = 0
+    for method in EXPLAINERS:
+        options = {}
+        if method in ("scorecam", "sscam", "iscam", "ablationcam", "eigencam"):
+            options = {"precision": "bf16" if fast else "fp32", "channels_last": fast, "batch_size": 64}
+        if method in ("sscam", "iscam", "smoothgradcam++"):
+            options["num_samples"] = 2
+        if method == "cam":
+            with pytest.raises(ValueError, match="CAM"):
+                with make_explainer(clf, method, **options) as cam:
+                    cam(images)
+            continue
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=fast):
+            with make_explainer(clf, method, **options) as cam:
+                out = cam(images, top_k=2)
+        assert out.maps.shape == (2, 2, bundle.image_size, bundle.image_size), method
+        assert torch.isfinite(out.maps).all() and out.maps.min() >= 0 and out.maps.max() <= 1, method
+        lively += bool(out.maps.max() > 0.99)
+    # Random weights: a method's maps may all be zero (a negative weighted sum everywhere), not most methods'.
+    assert lively >= len(EXPLAINERS) // 2, lively
