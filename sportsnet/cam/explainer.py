@@ -35,6 +35,9 @@ from torch import nn
 from ..ops import METHODS, fused_gradcam
 from .hooks import ActivationCapture, ModelState, as_maps, default_target_layer, resolve_layer
 
+#: aug_smooth's test-time augmentations: (flip horizontally, scale), the identity first.
+AUGMENTATIONS = [(False, 1.0), (False, 0.9), (False, 1.1), (True, 1.0), (True, 0.9), (True, 1.1)]
+
 
 @dataclass
 class CamOutput:
@@ -131,7 +134,23 @@ class CamExplainer:
             raise ValueError(f"class index {int(t[bad][0])} is out of range for a model with {C} classes")
         return t
 
-    def __call__(self, images: torch.Tensor, targets=None, top_k: int | None = None) -> CamOutput:
+    def __call__(self, images: torch.Tensor, targets=None, top_k: int | None = None, *,
+                 aug_smooth: bool = False) -> CamOutput:
+        """Maps for ``targets`` (or the ``top_k`` best classes, or the predicted one). ``aug_smooth``:
+        test-time augmentation, as pytorch-grad-cam's: the maps of the image flipped horizontally or not
+        and scaled by 0.9, 1 and 1.1 (six calls, the classes fixed by the first), each mapped back into
+        place (flipped back) and averaged."""
+        out = self._explain(images, targets, top_k)
+        if not aug_smooth:
+            return out
+        total = out.maps.clone()
+        for flip, factor in AUGMENTATIONS[1:]:
+            x = images.flip(-1) if flip else images
+            maps = self._explain(x * factor, out.classes, None).maps
+            total += maps.flip(-1) if flip else maps
+        return CamOutput(total / len(AUGMENTATIONS), out.classes, out.scores, out.logits)
+
+    def _explain(self, images: torch.Tensor, targets, top_k: int | None) -> CamOutput:
         if self.closed:
             raise RuntimeError(f"this {type(self).__name__} (layers {self._names}) was closed, by leaving its `with` "
                                f"block or by close(); make a new one to explain again")

@@ -373,3 +373,20 @@ def test_every_method_on_open_clip_towers(name, fast):
         lively += bool(out.maps.max() > 0.99)
     # Random weights: a method's maps may all be zero (a negative weighted sum everywhere), not most methods'.
     assert lively >= len(EXPLAINERS) // 2, lively
+
+
+@pytest.mark.parametrize("method", ["gradcam", "scorecam"])
+def test_aug_smooth_matches_pytorch_grad_cam(small, method):
+    pgc = pytest.importorskip("pytorch_grad_cam")
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    model, images = small
+    classes = torch.tensor([1, 3])
+    with getattr(pgc, GRAD_PGC[method])(model=model, target_layers=[model.features[3]]) as cam:
+        theirs = torch.from_numpy(cam(input_tensor=images, targets=[ClassifierOutputTarget(int(c)) for c in classes],
+                                      aug_smooth=True))
+    options = {"precision": "fp32"} if method == "scorecam" else {}
+    with make_explainer(model, method, target_layer="features.3", **options) as cam:
+        mine = cam(images, targets=classes, aug_smooth=True).maps[:, 0]
+        plain = cam(images, targets=classes).maps[:, 0]
+    assert (mine - theirs).abs().max() <= PARITY_ATOL and not torch.allclose(mine, plain)
