@@ -13,7 +13,7 @@ from torch import nn
 from ..ops import METHODS as GRADIENT_METHODS
 from .ablationcam import AblationCAM
 from .class_activation import CAM
-from .eigencam import EigenCAM, EigenGradCAM
+from .eigencam import KPCACAM, EigenCAM, EigenGradCAM
 from .explainer import CamExplainer, CamOutput, GradCAM
 from .hooks import default_target_layer, resolve_layer
 from .scorecam import ISCAM, SSCAM, ScoreCAM
@@ -30,6 +30,7 @@ EXPLAINERS: dict[str, type[CamExplainer]] = {
     "iscam": ISCAM,
     "ablationcam": AblationCAM,
     "eigencam": EigenCAM,
+    "kpcacam": KPCACAM,
 }
 
 
@@ -44,4 +45,5 @@ def make_explainer(model: nn.Module, method: str, target_layer=None, size=None, 
 
 
 __all__ = ["EXPLAINERS", "AblationCAM", "CAM", "CamExplainer", "CamOutput", "EigenCAM", "EigenGradCAM", "GradCAM",
-           "ISCAM", "SSCAM", "ScoreCAM", "SmoothGradCAMpp", "default_target_layer", "make_explainer", "resolve_layer"]
+           "ISCAM", "KPCACAM", "SSCAM", "ScoreCAM", "SmoothGradCAMpp", "default_target_layer", "make_explainer",
+           "resolve_layer"]
