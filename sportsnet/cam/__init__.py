@@ -15,6 +15,7 @@ from .ablationcam import AblationCAM
 from .class_activation import CAM
 from .eigencam import KPCACAM, EigenCAM, EigenGradCAM
 from .explainer import CamExplainer, CamOutput, GradCAM
+from .finercam import FinerCAM
 from .hooks import default_target_layer, resolve_layer
 from .scorecam import ISCAM, SSCAM, ScoreCAM
 from .smoothgrad import SmoothGradCAMpp
@@ -24,6 +25,7 @@ EXPLAINERS: dict[str, type[CamExplainer]] = {
     **{m: GradCAM for m in GRADIENT_METHODS},
     "eigengradcam": EigenGradCAM,
     "smoothgradcam++": SmoothGradCAMpp,
+    "finercam": FinerCAM,
     "cam": CAM,
     "scorecam": ScoreCAM,
     "sscam": SSCAM,
@@ -44,6 +46,6 @@ def make_explainer(model: nn.Module, method: str, target_layer=None, size=None, 
     return cls(model, target_layer, size, **options)
 
 
-__all__ = ["EXPLAINERS", "AblationCAM", "CAM", "CamExplainer", "CamOutput", "EigenCAM", "EigenGradCAM", "GradCAM",
-           "ISCAM", "KPCACAM", "SSCAM", "ScoreCAM", "SmoothGradCAMpp", "default_target_layer", "make_explainer",
-           "resolve_layer"]
+__all__ = ["EXPLAINERS", "AblationCAM", "CAM", "CamExplainer", "CamOutput", "EigenCAM", "EigenGradCAM", "FinerCAM",
+           "GradCAM", "ISCAM", "KPCACAM", "SSCAM", "ScoreCAM", "SmoothGradCAMpp", "default_target_layer",
+           "make_explainer", "resolve_layer"]

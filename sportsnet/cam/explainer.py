@@ -215,12 +215,16 @@ class GradCAM(CamExplainer):
         B, K = classes.shape
         maps = torch.empty(B, K, *size, dtype=torch.float32, device=images.device)
         for k in range(K):
-            score = logits.gather(1, classes[:, k:k + 1]).sum()  # images are independent in eval mode
+            score = self._score(logits, classes[:, k]).sum()  # images are independent in eval mode
             grads = torch.autograd.grad(score, acts, retain_graph=k < K - 1)
             maps[:, k] = average_layers([self._from_gradients(self.maps_view(a.detach(), n, B),
                                                               self.maps_view(g, n, B), size)
                                          for n, a, g in zip(self.target_layers, acts, grads)])
         return maps
+
+    def _score(self, logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """``(B,)``: what is differentiated for target ``classes`` (B,): here the class's logit."""
+        return logits.gather(1, classes[:, None])[:, 0]
 
     def _from_gradients(self, A: torch.Tensor, G: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """``(B, H, W)`` maps of one target layer from its activations and one target's gradients."""
