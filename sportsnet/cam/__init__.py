@@ -16,6 +16,7 @@ from .class_activation import CAM
 from .eigencam import KPCACAM, EigenCAM, EigenGradCAM
 from .explainer import CamExplainer, CamOutput, GradCAM
 from .finercam import FinerCAM
+from .guided import GuidedGradCAM, guided_backprop
 from .hooks import default_target_layer, resolve_layer
 from .scorecam import ISCAM, SSCAM, ScoreCAM
 from .smoothgrad import SmoothGradCAMpp
@@ -26,6 +27,7 @@ EXPLAINERS: dict[str, type[CamExplainer]] = {
     "eigengradcam": EigenGradCAM,
     "smoothgradcam++": SmoothGradCAMpp,
     "finercam": FinerCAM,
+    "guided-gradcam": GuidedGradCAM,
     "cam": CAM,
     "scorecam": ScoreCAM,
     "sscam": SSCAM,
@@ -47,5 +49,5 @@ def make_explainer(model: nn.Module, method: str, target_layer=None, size=None, 
 
 
 __all__ = ["EXPLAINERS", "AblationCAM", "CAM", "CamExplainer", "CamOutput", "EigenCAM", "EigenGradCAM", "FinerCAM",
-           "GradCAM", "ISCAM", "KPCACAM", "SSCAM", "ScoreCAM", "SmoothGradCAMpp", "default_target_layer",
-           "make_explainer", "resolve_layer"]
+           "GradCAM", "GuidedGradCAM", "ISCAM", "KPCACAM", "SSCAM", "ScoreCAM", "SmoothGradCAMpp",
+           "default_target_layer", "guided_backprop", "make_explainer", "resolve_layer"]
