@@ -16,6 +16,7 @@ from .class_activation import CAM
 from .eigencam import KPCACAM, EigenCAM, EigenGradCAM
 from .explainer import CamExplainer, CamOutput, GradCAM
 from .finercam import FinerCAM
+from .fullgrad import FullGrad
 from .guided import GuidedGradCAM, guided_backprop
 from .hooks import default_target_layer, resolve_layer
 from .scorecam import ISCAM, SSCAM, ScoreCAM
@@ -28,6 +29,7 @@ EXPLAINERS: dict[str, type[CamExplainer]] = {
     "smoothgradcam++": SmoothGradCAMpp,
     "finercam": FinerCAM,
     "guided-gradcam": GuidedGradCAM,
+    "fullgrad": FullGrad,
     "cam": CAM,
     "scorecam": ScoreCAM,
     "sscam": SSCAM,
@@ -49,5 +51,5 @@ def make_explainer(model: nn.Module, method: str, target_layer=None, size=None, 
 
 
 __all__ = ["EXPLAINERS", "AblationCAM", "CAM", "CamExplainer", "CamOutput", "EigenCAM", "EigenGradCAM", "FinerCAM",
-           "GradCAM", "GuidedGradCAM", "ISCAM", "KPCACAM", "SSCAM", "ScoreCAM", "SmoothGradCAMpp",
+           "FullGrad", "GradCAM", "GuidedGradCAM", "ISCAM", "KPCACAM", "SSCAM", "ScoreCAM", "SmoothGradCAMpp",
            "default_target_layer", "guided_backprop", "make_explainer", "resolve_layer"]
