@@ -20,6 +20,7 @@ from .fullgrad import FullGrad
 from .guided import GuidedGradCAM, guided_backprop
 from .hooks import default_target_layer, resolve_layer
 from .scorecam import ISCAM, SSCAM, ScoreCAM
+from .shapleycam import ShapleyCAM
 from .smoothgrad import SmoothGradCAMpp
 
 #: Every method by name: the gradient-weighted ones of the fused operator, then the others.
@@ -30,6 +31,7 @@ EXPLAINERS: dict[str, type[CamExplainer]] = {
     "finercam": FinerCAM,
     "guided-gradcam": GuidedGradCAM,
     "fullgrad": FullGrad,
+    "shapleycam": ShapleyCAM,
     "cam": CAM,
     "scorecam": ScoreCAM,
     "sscam": SSCAM,
@@ -51,5 +53,5 @@ def make_explainer(model: nn.Module, method: str, target_layer=None, size=None, 
 
 
 __all__ = ["EXPLAINERS", "AblationCAM", "CAM", "CamExplainer", "CamOutput", "EigenCAM", "EigenGradCAM", "FinerCAM",
-           "FullGrad", "GradCAM", "GuidedGradCAM", "ISCAM", "KPCACAM", "SSCAM", "ScoreCAM", "SmoothGradCAMpp",
-           "default_target_layer", "guided_backprop", "make_explainer", "resolve_layer"]
+           "FullGrad", "GradCAM", "GuidedGradCAM", "ISCAM", "KPCACAM", "SSCAM", "ScoreCAM", "ShapleyCAM",
+           "SmoothGradCAMpp", "default_target_layer", "guided_backprop", "make_explainer", "resolve_layer"]

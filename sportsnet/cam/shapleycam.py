@@ -1,0 +1,41 @@
+"""ShapleyCAM (Cai, 2025): Grad-CAM's channel weights corrected by second-order information, from a
+Shapley-value reading of CAM methods:
+
+    w_k = mean over positions of (G - 0.5 H A)_k,   map = ReLU(sum_k w_k A_k)
+
+where G is the target's gradient at the target layer and H A the Hessian-vector product of the
+target with the activations themselves (one double backward). Through layers that are piecewise
+linear in the activation (ReLU, max-pool, linear heads), H A is 0 and ShapleyCAM is Grad-CAM; it
+differs where the rest of the network curves (attention, GELU, softmax). As pytorch-grad-cam's
+ShapleyCAM, with the target's logit as the score.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..ops import fused_weighted_cam
+from .explainer import GradCAM, average_layers
+
+
+class ShapleyCAM(GradCAM):
+    """ShapleyCAM; arguments as :class:`CamExplainer`."""
+
+    def __init__(self, model, target_layer=None, size=None):
+        super().__init__(model, target_layer, "gradcam", size)
+        self.name = "shapleycam"
+
+    def _maps(self, images, logits, classes, acts, size):
+        B, K = classes.shape
+        maps = torch.empty(B, K, *size, dtype=torch.float32, device=images.device)
+        for k in range(K):
+            grads = torch.autograd.grad(self._score(logits, classes[:, k]).sum(), acts, create_graph=True)
+            # Per layer, H A = d(G . A)/dA at fixed A; a gradient with no graph: the rest is linear, H A = 0.
+            hvps = [torch.autograd.grad(g, a, grad_outputs=a.detach(), retain_graph=True, allow_unused=True)[0]
+                    if g.requires_grad else None for a, g in zip(acts, grads)]
+            per_layer = []
+            for n, a, g, hvp in zip(self.target_layers, acts, grads, hvps):
+                corrected = g.detach() if hvp is None else g.detach() - 0.5 * hvp
+                weights = self.maps_view(corrected, n, B).float().mean((2, 3))
+                per_layer.append(fused_weighted_cam(self.maps_view(a.detach(), n, B).float(), weights, size))
+            maps[:, k] = average_layers(per_layer)
+        return maps
