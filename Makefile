@@ -6,6 +6,13 @@
 #                     then the tables of the README and docs re-rendered from it. On a CPU with native bf16, the tables of
 #                     a CPU without it come from
 #                     make bench BENCH_ENV="ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2"
+#   make gpu-check  - the GPU acceptance run, under 10 minutes on one H100/H200, with no install step (no network
+#                     needed): the extension built against the installed torch, the op tests under
+#                     SPORTSNET_REQUIRE_EXT=1, compute-sanitizer, kernel times, the four benchmarks with
+#                     --device cuda, the tables; one JSON in benchmarks/results/gpu_check_<device>.json.
+#                     On a CPU-only machine the CUDA steps are skipped, with the reason. GPU_PY is the venv's
+#                     python where there is one, else python3 (make gpu-check GPU_PY=python3 on a machine whose
+#                     own torch should be used); GPU_CHECK_ARGS passes flags (--steps, --budget, --copy-results DIR).
 #
 # TORCH picks the torch/torchvision pair. The default is the package registry's CUDA 13.0 build,
 # which also runs on CPU-only machines. For another CUDA driver, e.g.:
@@ -19,6 +26,8 @@ TORCH ?= torch==2.13.0 torchvision==0.28.0
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 BENCH_ENV ?=
+GPU_PY ?= $(if $(wildcard $(VENV)/bin/python),$(VENV)/bin/python,python3)
+GPU_CHECK_ARGS ?=
 
 PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
@@ -27,7 +36,7 @@ STAMP := $(VENV)/.sportsnet-install
 # reinstalls (and rebuilds sportsnet._C), otherwise install is a no-op.
 INSTALL_KEY = $(shell cat setup.py pyproject.toml sportsnet/ops/_build.py $$(find csrc -type f | sort) | sha256sum | cut -c1-16)|$(TORCH)
 
-.PHONY: install demo demo-clip test bench clean
+.PHONY: install demo demo-clip test bench gpu-check clean
 
 install:
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -59,6 +68,11 @@ bench: install
 	$(BENCH_ENV) $(PY) benchmarks/bench_train.py
 	$(BENCH_ENV) $(PY) benchmarks/bench_data.py
 	$(PY) benchmarks/tables.py --update
+
+# No `install` prerequisite: it runs with whatever torch GPU_PY has (python -m from the repository root needs no
+# install), and builds the extension itself where it is missing.
+gpu-check:
+	$(GPU_PY) -m sportsnet.apps.gpu_check $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info sportsnet/*.so

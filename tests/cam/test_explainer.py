@@ -215,6 +215,7 @@ def tiny_clip(vision_cfg):
     return ClipClassifier(open_clip.model.CLIP(embed_dim=16, vision_cfg=vision_cfg, text_cfg=text)).eval()
 
 
+@clip_tiny.needs_open_clip
 def test_open_clip_vit_default_layer_and_token_reshape():
     import open_clip
 
@@ -230,6 +231,7 @@ def test_open_clip_vit_default_layer_and_token_reshape():
     torch.testing.assert_close(out.maps[:, 0], expected, atol=1e-4, rtol=0)
 
 
+@clip_tiny.needs_open_clip
 def test_open_clip_modified_resnet_default_layer():
     import open_clip
 
@@ -242,6 +244,7 @@ def test_open_clip_modified_resnet_default_layer():
 clip_tiny.register()
 
 
+@clip_tiny.needs_open_clip
 @pytest.mark.parametrize("name, layer", [("tiny-vit-test", "visual.transformer.resblocks.1.ln_1"),
                                          ("tiny-rn-test", "visual.layer4")])
 def test_gradcam_of_a_free_text_prompt_is_the_hand_computation(name, layer):

@@ -25,6 +25,7 @@ def unit(n, d, seed):
     return F.normalize(torch.randn(n, d, generator=torch.Generator().manual_seed(seed)), dim=-1)
 
 
+@clip_tiny.needs_open_clip
 @pytest.mark.parametrize("scale", [1.0, 14.3, 100.0])
 def test_loss_equals_open_clips_clip_loss(scale):
     from open_clip.loss import ClipLoss
@@ -60,6 +61,7 @@ def assert_same_grads(a, b, rtol=1e-4):
         torch.testing.assert_close(a[k], b[k], rtol=rtol, atol=rtol * float(a[k].abs().max()) + 1e-8, msg=k)
 
 
+@clip_tiny.needs_open_clip
 def test_accumulated_gradients_equal_one_big_batch():
     bundle, x, tokens = tiny_batch()
     model = bundle.model.train()
@@ -107,6 +109,7 @@ def _worker(rank, world, port, out_dir):
         dist.destroy_process_group()
 
 
+@clip_tiny.needs_open_clip
 def test_two_processes_see_the_global_batch(tmp_path):
     import torch.multiprocessing as mp
 
@@ -147,6 +150,7 @@ def test_retrieval_metrics_count_any_caption_of_an_image():
         retrieval_metrics(images, texts, torch.tensor([0, 0, 1, 1, 2, 3]))
 
 
+@clip_tiny.needs_open_clip
 def test_training_steps_lower_the_loss_and_clamp_the_temperature():
     bundle, x, tokens = tiny_batch(16)
     model = bundle.model
@@ -165,6 +169,7 @@ def test_training_steps_lower_the_loss_and_clamp_the_temperature():
         run_epoch(model, loader[:1], opt, ContrastiveStep(accum_steps=3), device=torch.device("cpu"), progress=False)
 
 
+@clip_tiny.needs_open_clip
 def test_a_step_with_accumulation_equals_contrastive_backward_over_its_micro_batches():
     """ContrastiveStep splits the loader's batch into micro-batches and accumulates exactly."""
     bundle, x, tokens = tiny_batch(8)

@@ -5,9 +5,6 @@ import torch.nn.functional as F
 
 from sportsnet.data import few_shot_indices
 from sportsnet.models.adapters import ClipAdapter, LinearProbe, TipAdapter, wise_ft, zero_shot_linear
-from tests.support import clip_tiny
-
-clip_tiny.register()
 
 
 def features(n=40, d=32, c=4, seed=0):

@@ -16,6 +16,7 @@ def bundle():
     return load_clip("tiny-vit-test", "none")
 
 
+@clip_tiny.needs_open_clip
 def test_local_checkpoints_load_and_mismatches_are_named(bundle, tmp_path, caplog):
     path = tmp_path / "tiny.pt"
     torch.save({"state_dict": {f"module.{k}": v for k, v in bundle.model.state_dict().items()}}, path)
@@ -32,6 +33,7 @@ def test_local_checkpoints_load_and_mismatches_are_named(bundle, tmp_path, caplo
         load_clip("tiny-vit-test", str(tmp_path / "missing.pt"))
 
 
+@clip_tiny.needs_open_clip
 def test_offline_tags_and_bad_names_give_clear_errors(tmp_path):  # conftest sets HF_HUB_OFFLINE=1
     with pytest.raises(FileNotFoundError, match=r"HF_HUB_OFFLINE is set\. Download https://huggingface\.co/.*"
                                                 r"open_clip_pytorch_model\.bin where there is a network and pass its "
@@ -43,6 +45,7 @@ def test_offline_tags_and_bad_names_give_clear_errors(tmp_path):  # conftest set
         load_clip("ViT-Z-99", "none")
 
 
+@clip_tiny.needs_open_clip
 def test_openai_weights_get_the_quickgelu_architecture():
     import open_clip
 
@@ -52,6 +55,7 @@ def test_openai_weights_get_the_quickgelu_architecture():
         ("ViT-B-32", False)
 
 
+@clip_tiny.needs_open_clip
 def test_preprocessing_comes_from_the_model(bundle):
     assert bundle.image_size == 32 and bundle.mean == pytest.approx((0.48145466, 0.4578275, 0.40821073))
     assert bundle.interpolation.value == "bicubic"
@@ -60,6 +64,7 @@ def test_preprocessing_comes_from_the_model(bundle):
     assert x.shape == (3, 32, 32)
 
 
+@clip_tiny.needs_open_clip
 def test_a_clip_weights_pickle_that_runs_code_is_refused(tmp_path):
     evil, marker = tmp_path / "open_clip_pytorch_model.bin", tmp_path / "pwned"
     write_malicious_pickle(evil, "x", marker, nest="state_dict")

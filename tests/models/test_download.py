@@ -7,6 +7,7 @@ import pytest
 
 from sportsnet.models.clip import load_clip
 from sportsnet.models.download import WeightsUnavailable, fetch_hf_file, hf_endpoint, unreachable
+from tests.support import clip_tiny
 
 PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 
@@ -27,6 +28,7 @@ def no_network(monkeypatch):
     return looked_up
 
 
+@clip_tiny.needs_open_clip
 def test_an_unreachable_hub_costs_one_lookup_and_one_line(tmp_path, no_network):
     t0 = time.perf_counter()
     with pytest.raises(WeightsUnavailable) as info:
@@ -40,6 +42,7 @@ def test_an_unreachable_hub_costs_one_lookup_and_one_line(tmp_path, no_network):
     assert "--pretrained /path/to/that/file" in message
 
 
+@clip_tiny.needs_open_clip
 def test_hf_hub_offline_means_the_cache_or_nothing(tmp_path, no_network, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(WeightsUnavailable, match="HF_HUB_OFFLINE is set"):

@@ -7,6 +7,7 @@ from sportsnet.models.prompts import prompt_names, prompt_sets
 from sportsnet.models.zero_shot import ZeroShotClassifier
 from tests.support import clip_tiny
 
+pytestmark = clip_tiny.needs_open_clip
 clip_tiny.register()
 
 

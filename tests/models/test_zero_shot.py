@@ -8,6 +8,7 @@ from sportsnet.models.prompts import SPORTS
 from sportsnet.models.zero_shot import ZeroShotClassifier, build_text_classifier
 from tests.support import clip_tiny
 
+pytestmark = clip_tiny.needs_open_clip
 clip_tiny.register()
 
 
