@@ -21,6 +21,7 @@ import csv
 import dataclasses
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from torch.utils.data import DataLoader
 from torchvision.utils import save_image
 from tqdm.auto import tqdm
 
-from ..cam import GradCAM
+from ..cam import EXPLAINERS, make_explainer
 from ..cam.metrics import RunningMeans, score_explanations
 from ..cam.overlay import overlay, save_grid
 from ..data import (
@@ -47,7 +48,7 @@ from ..data.transforms import eval_box
 from ..hardware import autocast, resolve_precision
 from ..models.prompts import prompt_names, prompt_sets
 from ..models.zero_shot import ZeroShotClassifier
-from ..ops import METHODS
+from .bench.common import caption, environment, table, write_json
 from .clip_data import load_clip_or_exit, open_split, resolve_data
 from .config import device_from_flag, option, parse_config, precision_option, setup_logging, timestamp
 from .train_vgg19 import load_run
@@ -65,7 +66,14 @@ class ExplainConfig:
     data: str = option("", "100-Sports-layout folder or 'synthetic' (the demo's set); use with --split")
     split: str = option("test", "split of --data", ("train", "valid", "test"))
     images: str = option("", "a folder of images (searched recursively) instead of --data")
-    method: str = option("gradcam", f"one of {', '.join(METHODS)}, a comma list, or 'all' (overlays use the first)")
+    method: str = option("gradcam", f"one of {', '.join(EXPLAINERS)}, a comma list, or 'all' (overlays use the "
+                                    f"first; methods that refuse the model, like CAM without its head, are left out)")
+    samples: int = option(0, "noisy/scaled samples of SS-CAM, IS-CAM and SmoothGrad-CAM++ (0: their defaults, 35, 10 "
+                             "and 4)")
+    limit: int = option(0, "explain only the first N images (0: all)")
+    cam_batch: int = option(128, "forwards per batch of the gradient-free methods (masked images, ablations)")
+    results: str = option("", "also write the report to benchmarks/results/<NAME>.json, rendered by "
+                              "benchmarks/tables.py (e.g. explain_methods_demo_cpu_avx2)")
     top_k: int = option(1, "explain the k most likely classes of each image")
     layer: str = option("", "target layer(s), dotted names, comma-separated (default: the model family's usual)")
     pointing_tolerance: float = option(-1.0, "pointing-game tolerance in pixels (-1: the standard 15 px at 224 px, "
@@ -163,6 +171,43 @@ class Indexed(torch.utils.data.Dataset):
         return x, y, i
 
 
+def method_options(method: str, cfg: ExplainConfig) -> dict:
+    """The explainer options ``explain.py``'s flags set for ``method``."""
+    cls = EXPLAINERS[method]
+    options = {}
+    if not cls.needs_gradients and method != "cam":
+        options.update(precision=cfg.precision, batch_size=cfg.cam_batch)
+    if cfg.samples and method in ("sscam", "iscam", "smoothgradcam++"):
+        options["num_samples"] = cfg.samples
+    return options
+
+
+#: The columns of the methods table: (metric key in metrics.json, header, format).
+TABLE_COLUMNS = [("pointing_game", "pointing game", "{:.1%}"), ("pointing_game_strict", "strict", "{:.1%}"),
+                 ("energy_in_box", "energy in box", "{:.2f}"), ("deletion_auc", "deletion AUC", "{:.3f}"),
+                 ("insertion_auc", "insertion AUC", "{:.3f}"), ("road_combined", "ROAD combined", "{:.3f}"),
+                 ("seconds_per_image", "s / image", "{:.3f}")]
+
+
+def methods_table(p: dict) -> str:
+    """One row per method (and the baselines) from an ``explain.py --results`` file (benchmarks/tables.py)."""
+    metrics = p["metrics"]
+    names = list(p["methods"]) + [b for b in ("random", "center") if f"pointing_game/{b}" in metrics]
+    columns = [c for c in TABLE_COLUMNS if any(f"{c[0]}/{n}" in metrics for n in names)]
+    rows = []
+    for n in names:
+        label = {"random": "random smooth maps", "center": "always the centre"}.get(n, n)
+        rows.append([label] + [fmt.format(metrics[f"{key}/{n}"]) if f"{key}/{n}" in metrics else "" for key, _, fmt
+                               in columns])
+    text = (f"{p['model']}, {p['images']} images, target layer {', '.join(p['target_layer'])}, {p['precision']}; "
+            f"{caption(p['environment'])}, torch {p['environment']['torch']}, {p['environment']['time'][:10]}.\n\n"
+            + table(rows, ["maps"] + [header for _, header, _ in columns]))
+    if p.get("refused_methods"):
+        text += "\n\nLeft out (they refuse this model): " + "; ".join(
+            f"{m} ({why.split(';')[0]})" for m, why in p["refused_methods"].items()) + "."
+    return text
+
+
 def main(argv=None) -> dict:
     setup_logging()
     cfg, _ = parse_config(ExplainConfig, argv, ExplainConfig(), __doc__)
@@ -172,12 +217,13 @@ def main(argv=None) -> dict:
         raise SystemExit("error: --prompt needs --clip (free-text targets come from CLIP's text encoder)")
     if bool(cfg.images) == bool(cfg.data):
         raise SystemExit("error: give exactly one of --data (with --split) or --images")
-    methods = list(METHODS) if cfg.method == "all" else [m.strip() for m in cfg.method.split(",")]
-    unknown = [m for m in methods if m not in METHODS]
+    methods = list(EXPLAINERS) if cfg.method == "all" else [m.strip() for m in cfg.method.split(",")]
+    unknown = [m for m in methods if m not in EXPLAINERS]
     if unknown:
-        raise SystemExit(f"error: unknown method(s) {unknown}; expected {', '.join(METHODS)} or 'all'")
-    if cfg.batch_size < 1 or cfg.top_k < 1:
-        raise SystemExit(f"error: --batch-size ({cfg.batch_size}) and --top-k ({cfg.top_k}) must be >= 1")
+        raise SystemExit(f"error: unknown method(s) {unknown}; expected {', '.join(EXPLAINERS)} or 'all'")
+    if cfg.batch_size < 1 or cfg.top_k < 1 or cfg.cam_batch < 1 or cfg.samples < 0:
+        raise SystemExit(f"error: --batch-size ({cfg.batch_size}), --top-k ({cfg.top_k}) and --cam-batch "
+                         f"({cfg.cam_batch}) must be >= 1, --samples ({cfg.samples}) >= 0")
     device = device_from_flag(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     if cfg.checkpoint:
@@ -197,6 +243,10 @@ def main(argv=None) -> dict:
     model, classes, size = subject.model, subject.classes, subject.size
     if cfg.top_k > len(classes):
         raise SystemExit(f"error: --top-k {cfg.top_k} exceeds the model's {len(classes)} classes")
+    if cfg.limit < 0:
+        raise SystemExit(f"error: --limit ({cfg.limit}) must be >= 0")
+    if cfg.limit:
+        ds.samples = ds.samples[:cfg.limit]
     boxes_csv = root / "boxes.csv" if cfg.data and (root / "boxes.csv").is_file() else None
     boxes = attach_boxes(ds, boxes_csv, size, subject.resize) if boxes_csv is not None else None
     out_dir = Path(cfg.out or f"outputs/explain-{timestamp()}")
@@ -205,9 +255,10 @@ def main(argv=None) -> dict:
 
     layers = [x.strip() for x in cfg.layer.split(",") if x.strip()] or None
     try:
-        cams = {m: GradCAM(model, target_layer=layers, method=m) for m in methods}
+        cams = {m: make_explainer(model, m, target_layer=layers, **method_options(m, cfg)) for m in methods}
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
+    refused: dict[str, str] = {}
     # Zhang et al.'s pointing game counts a hit within 15 px of the box at 224 px.
     tolerance = round(15 * size / 224) if cfg.pointing_tolerance < 0 else cfg.pointing_tolerance
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -217,7 +268,22 @@ def main(argv=None) -> dict:
     for images, labels, idx in tqdm(loader, desc="explain", disable=not cfg.progress):
         images = images.to(device)
         with autocast(device, precision):  # the explanations and the metrics' forwards
-            outs = {m: cams[m](images, top_k=cfg.top_k) for m in methods}
+            outs = {}
+            for m in list(methods):
+                start = time.perf_counter()
+                try:
+                    outs[m] = cams[m](images, top_k=cfg.top_k)
+                except ValueError as e:  # e.g. CAM on a model without a pooling + linear head
+                    if cfg.method != "all" or len(methods) == 1:
+                        raise SystemExit(f"error: {m}: {e}") from None
+                    refused[m] = str(e)
+                    methods.remove(m)
+                    log.warning("explain: %s left out: %s", m, e)
+                    continue
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                means.add(f"seconds_per_image/{m}", torch.full((len(images),), (time.perf_counter() - start)
+                                                               / len(images)))
             first = outs[methods[0]]
             pred = first.classes[:, 0].cpu()
             if labelled:
@@ -256,10 +322,13 @@ def main(argv=None) -> dict:
     report = {"model": subject.name, "checkpoint": cfg.checkpoint, "images": len(ds), "methods": methods,
               "target_layer": cams[methods[0]].target_layers,
               "pointing_tolerance_px": tolerance if boxes is not None else None, "precision": precision,
-              "metrics": metrics, "skipped": summarize_skipped(ds.skipped),
+              "metrics": metrics, "refused_methods": refused, "skipped": summarize_skipped(ds.skipped),
               "skipped_files": [dataclasses.asdict(s) for s in ds.skipped],
               "boxes": boxes_csv is not None, "config": dataclasses.asdict(cfg)}
     (out_dir / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    if cfg.results:
+        path = write_json(cfg.results, {"benchmark": "explain_methods", "environment": environment(device), **report})
+        print(f"wrote {path}")
     if ds.skipped:
         print(f"skipped {len(ds.skipped)} unreadable file(s): {summarize_skipped(ds.skipped)}")
     for key, value in metrics.items():

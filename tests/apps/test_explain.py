@@ -57,6 +57,28 @@ def test_explains_a_dataset_split_with_localisation_metrics(run, capsys):
     assert "pointing_game/gradcam" in capsys.readouterr().out
 
 
+def test_every_method_in_one_table(run, tmp_path, monkeypatch):
+    """--method all: every method (or its reason for refusing the model), with the metrics and the time
+    per image, written as a result file that benchmarks/tables.py renders."""
+    from sportsnet.apps.bench import common, tables
+    from sportsnet.cam import EXPLAINERS
+
+    monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
+    tmp, run_dir, _ = run
+    report = explain.main(["--checkpoint", str(run_dir), "--data", "synthetic", "--split", "test", "--limit", "6",
+                           "--method", "all", "--samples", "2", "--out", str(tmp_path / "out"), "--no-progress",
+                           "--deletion-steps", "2", "--overlays", "0", "--precision", "fp32",
+                           "--results", "explain_methods_test"])
+    assert report["images"] == 6
+    assert set(report["methods"]) | set(report["refused_methods"]) == set(EXPLAINERS)
+    assert len(report["methods"]) >= len(EXPLAINERS) - 1, report["refused_methods"]
+    m = report["metrics"]
+    for method in report["methods"]:
+        assert m[f"seconds_per_image/{method}"] > 0 and 0 <= m[f"pointing_game/{method}"] <= 1, method
+    text = tables.render("explain_methods_test")
+    assert all(f"| {method} " in text for method in report["methods"]) and "s / image" in text
+
+
 def test_a_folder_of_images_with_an_unreadable_one(run, tmp_path):
     _, run_dir, _ = run
     folder = tmp_path / "photos"
