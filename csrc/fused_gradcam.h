@@ -1,5 +1,6 @@
-// The per-element math of fused_gradcam, shared by the CPU kernel (cpu/fused_gradcam_kernel.h) and the
-// CUDA kernel (cuda/fused_gradcam.cu): what the CPU tests prove about these functions holds for the GPU.
+// The per-element math of fused_gradcam and fused_weighted_cam, shared by the CPU kernel
+// (cpu/fused_gradcam_kernel.h) and the CUDA kernel (cuda/fused_gradcam.cu): what the CPU tests prove
+// about these functions holds for the GPU.
 //
 // A = activations, G = gradients, both (B, K, h, w); sums run over the h*w positions of one map.
 //   gradcam    w_k = mean(G_k)                                     map = ReLU(sum_k w_k A_k)
@@ -8,6 +9,10 @@
 //   xgradcam   w_k = sum(A_k G_k) / (sum(A_k) + eps)
 //   hirescam   map = ReLU(sum_k G_k A_k)
 //   layercam   map = ReLU(sum_k ReLU(G_k) A_k)
+//   gradcam-elementwise  map = ReLU(sum_k ReLU(G_k A_k))   (pytorch-grad-cam's GradCAMElementWise)
+// and, for the sibling op fused_weighted_cam (CamMethod::Weighted, not a method name of fused_gradcam),
+// weights given by the caller and a per-map bias, no gradients:
+//   weighted   map = ReLU(sum_k weights[b, k] A_k + bias[b])
 // then bilinear resizing with torch.nn.functional.interpolate's align_corners=False semantics and,
 // optionally, per-map (x - min) / (max - min + eps) with near-constant maps set to zero.
 //
@@ -27,15 +32,29 @@
 
 namespace sportsnet {
 
-enum class CamMethod : int { GradCAM = 0, GradCAMPlusPlus = 1, XGradCAM = 2, HiResCAM = 3, LayerCAM = 4 };
+enum class CamMethod : int {
+  GradCAM = 0,
+  GradCAMPlusPlus = 1,
+  XGradCAM = 2,
+  HiResCAM = 3,
+  LayerCAM = 4,
+  GradCAMElementWise = 5,
+  Weighted = 6,  // fused_weighted_cam: channel weights (and a bias) from the caller
+};
 
 // pytorch-grad-cam's constant in the Grad-CAM++ alpha denominator; with it our maps match theirs.
 constexpr double kGradCamPlusPlusEps = 1e-6;
 // A resized map whose range is within this fraction of its magnitude is rounding noise: zeros.
 constexpr double kFlatTolerance = 1e-5;
 
-SPORTSNET_HD constexpr bool uses_channel_weights(CamMethod m) {
+// Channel weights computed from sums over each channel's positions (a first pass over the planes).
+SPORTSNET_HD constexpr bool computes_channel_weights(CamMethod m) {
   return m == CamMethod::GradCAM || m == CamMethod::GradCAMPlusPlus || m == CamMethod::XGradCAM;
+}
+
+// The map is sum_k w_k A_k, with computed or given weights: the contribution pass reads A only.
+SPORTSNET_HD constexpr bool uses_channel_weights(CamMethod m) {
+  return computes_channel_weights(m) || m == CamMethod::Weighted;
 }
 
 // max(x, 0) that keeps NaN (as torch.relu does): x < 0 is false for NaN, so NaN is returned. The
@@ -97,7 +116,8 @@ SPORTSNET_HD acc_t contribution(CamMethod m, acc_t w, acc_t a, acc_t g) {
   switch (m) {
     case CamMethod::HiResCAM: return g * a;
     case CamMethod::LayerCAM: return relu(g) * a;
-    default: return w * a;
+    case CamMethod::GradCAMElementWise: return relu(g * a);
+    default: return w * a;  // the channel-weighted methods, Weighted included
   }
 }
 

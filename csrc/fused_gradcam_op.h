@@ -5,6 +5,8 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/string_view.h>
 
+#include <optional>
+
 #include "fused_gradcam.h"
 
 namespace sportsnet {
@@ -16,7 +18,8 @@ struct Strides {
 
 inline Strides strides_of(const at::Tensor& t) { return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)}; }
 
-// "gradcam" | "gradcam++" | "xgradcam" | "hirescam" | "layercam"; anything else is a TORCH_CHECK error.
+// "gradcam" | "gradcam++" | "xgradcam" | "hirescam" | "layercam" | "gradcam-elementwise"; anything
+// else (CamMethod::Weighted has no name: it is fused_weighted_cam's) is a TORCH_CHECK error.
 CamMethod parse_method(c10::string_view method);
 
 // Validates activations/gradients/size/eps and returns the output dtype (float32, or float64 for
@@ -24,7 +27,20 @@ CamMethod parse_method(c10::string_view method);
 at::ScalarType check_inputs(const at::Tensor& activations, const at::Tensor& gradients, at::IntArrayRef size,
                             double eps);
 
-// Checks a caller-provided output tensor: (B, H, W), the output dtype, contiguous, same device.
-void check_out(const at::Tensor& out, const at::Tensor& activations, at::IntArrayRef size, at::ScalarType dtype);
+// fused_weighted_cam's checks (the rules of sportsnet/ops/reference.py's check_weighted_inputs):
+// activations as above; weights (B, K) and bias (B,) on the activations' device, in the output dtype
+// (float32, or float64 for float64 activations). Returns the output dtype.
+at::ScalarType check_weighted_inputs(const at::Tensor& activations, const at::Tensor& weights,
+                                     const std::optional<at::Tensor>& bias, at::IntArrayRef size, double eps);
+
+// Checks a caller-provided output tensor: (B, H, W), the output dtype, contiguous, same device. `op`
+// names the operator in the messages.
+void check_out(const at::Tensor& out, const at::Tensor& activations, at::IntArrayRef size, at::ScalarType dtype,
+               const char* op = "fused_gradcam");
+
+// The bias tensor of fused_weighted_cam, or an undefined tensor (no bias; also for fused_gradcam).
+inline at::Tensor bias_or_undefined(const std::optional<at::Tensor>& bias) {
+  return bias.has_value() && bias->defined() ? *bias : at::Tensor();
+}
 
 }  // namespace sportsnet

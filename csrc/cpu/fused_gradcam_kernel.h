@@ -1,4 +1,5 @@
-// The CPU kernel of sportsnet::fused_gradcam, as templates in namespace sportsnet::SPORTSNET_CPU_NS.
+// The CPU kernel of sportsnet::fused_gradcam and sportsnet::fused_weighted_cam (CamMethod::Weighted:
+// channel weights and a bias given, no gradients), as templates in namespace sportsnet::SPORTSNET_CPU_NS.
 // Included by cpu/kernel_default.cpp (baseline ISA) and cpu/kernel_avx2.cpp (AVX2 + FMA), which must
 // include kernel_deps.h *before* any target pragma so library inline functions keep the baseline ISA.
 //
@@ -7,14 +8,17 @@
 //  1. channel pass, parallel over (map, channel chunk); small batches split the channels into more
 //     chunks, so every thread has work. Each chunk adds its channels' contributions to its own small
 //     partial map (h*w values). Grad-CAM, Grad-CAM++ and XGrad-CAM first reduce each channel's h*w
-//     positions to its weight w_k; HiResCAM and LayerCAM need no weights.
+//     positions to its weight w_k; HiResCAM, LayerCAM and Grad-CAM element-wise need no weights;
+//     Weighted reads w_k from the given (B, K) weights. The channel-weighted methods (Weighted
+//     included) read only A in the contribution pass; Weighted never reads G at all.
 //     - spatially contiguous planes (NCHW): channels in groups of four, their weights first, then one
 //       pass adding all four while their planes are still in cache, so A and G are read from memory
 //       once;
 //     - channels-last (channel stride 1, K > 1): loops over pixels with the channel loop innermost,
 //       one pass for the chunk's sums (two for Grad-CAM++), then one for the contributions;
 //     - any other strides: the NCHW loops, reading through the strides.
-//  2. partial maps summed in a fixed order (deterministic), ReLU -> cam (B, h*w).
+//  2. partial maps summed in a fixed order (deterministic), plus the map's bias (Weighted), ReLU -> cam
+//     (B, h*w).
 //  3. only when normalising: the exact min/max of the resized map from a few samples. A bilinear
 //     sample is bilinear in its two interpolation weights within one input cell, so the extremes over
 //     the output grid lie on the first or last output row/column of each cell (at most 2h x 2w
@@ -89,7 +93,7 @@ acc_t plane_gradcampp_sum(const Plane& g, int64_t n, acc_t sum_a) {
 
 template <CamMethod m, int L, typename acc_t, typename Plane>
 acc_t plane_weight(const Plane& a, const Plane& g, int64_t hw, acc_t eps) {
-  if constexpr (!uses_channel_weights(m)) {
+  if constexpr (!computes_channel_weights(m)) {
     return acc_t(0);
   } else {
     const ChannelSums<acc_t> s = plane_sums<m, L, acc_t>(a, g, hw);
@@ -98,40 +102,71 @@ acc_t plane_weight(const Plane& a, const Plane& g, int64_t hw, acc_t eps) {
   }
 }
 
+// fused_weighted_cam's channel weights for one map, from its first channel on: given[c] is channel c's
+// (the (B, K) tensor's row, any stride). Unused (null) for the gradient methods.
+template <typename acc_t>
+struct GivenWeights {
+  const acc_t* p = nullptr;
+  int64_t stride = 0;
+  acc_t operator[](int64_t c) const { return p[c * stride]; }
+};
+
+// Channel c's weight: given (Weighted), computed from its planes (Grad-CAM, ++, XGrad-CAM), else unused (0).
+template <CamMethod m, int L, typename acc_t, typename PlaneOf>
+acc_t weight_of(const PlaneOf& plane, int64_t c, const GivenWeights<acc_t>& given, int64_t hw, acc_t eps) {
+  if constexpr (m == CamMethod::Weighted) {
+    return given[c];
+  } else {
+    return plane_weight<m, L, acc_t>(plane.a(c), plane.g(c), hw, eps);
+  }
+}
+
+// One channel's contribution at position i of its planes (or at a[i], g[i] through pointers). The
+// channel-weighted methods load A only: G is not read (for Weighted, `g` is a stand-in for A).
+template <CamMethod m, typename acc_t, typename AV, typename GV>
+acc_t term(acc_t wk, const AV& a, const GV& g, int64_t i) {
+  if constexpr (uses_channel_weights(m)) {
+    return contribution(m, wk, acc_t(a[i]), acc_t(0));
+  } else {
+    return contribution(m, acc_t(0), acc_t(a[i]), acc_t(g[i]));
+  }
+}
+
 // Adds channels [0, n) (planes from plane(c)) to `partial` (h*w values, row-major). Channels go in
 // groups of 4: their weights first, then one pass adding all four, so `partial` is loaded and stored
 // once per group while the four planes are still in L1. The method is a template argument, so every
 // loop is specialised (no per-element switch).
 template <CamMethod m, int L, typename acc_t, typename PlaneOf>
-void add_channels_plane_lanes(const PlaneOf& plane, int64_t n, int64_t hw, acc_t eps, acc_t* partial) {
+void add_channels_plane_lanes(const PlaneOf& plane, int64_t n, int64_t hw, acc_t eps, const GivenWeights<acc_t>& given,
+                              acc_t* partial) {
   constexpr int CB = 4;
   int64_t c = 0;
   for (; c + CB <= n; c += CB) {
     const auto a0 = plane.a(c), a1 = plane.a(c + 1), a2 = plane.a(c + 2), a3 = plane.a(c + 3);
     const auto g0 = plane.g(c), g1 = plane.g(c + 1), g2 = plane.g(c + 2), g3 = plane.g(c + 3);
-    const acc_t w0 = plane_weight<m, L>(a0, g0, hw, eps), w1 = plane_weight<m, L>(a1, g1, hw, eps);
-    const acc_t w2 = plane_weight<m, L>(a2, g2, hw, eps), w3 = plane_weight<m, L>(a3, g3, hw, eps);
+    const acc_t w0 = weight_of<m, L>(plane, c, given, hw, eps), w1 = weight_of<m, L>(plane, c + 1, given, hw, eps);
+    const acc_t w2 = weight_of<m, L>(plane, c + 2, given, hw, eps), w3 = weight_of<m, L>(plane, c + 3, given, hw, eps);
     // `partial` is private scratch: it never aliases the inputs, so no runtime alias checks are needed.
 #pragma GCC ivdep
     for (int64_t p = 0; p < hw; ++p) {
-      partial[p] += contribution(m, w0, acc_t(a0[p]), acc_t(g0[p])) + contribution(m, w1, acc_t(a1[p]), acc_t(g1[p])) +
-                    contribution(m, w2, acc_t(a2[p]), acc_t(g2[p])) + contribution(m, w3, acc_t(a3[p]), acc_t(g3[p]));
+      partial[p] += term<m>(w0, a0, g0, p) + term<m>(w1, a1, g1, p) + term<m>(w2, a2, g2, p) + term<m>(w3, a3, g3, p);
     }
   }
   for (; c < n; ++c) {
     const auto a = plane.a(c), g = plane.g(c);
-    const acc_t wk = plane_weight<m, L>(a, g, hw, eps);
+    const acc_t wk = weight_of<m, L>(plane, c, given, hw, eps);
 #pragma GCC ivdep
-    for (int64_t p = 0; p < hw; ++p) partial[p] += contribution(m, wk, acc_t(a[p]), acc_t(g[p]));
+    for (int64_t p = 0; p < hw; ++p) partial[p] += term<m>(wk, a, g, p);
   }
 }
 
 template <CamMethod m, typename acc_t, typename PlaneOf>
-void add_channels_plane(const PlaneOf& plane, int64_t n, int64_t hw, acc_t eps, acc_t* partial) {
+void add_channels_plane(const PlaneOf& plane, int64_t n, int64_t hw, acc_t eps, const GivenWeights<acc_t>& given,
+                        acc_t* partial) {
   if (hw >= 64) {
-    add_channels_plane_lanes<m, 32>(plane, n, hw, eps, partial);
+    add_channels_plane_lanes<m, 32>(plane, n, hw, eps, given, partial);
   } else {
-    add_channels_plane_lanes<m, 8>(plane, n, hw, eps, partial);
+    add_channels_plane_lanes<m, 8>(plane, n, hw, eps, given, partial);
   }
 }
 
@@ -157,13 +192,16 @@ struct StridedPlanes {
 // the channel loop innermost. `scratch` holds 4 * (k1 - k0) values.
 template <CamMethod m, typename scalar_t, typename acc_t>
 void add_channels_pixel_major(const scalar_t* A, const scalar_t* G, Strides sa, Strides sg, int64_t h, int64_t w,
-                              int64_t n, acc_t eps, acc_t* partial, acc_t* scratch) {
+                              int64_t n, acc_t eps, const GivenWeights<acc_t>& given, acc_t* partial,
+                              acc_t* scratch) {
   acc_t* sum_a = scratch;
   acc_t* sum_g = scratch + n;
   acc_t* sum_ag = scratch + 2 * n;
   acc_t* wk = scratch + 3 * n;
   std::fill(scratch, scratch + 4 * n, acc_t(0));
-  if (uses_channel_weights(m)) {
+  if constexpr (m == CamMethod::Weighted) {
+    for (int64_t c = 0; c < n; ++c) wk[c] = given[c];
+  } else if constexpr (computes_channel_weights(m)) {
     for (int64_t i = 0; i < h; ++i) {
       for (int64_t j = 0; j < w; ++j) {
         const scalar_t* ap = A + i * sa.y + j * sa.x;
@@ -176,7 +214,7 @@ void add_channels_pixel_major(const scalar_t* A, const scalar_t* G, Strides sa, 
         }
       }
     }
-    if (m == CamMethod::GradCAMPlusPlus) {  // wk holds the alpha sums until it is overwritten below
+    if constexpr (m == CamMethod::GradCAMPlusPlus) {  // wk holds the alpha sums until it is overwritten below
       for (int64_t i = 0; i < h; ++i)
         for (int64_t j = 0; j < w; ++j) {
           const scalar_t* gp = G + i * sg.y + j * sg.x;
@@ -199,10 +237,10 @@ void add_channels_pixel_major(const scalar_t* A, const scalar_t* G, Strides sa, 
       acc_t v[L] = {};
       int64_t c = 0;
       for (; c + L <= n; c += L)
-        for (int l = 0; l < L; ++l) v[l] += contribution(m, wk[c + l], acc_t(ap[c + l]), acc_t(gp[c + l]));
+        for (int l = 0; l < L; ++l) v[l] += term<m>(wk[c + l], ap, gp, c + l);
       acc_t total = 0;
       for (int l = 0; l < L; ++l) total += v[l];
-      for (; c < n; ++c) total += contribution(m, wk[c], acc_t(ap[c]), acc_t(gp[c]));
+      for (; c < n; ++c) total += term<m>(wk[c], ap, gp, c);
       partial[i * w + j] += total;
     }
   }
@@ -217,9 +255,11 @@ std::vector<int64_t> extreme_candidates(int64_t out_size, int64_t in_size, acc_t
   return out;
 }
 
+// `weights` and `bias` (Weighted only; bias may be undefined): see kernel_isa.h. For Weighted, G is A.
 template <CamMethod m, typename scalar_t>
-void fused_gradcam_cpu_kernel(const at::Tensor& A, const at::Tensor& G, int64_t H, int64_t W, bool normalize,
-                              double eps_d, at::Tensor& out) {
+void fused_gradcam_cpu_kernel(const at::Tensor& A, const at::Tensor& G, const at::Tensor& weights,
+                              const at::Tensor& bias, int64_t H, int64_t W, bool normalize, double eps_d,
+                              at::Tensor& out) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t B = A.size(0), K = A.size(1), h = A.size(2), w = A.size(3), hw = h * w;
   if (B == 0) return;
@@ -229,6 +269,15 @@ void fused_gradcam_cpu_kernel(const at::Tensor& A, const at::Tensor& G, int64_t 
   const Strides sa = strides_of(A), sg = strides_of(G);
   const bool pixel_major = K > 1 && sa.k == 1 && sg.k == 1;
   const bool dense = sa.x == 1 && sa.y == w && sg.x == 1 && sg.y == w;
+  const acc_t* w_ptr = nullptr;  // weights[b, k] at w_ptr[b * swb + k * swk]
+  int64_t swb = 0, swk = 0;
+  if constexpr (m == CamMethod::Weighted) {
+    w_ptr = weights.const_data_ptr<acc_t>();
+    swb = weights.stride(0);
+    swk = weights.stride(1);
+  }
+  const acc_t* bias_ptr = bias.defined() ? bias.const_data_ptr<acc_t>() : nullptr;
+  const int64_t sbias = bias.defined() ? bias.stride(0) : 0;
 
   // 1. channel pass. Small batches split the channels too, so every thread has work.
   const int64_t threads = at::get_num_threads();
@@ -242,26 +291,32 @@ void fused_gradcam_cpu_kernel(const at::Tensor& A, const at::Tensor& G, int64_t 
       acc_t* part = partial.data() + item * hw;
       const scalar_t* a_b = a_ptr + b * sa.b;
       const scalar_t* g_b = g_ptr + b * sg.b;
+      GivenWeights<acc_t> given;
+      if constexpr (m == CamMethod::Weighted) given = {w_ptr + b * swb + k0 * swk, swk};
       if (pixel_major) {
         scratch.resize(4 * (k1 - k0));
-        add_channels_pixel_major<m>(a_b + k0, g_b + k0, sa, sg, h, w, k1 - k0, eps, part, scratch.data());
+        add_channels_pixel_major<m>(a_b + k0, g_b + k0, sa, sg, h, w, k1 - k0, eps, given, part, scratch.data());
       } else if (dense) {
-        add_channels_plane<m>(DensePlanes<scalar_t>{a_b + k0 * sa.k, g_b + k0 * sg.k, sa.k, sg.k}, k1 - k0, hw, eps, part);
+        add_channels_plane<m>(DensePlanes<scalar_t>{a_b + k0 * sa.k, g_b + k0 * sg.k, sa.k, sg.k}, k1 - k0, hw, eps,
+                              given, part);
       } else {
-        add_channels_plane<m>(StridedPlanes<scalar_t>{a_b + k0 * sa.k, g_b + k0 * sg.k, sa, sg, w}, k1 - k0, hw, eps, part);
+        add_channels_plane<m>(StridedPlanes<scalar_t>{a_b + k0 * sa.k, g_b + k0 * sg.k, sa, sg, w}, k1 - k0, hw, eps,
+                              given, part);
       }
     }
   });
 
-  // 2. chunks summed in order, ReLU.
+  // 2. chunks summed in order, the bias added (after the channel sum, as the reference does), ReLU.
   std::vector<acc_t> cam(B * hw);
   at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b)
+    for (int64_t b = b0; b < b1; ++b) {
+      const acc_t bias_b = bias_ptr != nullptr ? bias_ptr[b * sbias] : acc_t(0);
       for (int64_t p = 0; p < hw; ++p) {
         acc_t s = 0;
         for (int64_t c = 0; c < chunks; ++c) s += partial[(b * chunks + c) * hw + p];
-        cam[b * hw + p] = relu(s);
+        cam[b * hw + p] = relu(bias_ptr != nullptr ? s + bias_b : s);
       }
+    }
   });
 
   // Interpolation taps, shared by every map.
@@ -332,11 +387,11 @@ void fused_gradcam_cpu_kernel(const at::Tensor& A, const at::Tensor& G, int64_t 
 }
 
 // Entry point of this ISA variant: dtype and method dispatch.
-inline void run(const at::Tensor& A, const at::Tensor& G, int64_t H, int64_t W, CamMethod m, bool normalize,
-                double eps, at::Tensor& out) {
+inline void run(const at::Tensor& A, const at::Tensor& G, const at::Tensor& weights, const at::Tensor& bias, int64_t H,
+                int64_t W, CamMethod m, bool normalize, double eps, at::Tensor& out) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, A.scalar_type(), "fused_gradcam_cpu", [&] {
     const auto go = [&](auto method) {
-      fused_gradcam_cpu_kernel<decltype(method)::value, scalar_t>(A, G, H, W, normalize, eps, out);
+      fused_gradcam_cpu_kernel<decltype(method)::value, scalar_t>(A, G, weights, bias, H, W, normalize, eps, out);
     };
     switch (m) {
       case CamMethod::GradCAM: go(std::integral_constant<CamMethod, CamMethod::GradCAM>{}); break;
@@ -344,6 +399,10 @@ inline void run(const at::Tensor& A, const at::Tensor& G, int64_t H, int64_t W, 
       case CamMethod::XGradCAM: go(std::integral_constant<CamMethod, CamMethod::XGradCAM>{}); break;
       case CamMethod::HiResCAM: go(std::integral_constant<CamMethod, CamMethod::HiResCAM>{}); break;
       case CamMethod::LayerCAM: go(std::integral_constant<CamMethod, CamMethod::LayerCAM>{}); break;
+      case CamMethod::GradCAMElementWise:
+        go(std::integral_constant<CamMethod, CamMethod::GradCAMElementWise>{});
+        break;
+      case CamMethod::Weighted: go(std::integral_constant<CamMethod, CamMethod::Weighted>{}); break;
     }
   });
 }

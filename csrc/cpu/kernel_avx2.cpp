@@ -17,9 +17,9 @@
 #include "fused_gradcam_kernel.h"
 
 namespace sportsnet::cpu_avx2 {
-void run_kernel(const at::Tensor& A, const at::Tensor& G, int64_t H, int64_t W, CamMethod m, bool normalize,
-                double eps, at::Tensor& out) {
-  run(A, G, H, W, m, normalize, eps, out);
+void run_kernel(const at::Tensor& A, const at::Tensor& G, const at::Tensor& weights, const at::Tensor& bias,
+                int64_t H, int64_t W, CamMethod m, bool normalize, double eps, at::Tensor& out) {
+  run(A, G, weights, bias, H, W, m, normalize, eps, out);
 }
 }  // namespace sportsnet::cpu_avx2
 
@@ -38,7 +38,8 @@ bool supported() {
 }
 #else
 bool supported() { return false; }
-void run_kernel(const at::Tensor&, const at::Tensor&, int64_t, int64_t, CamMethod, bool, double, at::Tensor&) {
+void run_kernel(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, int64_t,
+                CamMethod, bool, double, at::Tensor&) {
   TORCH_CHECK(false, "fused_gradcam: the AVX2 kernel is not built for this platform");
 }
 #endif

@@ -7,8 +7,8 @@
 #include "kernel_isa.h"
 
 namespace sportsnet::cpu_default {
-void run_kernel(const at::Tensor& A, const at::Tensor& G, int64_t H, int64_t W, CamMethod m, bool normalize,
-                double eps, at::Tensor& out) {
-  run(A, G, H, W, m, normalize, eps, out);
+void run_kernel(const at::Tensor& A, const at::Tensor& G, const at::Tensor& weights, const at::Tensor& bias,
+                int64_t H, int64_t W, CamMethod m, bool normalize, double eps, at::Tensor& out) {
+  run(A, G, weights, bias, H, W, m, normalize, eps, out);
 }
 }  // namespace sportsnet::cpu_default

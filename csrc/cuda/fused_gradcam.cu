@@ -1,6 +1,6 @@
-// sportsnet::fused_gradcam, CUDA kernel. Same plan as the CPU kernel (cpu/fused_gradcam_kernel.h), with
-// the per-element arithmetic from fused_gradcam.h. The method is a template parameter, so each pass
-// loads only the tensors its method needs:
+// sportsnet::fused_gradcam and sportsnet::fused_weighted_cam, CUDA kernel. Same plan as the CPU kernel
+// (cpu/fused_gradcam_kernel.h), with the per-element arithmetic from fused_gradcam.h. The method is a
+// template parameter, so each pass loads only the tensors its method needs:
 //
 //   method      weight pass          second pass     contribution pass     A and G from DRAM
 //   gradcam     G (mean)             -               A (w_k A_k)           once each
@@ -8,6 +8,11 @@
 //   xgradcam    A and G (sums)       -               A                     once each
 //   hirescam    -                    -               A and G               once each
 //   layercam    -                    -               A and G               once each
+//   gradcam-elementwise  -           -               A and G               once each
+//   weighted    the given weights    -               A (w_k A_k)           A once; G never (none is given)
+//
+// fused_weighted_cam (CamMethod::Weighted) passes A in G's place (never read) and adds its per-map bias
+// in cam_and_range, after the channel sum and before the ReLU.
 //
 // Where both passes read A (Grad-CAM++, XGrad-CAM), the contribution pass re-reads the chunk's channels
 // soon after the weight pass (from L2 while a chunk's planes fit there, as at 7x7 to 56x56). Other
@@ -23,7 +28,7 @@
 //                      strides use the plane kernel's generic path. Small batches use chunks of 16 or 8
 //                      channels instead of 32, so the grid has blocks for every SM (at most 64 chunks:
 //                      step 2 adds them one after another).
-//  2. cam_and_range    grid B: chunks summed in a fixed order (deterministic), ReLU -> cam; min/max of
+//  2. cam_and_range    grid B: chunks summed in a fixed order (deterministic), plus the bias, ReLU -> cam; min/max of
 //                      the resized map over the candidate rows x columns, spread over the whole block.
 //  3. resize_write     grid (W/128, H/8, maps): four output pixels per thread, 16-byte stores when W % 4
 //                      == 0 and the output is 16-byte aligned.
@@ -114,6 +119,7 @@ __device__ __forceinline__ void add_sums(ChannelSums<acc_t>& s, const scalar_t* 
 }
 
 // One position's contribution from one channel: w_k A for the weighted methods (A only), else from A and G.
+// The channel-weighted methods (Weighted included) never dereference g.
 template <CamMethod m, typename acc_t, typename scalar_t>
 __device__ __forceinline__ acc_t channel_term(acc_t wk, const scalar_t* a, const scalar_t* g) {
   if constexpr (uses_channel_weights(m)) {
@@ -123,12 +129,13 @@ __device__ __forceinline__ acc_t channel_term(acc_t wk, const scalar_t* a, const
   }
 }
 
-// Spatially contiguous (or arbitrarily strided) planes: one warp per channel for the weights, then the
-// block's threads over positions, each adding the chunk's channels in order.
+// Spatially contiguous (or arbitrarily strided) planes: one warp per channel for the weights (or the
+// given weights, for Weighted: wts[b * swb + k * swk]), then the block's threads over positions, each
+// adding the chunk's channels in order.
 template <typename scalar_t, typename acc_t, CamMethod m, bool kDense>
 __global__ void __launch_bounds__(kThreads) channel_pass_planes(
     const scalar_t* __restrict__ A, const scalar_t* __restrict__ G, Strides sa, Strides sg, int K, int chunk_size,
-    int h, int w, acc_t eps, acc_t* __restrict__ partial) {
+    int h, int w, acc_t eps, const acc_t* __restrict__ wts, int64_t swb, int64_t swk, acc_t* __restrict__ partial) {
   const int chunk = blockIdx.x, chunks = gridDim.x;
   const int64_t b = blockIdx.y;
   const int k0 = chunk * chunk_size, n = min(chunk_size, K - k0), hw = h * w;
@@ -137,7 +144,11 @@ __global__ void __launch_bounds__(kThreads) channel_pass_planes(
   const scalar_t* Gb = G + b * sg.b + k0 * sg.k;
   __shared__ acc_t weight[kMaxChunk];
 
-  if constexpr (uses_channel_weights(m)) {
+  if constexpr (m == CamMethod::Weighted) {
+    const acc_t* wb = wts + b * swb + static_cast<int64_t>(k0) * swk;
+    for (int c = threadIdx.x; c < n; c += kThreads) weight[c] = wb[c * swk];
+    __syncthreads();
+  } else if constexpr (computes_channel_weights(m)) {
     for (int c = warp; c < n; c += kWarps) {  // warp-uniform: lanes stride over the channel's positions
       const scalar_t* a = Ab + c * sa.k;
       const scalar_t* g = Gb + c * sg.k;
@@ -171,7 +182,7 @@ __global__ void __launch_bounds__(kThreads) channel_pass_planes(
 template <typename scalar_t, typename acc_t, CamMethod m>
 __global__ void __launch_bounds__(kThreads) channel_pass_pixels(
     const scalar_t* __restrict__ A, const scalar_t* __restrict__ G, Strides sa, Strides sg, int K, int lanes,
-    int h, int w, acc_t eps, acc_t* __restrict__ partial) {
+    int h, int w, acc_t eps, const acc_t* __restrict__ wts, int64_t swb, int64_t swk, acc_t* __restrict__ partial) {
   const int chunk = blockIdx.x, chunks = gridDim.x;
   const int64_t b = blockIdx.y;
   const int k0 = chunk * lanes, hw = h * w;
@@ -184,7 +195,7 @@ __global__ void __launch_bounds__(kThreads) channel_pass_pixels(
   __shared__ acc_t sum_a[kMaxChunk];
   __shared__ acc_t weight[kMaxChunk];
 
-  if constexpr (uses_channel_weights(m)) {
+  if constexpr (computes_channel_weights(m)) {
     ChannelSums<acc_t> s;
     if (valid)
       for (int p = group; p < hw; p += groups) {
@@ -226,7 +237,12 @@ __global__ void __launch_bounds__(kThreads) channel_pass_pixels(
       __syncthreads();
     }
   }
-  const acc_t wk = uses_channel_weights(m) ? weight[lane] : acc_t(0);
+  acc_t wk = acc_t(0);  // this lane's channel weight (unused by the element-wise methods)
+  if constexpr (m == CamMethod::Weighted) {
+    if (valid) wk = wts[b * swb + static_cast<int64_t>(k) * swk];  // each thread its own channel's: no barrier
+  } else if constexpr (computes_channel_weights(m)) {
+    wk = weight[lane];
+  }
   // Positions in warp-uniform steps (every lane reaches the shuffles): warp `warp` covers groups
   // warp * per_warp ... + per_warp - 1 of each step of `groups` positions.
   const int warp = threadIdx.x / 32, per_warp = 32 / lanes, sub = (threadIdx.x % 32) / lanes;
@@ -288,19 +304,23 @@ __global__ void __launch_bounds__(kThreads) plan_axes(AxisPlan<acc_t> rows, Axis
   if (threadIdx.x == 0) *ax.count = base;
 }
 
+// `bias` (fused_weighted_cam's, bias[b * sbias]) is null when there is none.
 template <typename acc_t>
 __global__ void __launch_bounds__(kThreads) cam_and_range(const acc_t* __restrict__ partial, int chunks, int h, int w,
+                                                          const acc_t* __restrict__ bias, int64_t sbias,
                                                           bool normalize, acc_t eps, AxisPlan<acc_t> rows,
                                                           AxisPlan<acc_t> cols, acc_t* __restrict__ cam,
                                                           acc_t* __restrict__ lo, acc_t* __restrict__ inv) {
   const int64_t b = blockIdx.x;
   const int hw = h * w;
   acc_t* cam_b = cam + b * hw;
+  const bool has_bias = bias != nullptr;
+  const acc_t bias_b = has_bias ? bias[b * sbias] : acc_t(0);
   bool finite = true;
   for (int p = threadIdx.x; p < hw; p += kThreads) {
     acc_t s = 0;
     for (int c = 0; c < chunks; ++c) s += partial[(b * chunks + c) * hw + p];
-    cam_b[p] = relu(s);
+    cam_b[p] = relu(has_bias ? s + bias_b : s);
     finite &= is_finite(cam_b[p]);
   }
   if (!normalize) return;  // the same for every thread of the block
@@ -384,20 +404,32 @@ int chunk_size_for(int64_t B, int64_t K) {
   return size;
 }
 
+// `weights` and `bias`: fused_weighted_cam's (m == Weighted, G is then A and never read), as in
+// cpu/kernel_isa.h; undefined tensors otherwise (and for no bias).
 template <typename scalar_t, CamMethod m>
-void launch(const at::Tensor& A, const at::Tensor& G, int64_t H, int64_t W, bool normalize, double eps_d,
-            at::Tensor& out) {
+void launch(const at::Tensor& A, const at::Tensor& G, const at::Tensor& weights, const at::Tensor& bias, int64_t H,
+            int64_t W, bool normalize, double eps_d, at::Tensor& out) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t B = A.size(0), K = A.size(1), h = A.size(2), w = A.size(3);
   if (B == 0) return;
   // int loop counters step past h*w, H and W by up to kThreads; grid rows are 8 output rows each.
   TORCH_CHECK(h * w <= INT32_MAX - kThreads && K <= INT32_MAX - kMaxChunk && H <= 65535 * 8 &&
                   W <= INT32_MAX - kThreads,
-              "fused_gradcam (CUDA): sizes too large: activations ", A.sizes(), ", output (", H, ", ", W,
+              m == CamMethod::Weighted ? "fused_weighted_cam" : "fused_gradcam",
+              " (CUDA): sizes too large: activations ", A.sizes(), ", output (", H, ", ", W,
               "); supported: h*w <= ", INT32_MAX - kThreads, ", K <= ", INT32_MAX - kMaxChunk, ", H <= ",
               65535 * 8, ", W <= ", INT32_MAX - kThreads);
   const acc_t eps = static_cast<acc_t>(eps_d);
   const Strides sa = strides_of(A), sg = strides_of(G);
+  const acc_t* wts = nullptr;  // weights[b, k] at wts[b * swb + k * swk]
+  int64_t swb = 0, swk = 0;
+  if constexpr (m == CamMethod::Weighted) {
+    wts = weights.const_data_ptr<acc_t>();
+    swb = weights.stride(0);
+    swk = weights.stride(1);
+  }
+  const acc_t* bias_ptr = bias.defined() ? bias.const_data_ptr<acc_t>() : nullptr;
+  const int64_t sbias = bias.defined() ? bias.stride(0) : 0;
   const bool pixels = K > 1 && sa.k == 1 && sg.k == 1;
   const bool dense = sa.x == 1 && sa.y == w && sg.x == 1 && sg.y == w;
   const int chunk_size = chunk_size_for(B, K);
@@ -410,9 +442,9 @@ void launch(const at::Tensor& A, const at::Tensor& G, int64_t H, int64_t W, bool
   at::Tensor cam = at::empty({slice * h * w}, opts);
   at::Tensor range = at::empty({2, slice}, opts);
   at::Tensor index = at::empty({3 * (H + W) + 2}, A.options().dtype(at::kInt));
-  at::Tensor weights = at::empty({2 * (H + W)}, opts);
+  at::Tensor tap_weights = at::empty({2 * (H + W)}, opts);  // interpolation weights (not the channel weights)
   int* ip = index.mutable_data_ptr<int>();
-  acc_t* wp = weights.mutable_data_ptr<acc_t>();
+  acc_t* wp = tap_weights.mutable_data_ptr<acc_t>();
   const AxisPlan<acc_t> rows{static_cast<int>(h), static_cast<int>(H), axis_scale<acc_t>(h, H), ip, ip + H,
                              wp, wp + H, ip + 2 * H, ip + 3 * (H + W)};
   const AxisPlan<acc_t> cols{static_cast<int>(w), static_cast<int>(W), axis_scale<acc_t>(w, W), ip + 3 * H,
@@ -429,21 +461,23 @@ void launch(const at::Tensor& A, const at::Tensor& G, int64_t H, int64_t W, bool
     const int64_t n = std::min(slice, B - start);
     const scalar_t* a = A.const_data_ptr<scalar_t>() + start * sa.b;
     const scalar_t* g = G.const_data_ptr<scalar_t>() + start * sg.b;
+    const acc_t* wt = wts != nullptr ? wts + start * swb : nullptr;
+    const acc_t* bs = bias_ptr != nullptr ? bias_ptr + start * sbias : nullptr;
     const dim3 grid1(chunks, static_cast<unsigned>(n));
     if (pixels) {
-      channel_pass_pixels<scalar_t, acc_t, m>
-          <<<grid1, kThreads, 0, stream>>>(a, g, sa, sg, static_cast<int>(K), chunk_size, h, w, eps, part);
+      channel_pass_pixels<scalar_t, acc_t, m><<<grid1, kThreads, 0, stream>>>(
+          a, g, sa, sg, static_cast<int>(K), chunk_size, h, w, eps, wt, swb, swk, part);
     } else if (dense) {
-      channel_pass_planes<scalar_t, acc_t, m, true>
-          <<<grid1, kThreads, 0, stream>>>(a, g, sa, sg, static_cast<int>(K), chunk_size, h, w, eps, part);
+      channel_pass_planes<scalar_t, acc_t, m, true><<<grid1, kThreads, 0, stream>>>(
+          a, g, sa, sg, static_cast<int>(K), chunk_size, h, w, eps, wt, swb, swk, part);
     } else {
-      channel_pass_planes<scalar_t, acc_t, m, false>
-          <<<grid1, kThreads, 0, stream>>>(a, g, sa, sg, static_cast<int>(K), chunk_size, h, w, eps, part);
+      channel_pass_planes<scalar_t, acc_t, m, false><<<grid1, kThreads, 0, stream>>>(
+          a, g, sa, sg, static_cast<int>(K), chunk_size, h, w, eps, wt, swb, swk, part);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
 
-    cam_and_range<acc_t><<<static_cast<unsigned>(n), kThreads, 0, stream>>>(part, chunks, h, w, normalize, eps, rows,
-                                                                             cols, cam_ptr, lo_ptr, inv_ptr);
+    cam_and_range<acc_t><<<static_cast<unsigned>(n), kThreads, 0, stream>>>(
+        part, chunks, h, w, bs, sbias, normalize, eps, rows, cols, cam_ptr, lo_ptr, inv_ptr);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
 
     acc_t* o = out.mutable_data_ptr<acc_t>() + start * H * W;
@@ -459,15 +493,19 @@ void launch(const at::Tensor& A, const at::Tensor& G, int64_t H, int64_t W, bool
 }
 
 template <typename scalar_t>
-void launch_method(const at::Tensor& A, const at::Tensor& G, int64_t H, int64_t W, CamMethod m, bool normalize,
-                   double eps, at::Tensor& out) {
+void launch_method(const at::Tensor& A, const at::Tensor& G, const at::Tensor& weights, const at::Tensor& bias,
+                   int64_t H, int64_t W, CamMethod m, bool normalize, double eps, at::Tensor& out) {
   switch (m) {
-    case CamMethod::GradCAM: return launch<scalar_t, CamMethod::GradCAM>(A, G, H, W, normalize, eps, out);
-    case CamMethod::GradCAMPlusPlus:
-      return launch<scalar_t, CamMethod::GradCAMPlusPlus>(A, G, H, W, normalize, eps, out);
-    case CamMethod::XGradCAM: return launch<scalar_t, CamMethod::XGradCAM>(A, G, H, W, normalize, eps, out);
-    case CamMethod::HiResCAM: return launch<scalar_t, CamMethod::HiResCAM>(A, G, H, W, normalize, eps, out);
-    case CamMethod::LayerCAM: return launch<scalar_t, CamMethod::LayerCAM>(A, G, H, W, normalize, eps, out);
+#define SPORTSNET_LAUNCH(M) \
+  case CamMethod::M: return launch<scalar_t, CamMethod::M>(A, G, weights, bias, H, W, normalize, eps, out);
+    SPORTSNET_LAUNCH(GradCAM)
+    SPORTSNET_LAUNCH(GradCAMPlusPlus)
+    SPORTSNET_LAUNCH(XGradCAM)
+    SPORTSNET_LAUNCH(HiResCAM)
+    SPORTSNET_LAUNCH(LayerCAM)
+    SPORTSNET_LAUNCH(GradCAMElementWise)
+    SPORTSNET_LAUNCH(Weighted)
+#undef SPORTSNET_LAUNCH
   }
 }
 
@@ -480,7 +518,8 @@ void fused_gradcam_out_cuda(const at::Tensor& activations, const at::Tensor& gra
               activations.device());
   const c10::cuda::CUDAGuard guard(activations.device());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, activations.scalar_type(), "fused_gradcam_cuda", [&] {
-    launch_method<scalar_t>(activations, gradients, size[0], size[1], m, normalize, eps, out);
+    launch_method<scalar_t>(activations, gradients, at::Tensor(), at::Tensor(), size[0], size[1], m, normalize, eps,
+                            out);
   });
 }
 
@@ -492,11 +531,36 @@ at::Tensor fused_gradcam_cuda(const at::Tensor& activations, const at::Tensor& g
   return out;
 }
 
+void fused_weighted_cam_out_cuda(const at::Tensor& activations, const at::Tensor& weights,
+                                 const std::optional<at::Tensor>& bias, at::IntArrayRef size, bool normalize,
+                                 double eps, at::Tensor& out) {
+  const at::ScalarType dtype = check_weighted_inputs(activations, weights, bias, size, eps);
+  check_out(out, activations, size, dtype, "fused_weighted_cam");
+  TORCH_CHECK(activations.is_cuda(), "fused_weighted_cam (CUDA): activations must be on a CUDA device, got ",
+              activations.device());
+  const c10::cuda::CUDAGuard guard(activations.device());
+  const at::Tensor b = bias_or_undefined(bias);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, activations.scalar_type(), "fused_weighted_cam_cuda", [&] {
+    launch<scalar_t, CamMethod::Weighted>(activations, activations, weights, b, size[0], size[1], normalize, eps, out);
+  });
+}
+
+at::Tensor fused_weighted_cam_cuda(const at::Tensor& activations, const at::Tensor& weights,
+                                   const std::optional<at::Tensor>& bias, at::IntArrayRef size, bool normalize,
+                                   double eps) {
+  const at::ScalarType dtype = check_weighted_inputs(activations, weights, bias, size, eps);
+  at::Tensor out = at::empty({activations.size(0), size[0], size[1]}, activations.options().dtype(dtype));
+  fused_weighted_cam_out_cuda(activations, weights, bias, size, normalize, eps, out);
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(sportsnet, CUDA, m) {
   m.impl("fused_gradcam", &fused_gradcam_cuda);
   m.impl("fused_gradcam.out", &fused_gradcam_out_cuda);
+  m.impl("fused_weighted_cam", &fused_weighted_cam_cuda);
+  m.impl("fused_weighted_cam.out", &fused_weighted_cam_out_cuda);
 }
 
 }  // namespace sportsnet

@@ -1,4 +1,5 @@
-"""``fused_gradcam``: the compiled operator when available, else the pure-PyTorch reference.
+"""``fused_gradcam`` and ``fused_weighted_cam``: the compiled operators when available, else the
+pure-PyTorch references.
 
 The backend is decided once, on first use, and logged once:
 
@@ -8,10 +9,12 @@ The backend is decided once, on first use, and logged once:
 3. otherwise the reference, with one warning. ``SPORTSNET_REQUIRE_EXT=1`` makes that an error
    (for benchmarks and CI jobs that must exercise the compiled op).
 
-The dispatcher op is ``torch.ops.sportsnet.fused_gradcam`` (and ``.out``, which writes into ``out``
-and returns nothing); it picks the CPU or CUDA kernel by device. It exists once the backend is
-loaded: call :func:`backend` (or ``import sportsnet._C``) before using ``torch.ops`` directly. A fake
-kernel is registered so ``torch.compile(fullgraph=True)`` can trace it.
+The dispatcher ops are ``torch.ops.sportsnet.fused_gradcam`` and ``torch.ops.sportsnet.fused_weighted_cam``
+(each with ``.out``, which writes into ``out`` and returns nothing); they pick the CPU or CUDA kernel by
+device. They exist once the backend is loaded: call :func:`backend` (or ``import sportsnet._C``) before
+using ``torch.ops`` directly. Fake kernels are registered so ``torch.compile(fullgraph=True)`` can trace
+them. Which devices have kernels is recorded per op: a library built before ``fused_weighted_cam``
+existed still serves ``fused_gradcam``, and ``fused_weighted_cam`` then takes the reference.
 """
 from __future__ import annotations
 
@@ -28,14 +31,19 @@ from . import _build
 from .reference import check_inputs, check_weighted_inputs, gradcam_reference, output_dtype, weighted_cam_reference
 
 log = logging.getLogger(__name__)
-_OP = "sportsnet::fused_gradcam"
+_NAMESPACE = "sportsnet"
+_GRADCAM = "fused_gradcam"
+_WEIGHTED = "fused_weighted_cam"
+_OP = f"{_NAMESPACE}::{_GRADCAM}"
 _lock = threading.Lock()
 _BACKEND: str | None = None  # decided once by _load(); a plain global so torch.compile can read it
-# Device types the loaded operator has kernels for (set by _load). A build can lack CUDA (no nvcc at
+# Device types the loaded fused_gradcam has kernels for (set by _load). A build can lack CUDA (no nvcc at
 # build time): CUDA inputs then take the reference, with one warning, instead of a dispatcher error.
 _KERNEL_DEVICES: frozenset[str] = frozenset()
+# The same for fused_weighted_cam (empty for a library built before that op existed).
+_WEIGHTED_KERNEL_DEVICES: frozenset[str] = frozenset()
 _DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA"}
-_warned_devices: set[str] = set()
+_warned_devices: set[tuple[str, str]] = set()  # (op, device type) pairs warned about
 # The GPU architectures the CUDA kernel was compiled for (a TORCH_CUDA_ARCH_LIST; set by _load): a GPU
 # they do not cover takes the reference, with one warning, not "no kernel image is available". None:
 # not recorded (a library built elsewhere), so every GPU is tried.
@@ -43,12 +51,18 @@ _CUDA_ARCHS: str | None = None
 _covered: dict[tuple[int, int], bool] = {}
 
 
-def has_kernel(dispatch_key: str) -> bool:
-    """Whether ``sportsnet::fused_gradcam`` has a kernel for ``dispatch_key`` ("CPU", "CUDA")."""
+def has_kernel(dispatch_key: str, op: str = _GRADCAM) -> bool:
+    """Whether ``sportsnet::<op>`` (``fused_gradcam`` or ``fused_weighted_cam``) has a kernel for
+    ``dispatch_key`` ("CPU", "CUDA")."""
     try:
-        return torch._C._dispatch_has_kernel_for_dispatch_key(_OP, dispatch_key)
+        return torch._C._dispatch_has_kernel_for_dispatch_key(f"{_NAMESPACE}::{op}", dispatch_key)
     except RuntimeError:  # the operator is not registered at all
         return False
+
+
+def _kernel_devices(op: str) -> frozenset[str]:
+    """Device types ``op`` has kernels for in the loaded library."""
+    return frozenset(t for t, key in _DISPATCH_KEYS.items() if has_kernel(key, op))
 
 
 def _registered() -> bool:
@@ -93,11 +107,23 @@ def _register_fake() -> None:
 
     torch.library.register_fake(_OP)(fake)
     torch.library.register_fake(_OP + ".out")(fake_out)
+    if not has_kernel("CPU", _WEIGHTED):  # a library built before fused_weighted_cam existed
+        return
+
+    def fake_weighted(activations, weights, bias, size, normalize=True, eps=1e-7):
+        return activations.new_empty((activations.shape[0], int(size[0]), int(size[1])),
+                                     dtype=output_dtype(activations.dtype))
+
+    def fake_weighted_out(activations, weights, bias, size, normalize=True, eps=1e-7, *, out):
+        return None
+
+    torch.library.register_fake(f"{_NAMESPACE}::{_WEIGHTED}")(fake_weighted)
+    torch.library.register_fake(f"{_NAMESPACE}::{_WEIGHTED}.out")(fake_weighted_out)
 
 
 def _load() -> str:
     """Decide the backend once; return ``"compiled"`` or ``"reference"``."""
-    global _BACKEND, _KERNEL_DEVICES, _CUDA_ARCHS
+    global _BACKEND, _KERNEL_DEVICES, _WEIGHTED_KERNEL_DEVICES, _CUDA_ARCHS
     with _lock:
         if _BACKEND is not None:
             return _BACKEND
@@ -118,8 +144,10 @@ def _load() -> str:
                 errors.append(f"just-in-time build: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
         if _registered():
             _register_fake()
-            _KERNEL_DEVICES = frozenset(t for t, key in _DISPATCH_KEYS.items() if has_kernel(key))
-            log.info("fused_gradcam: compiled operator (%s kernels)", " and ".join(sorted(_KERNEL_DEVICES)))
+            _KERNEL_DEVICES = _kernel_devices(_GRADCAM)
+            _WEIGHTED_KERNEL_DEVICES = _kernel_devices(_WEIGHTED)
+            log.info("fused_gradcam: compiled operator (%s kernels; fused_weighted_cam: %s)",
+                     " and ".join(sorted(_KERNEL_DEVICES)), " and ".join(sorted(_WEIGHTED_KERNEL_DEVICES)) or "none")
             _BACKEND = "compiled"
         else:
             message = "fused_gradcam: the compiled operator is unavailable (" + "; ".join(errors) + ")"
@@ -162,23 +190,26 @@ def _gpu_covered(device: torch.device) -> bool:
     return _covered[capability]
 
 
-def _kernel_for(device: torch.device) -> bool:
-    """Whether the compiled operator runs on ``device``. False (a reference fallback, warned once per
-    device type, or per GPU architecture) for a CPU or CUDA input that the build has no kernel for; an
-    error instead under ``SPORTSNET_REQUIRE_EXT=1``. Other device types (meta) go to the dispatcher."""
+def _kernel_for(device: torch.device, op: str = _GRADCAM) -> bool:
+    """Whether the compiled operator ``op`` runs on ``device``. False (a reference fallback, warned once
+    per op and device type, or per GPU architecture) for a CPU or CUDA input that the build has no
+    kernel for; an error instead under ``SPORTSNET_REQUIRE_EXT=1``. Other device types (meta) go to
+    the dispatcher, where the op is registered at all."""
+    devices = _KERNEL_DEVICES if op == _GRADCAM else _WEIGHTED_KERNEL_DEVICES
     device_type = device.type
-    if device_type == "cuda" and device_type in _KERNEL_DEVICES and not _is_compiling():
+    if device_type == "cuda" and device_type in devices and not _is_compiling():
         return _gpu_covered(device)
-    if device_type in _KERNEL_DEVICES or device_type not in _DISPATCH_KEYS:
+    if device_type in devices or (device_type not in _DISPATCH_KEYS and bool(devices)):
         return True
-    if _is_compiling():  # no warning or state change inside a traced graph; eager calls warn or raise
+    if _is_compiling() or device_type not in _DISPATCH_KEYS:  # no warning or state change inside a traced graph
         return False
-    message = (f"fused_gradcam: the compiled operator has no {_DISPATCH_KEYS[device_type]} kernel (it was built "
-               f"with kernels for {sorted(_KERNEL_DEVICES) or 'nothing'}; e.g. no nvcc at build time)")
+    message = (f"{op}: the compiled operator has no {_DISPATCH_KEYS[device_type]} kernel (it was built "
+               f"with kernels for {sorted(devices) or 'nothing'}; e.g. no nvcc at build time, or a library "
+               f"built before this operator existed)")
     if os.environ.get("SPORTSNET_REQUIRE_EXT") == "1":
         raise RuntimeError(message + " and SPORTSNET_REQUIRE_EXT=1 forbids the reference fallback")
-    if device_type not in _warned_devices:
-        _warned_devices.add(device_type)
+    if (op, device_type) not in _warned_devices:
+        _warned_devices.add((op, device_type))
         warnings.warn(message + f"; {device_type} inputs use the pure-PyTorch reference", RuntimeWarning, stacklevel=3)
     return False
 
@@ -192,7 +223,8 @@ def fused_gradcam(activations: torch.Tensor, gradients: torch.Tensor, size: Sequ
         activations, gradients: ``(B, K, h, w)`` float32/float16/bfloat16/float64 tensors on one device,
             in any layout (contiguous, channels-last or strided views; read without copies).
         size: ``(H, W)`` of the output maps.
-        method: ``gradcam``, ``gradcam++``, ``xgradcam``, ``hirescam`` or ``layercam``.
+        method: ``gradcam``, ``gradcam++``, ``xgradcam``, ``hirescam``, ``layercam`` or
+            ``gradcam-elementwise``.
         normalize: scale each map to [0, 1]; constant (or all-negative) maps become zeros.
         eps: added to the normalisation denominator (and XGrad-CAM's).
         out: optional preallocated ``(B, H, W)`` output (contiguous, float32 or float64).
@@ -219,7 +251,17 @@ def fused_weighted_cam(activations: torch.Tensor, weights: torch.Tensor, size: S
         activations: ``(B, K, h, w)`` float32/float16/bfloat16/float64, any layout.
         weights: ``(B, K)``, float32 (float64 for float64 activations).
         size: ``(H, W)`` of the output maps.
-        bias: optional ``(B,)`` added to every position of a map before the ReLU.
+        bias: optional ``(B,)`` added to every position of a map before the ReLU, in the weights' dtype.
+        normalize, eps, out: as for :func:`fused_gradcam`.
+
+    Returns ``(B, H, W)``: float32, or float64 for float64 activations. The compiled operator is
+    ``torch.ops.sportsnet.fused_weighted_cam`` (and ``.out``).
     """
-    check_weighted_inputs(activations, weights, bias, size, eps)
-    return weighted_cam_reference(activations, weights, size, bias=bias, normalize=normalize, eps=eps, out=out)
+    H, W = check_weighted_inputs(activations, weights, bias, size, eps)
+    if (_BACKEND or _load()) == "reference" or not _kernel_for(activations.device, _WEIGHTED):
+        return weighted_cam_reference(activations, weights, (H, W), bias=bias, normalize=normalize, eps=eps, out=out)
+    op = torch.ops.sportsnet.fused_weighted_cam
+    if out is None:
+        return op.default(activations, weights, bias, [H, W], normalize, float(eps))
+    op.out(activations, weights, bias, [H, W], normalize, float(eps), out=out)
+    return out

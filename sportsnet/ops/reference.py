@@ -9,7 +9,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-METHODS = ("gradcam", "gradcam++", "xgradcam", "hirescam", "layercam")
+METHODS = ("gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "gradcam-elementwise")
 #: Grad-CAM++ alpha denominator constant (pytorch-grad-cam's), independent of ``eps``.
 GRADCAM_PP_EPS = 1e-6
 #: A resized map with max - min <= this * max(|min|, |max|) is rounding noise: it normalises to zeros.
@@ -67,7 +67,8 @@ def gradcam_reference(activations: torch.Tensor, gradients: torch.Tensor, size: 
     Channel weights (sums over the h x w positions): ``gradcam`` w = mean(G); ``gradcam++``
     w = sum(alpha ReLU(G)), alpha = G^2 / (2 G^2 + sum(A) G^3 + 1e-6), 0 where G = 0; ``xgradcam``
     w = sum(A G) / (sum(A) + eps). Map: ReLU(sum_k w_k A_k); ``hirescam`` ReLU(sum_k G_k A_k);
-    ``layercam`` ReLU(sum_k ReLU(G_k) A_k). Then bilinear resizing (align_corners=False) and, if
+    ``layercam`` ReLU(sum_k ReLU(G_k) A_k); ``gradcam-elementwise`` (pytorch-grad-cam's
+    GradCAMElementWise) ReLU(sum_k ReLU(G_k A_k)). Then bilinear resizing (align_corners=False) and, if
     ``normalize``, per map (x - min) / (max - min + eps), near-constant maps giving zeros.
     Returns ``(B, H, W)`` float32 (float64 for float64 inputs).
 
@@ -91,8 +92,10 @@ def gradcam_reference(activations: torch.Tensor, gradients: torch.Tensor, size: 
         cam = torch.einsum("bk,bkhw->bhw", weights, A)
     elif method == "hirescam":
         cam = (G * A).sum(dim=1)
-    else:  # layercam
+    elif method == "layercam":
         cam = (G.relu() * A).sum(dim=1)
+    else:  # gradcam-elementwise
+        cam = (G * A).relu().sum(dim=1)
     return _epilogue(cam, (H, W), normalize, eps, out)
 
 

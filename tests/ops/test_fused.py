@@ -127,8 +127,10 @@ def literal_cam(A, G, size, method, normalize=True, eps=1e-7):
                 cam += (a * g).sum() / (a.sum() + eps) * a
             elif method == "hirescam":
                 cam += g * a
-            else:
+            elif method == "layercam":
                 cam += torch.clamp(g, min=0) * a
+            else:  # gradcam-elementwise
+                cam += torch.clamp(g * a, min=0)
         maps.append(torch.clamp(cam, min=0))
     resized = F.interpolate(torch.stack(maps)[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
     if not normalize:
