@@ -61,7 +61,7 @@ def small():
 
 
 def ours(model, method, images, classes, layer="features.3", **options):
-    if method in ("scorecam", "sscam", "iscam", "ablationcam", "eigencam"):
+    if method in ("scorecam", "sscam", "iscam", "ablationcam", "eigencam", "kpcacam"):
         options.setdefault("precision", "fp32")
     with make_explainer(model, method, target_layer=layer, **options) as cam:
         return cam(images, targets=classes).maps[:, 0]
@@ -75,7 +75,8 @@ def pgc_maps(cls, model, images, classes, layer, **kwargs):
 
 
 GRAD_PGC = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "xgradcam": "XGradCAM", "hirescam": "HiResCAM",
-            "layercam": "LayerCAM", "scorecam": "ScoreCAM", "ablationcam": "AblationCAM"}
+            "layercam": "LayerCAM", "scorecam": "ScoreCAM", "ablationcam": "AblationCAM", "kpcacam": "KPCA_CAM",
+            "gradcam-elementwise": "GradCAMElementWise", "fullgrad": "FullGrad"}
 
 
 @pytest.mark.parametrize("method", list(GRAD_PGC))
@@ -390,3 +391,64 @@ def test_aug_smooth_matches_pytorch_grad_cam(small, method):
         mine = cam(images, targets=classes, aug_smooth=True).maps[:, 0]
         plain = cam(images, targets=classes).maps[:, 0]
     assert (mine - theirs).abs().max() <= PARITY_ATOL and not torch.allclose(mine, plain)
+
+
+def test_finercam_matches_pytorch_grad_cam_and_is_gradcam_at_alpha_zero(small):
+    pgc = pytest.importorskip("pytorch_grad_cam")
+    model, images = small
+    with pgc.FinerCAM(model=model, target_layers=[model.features[3]]) as cam:
+        theirs = torch.from_numpy(cam(input_tensor=images))  # the predicted class vs its 3 nearest
+    with make_explainer(model, "finercam", target_layer="features.3") as cam:
+        out = cam(images)
+    assert (out.maps[:, 0] - theirs).abs().max() <= PARITY_ATOL
+    with make_explainer(model, "finercam", target_layer="features.3", alpha=0.0, comparisons=4) as cam:
+        # alpha = 0: the score is the target's logit, whatever the weights of the comparisons
+        plain = cam(images, targets=out.classes).maps
+    torch.testing.assert_close(plain, ours(model, "gradcam", images, out.classes[:, 0])[:, None], atol=1e-5, rtol=0)
+
+
+def test_guided_backprop_matches_pytorch_grad_cam_and_leaves_the_model_alone(small):
+    pytest.importorskip("pytorch_grad_cam")
+    import copy
+
+    from pytorch_grad_cam import GuidedBackpropReLUModel
+
+    from sportsnet.cam import guided_backprop
+
+    model, images = small
+    mine = guided_backprop(model, images, torch.tensor([[2], [2]]))[:, 0]  # (B, 3, H, W)
+    assert all(type(m) is nn.ReLU for m in model.features if not isinstance(m, nn.Conv2d))
+    theirs_model = copy.deepcopy(model)  # pytorch-grad-cam swaps the ReLU modules of the model it is given
+    for b in range(2):
+        theirs = GuidedBackpropReLUModel(theirs_model, device="cpu")(images[b:b + 1].clone(), target_category=2)
+        torch.testing.assert_close(mine[b].permute(1, 2, 0), torch.from_numpy(theirs), atol=1e-6, rtol=1e-4)
+    x = images.clone().requires_grad_(True)
+    plain = torch.autograd.grad(model(x)[:, 2].sum(), x)[0]  # the plain gradient differs: the rule is in use
+    assert not torch.allclose(plain, mine)
+    with make_explainer(model, "guided-gradcam", target_layer="features.3") as cam:
+        out = cam(images, targets=torch.tensor([2, 2]))
+    expected = ours(model, "gradcam", images, torch.tensor([2, 2])) * mine.abs().sum(1)
+    expected = expected / expected.flatten(1).amax(1)[:, None, None]
+    torch.testing.assert_close(out.maps[:, 0], expected, atol=5e-5, rtol=0)  # the epilogue's eps, rounding
+
+
+class CurvedHead(SameResolution):
+    """A head that is not piecewise linear in the target layer's output (tanh), so ShapleyCAM's
+    Hessian-vector term is not zero."""
+
+    def forward(self, x):
+        return self.fc(torch.tanh(torch.flatten(self.pool(self.features(x)), 1)))
+
+
+def test_shapleycam_matches_pytorch_grad_cam_and_is_gradcam_through_linear_layers(small):
+    pgc = pytest.importorskip("pytorch_grad_cam")
+    _, images = small
+    classes = torch.tensor([1, 3])
+    curved = CurvedHead().eval()
+    theirs = pgc_maps(pgc.ShapleyCAM, curved, images, classes, curved.features[3])
+    mine = ours(curved, "shapleycam", images, classes)
+    assert (mine - theirs).abs().max() <= PARITY_ATOL
+    assert (mine - ours(curved, "gradcam", images, classes)).abs().max() > 1e-3  # the second-order term counts
+    linear = SameResolution().eval()
+    torch.testing.assert_close(ours(linear, "shapleycam", images, classes), ours(linear, "gradcam", images, classes),
+                               atol=1e-6, rtol=0)
