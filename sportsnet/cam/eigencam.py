@@ -27,20 +27,7 @@ import torch
 from ..ops import fused_weighted_cam
 from .explainer import GradCAM, average_layers
 from .gradient_free import GradientFreeCAM
-
-
-def principal_projection(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(weights (B, C), bias (B,))`` of the centred projection of ``X`` (B, C, h, w) on its first
-    principal direction, oriented so the projection's largest magnitude is positive."""
-    X = X.float()
-    points = X.flatten(2).transpose(1, 2)  # (B, h*w, C)
-    mean = points.mean(1, keepdim=True)
-    _, _, vh = torch.linalg.svd(points - mean, full_matrices=False)
-    v = vh[:, 0, :]  # (B, C)
-    projection = ((points - mean) @ v[:, :, None])[:, :, 0]  # (B, h*w)
-    flip = projection.amax(1) < -projection.amin(1)
-    v = torch.where(flip[:, None], -v, v)
-    return v.contiguous(), -(mean[:, 0, :] * v).sum(1)
+from .projection import principal_projection
 
 
 class EigenCAM(GradientFreeCAM):

@@ -32,8 +32,10 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..ops import METHODS, fused_gradcam
+from ..ops import METHODS, fused_gradcam, fused_weighted_cam
+from ..ops.reference import channel_terms
 from .hooks import ActivationCapture, ModelState, as_maps, default_target_layer, resolve_layer
+from .projection import principal_projection
 
 #: aug_smooth's test-time augmentations: (flip horizontally, scale), the identity first.
 AUGMENTATIONS = [(False, 1.0), (False, 0.9), (False, 1.1), (True, 1.0), (True, 0.9), (True, 1.1)]
@@ -205,11 +207,12 @@ class GradCAM(CamExplainer):
     """
 
     def __init__(self, model: nn.Module, target_layer: str | nn.Module | Sequence[str | nn.Module] | None = None,
-                 method: str = "gradcam", size: tuple[int, int] | None = None):
+                 method: str = "gradcam", size: tuple[int, int] | None = None, *, eigen_smooth: bool = False):
         if method not in METHODS:
             raise ValueError(f"method={method!r} is not one of {METHODS}")
         super().__init__(model, target_layer, size)
         self.method = self.name = method
+        self.eigen_smooth = eigen_smooth
 
     def _maps(self, images, logits, classes, acts, size):
         B, K = classes.shape
@@ -227,5 +230,11 @@ class GradCAM(CamExplainer):
         return logits.gather(1, classes[:, None])[:, 0]
 
     def _from_gradients(self, A: torch.Tensor, G: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """``(B, H, W)`` maps of one target layer from its activations and one target's gradients."""
+        """``(B, H, W)`` maps of one target layer from its activations and one target's gradients. With
+        ``eigen_smooth`` (pytorch-grad-cam's option), the map is the first principal component of the
+        method's per-channel terms (:func:`sportsnet.ops.reference.channel_terms`) instead of their sum."""
+        if self.eigen_smooth:
+            X = channel_terms(A.float(), G.float(), self.method)
+            weights, bias = principal_projection(X)
+            return fused_weighted_cam(X, weights, size, bias=bias)
         return fused_gradcam(A, G, size, method=self.method)

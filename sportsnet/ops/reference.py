@@ -79,24 +79,33 @@ def gradcam_reference(activations: torch.Tensor, gradients: torch.Tensor, size: 
     """
     H, W = check_inputs(activations, gradients, size, method, eps)
     acc = output_dtype(activations.dtype)
-    A, G = activations.to(acc), gradients.to(acc)
+    return _epilogue(channel_terms(activations.to(acc), gradients.to(acc), method, eps).sum(dim=1), (H, W),
+                     normalize, eps, out)
+
+
+def channel_terms(A: torch.Tensor, G: torch.Tensor, method: str, eps: float = 1e-7) -> torch.Tensor:
+    """``(B, K, h, w)``: what each channel adds to the raw map of ``method`` (their sum over K, after a
+    ReLU, is the map): w_k A_k for the channel-weighted methods, G A (``hirescam``), ReLU(G) A
+    (``layercam``), ReLU(G A) (``gradcam-elementwise``). The weighted activations that pytorch-grad-cam's
+    ``eigen_smooth`` projects."""
     if method == "gradcam":
-        cam = torch.einsum("bk,bkhw->bhw", G.mean(dim=(2, 3)), A)
+        weights = G.mean(dim=(2, 3))
     elif method == "gradcam++":
         g2, g3 = G * G, G * G * G
         alpha = g2 / (2 * g2 + A.sum(dim=(2, 3), keepdim=True) * g3 + GRADCAM_PP_EPS)
         alpha = torch.where(G != 0, alpha, torch.zeros_like(alpha))
-        cam = torch.einsum("bk,bkhw->bhw", (alpha * G.relu()).sum(dim=(2, 3)), A)
+        weights = (alpha * G.relu()).sum(dim=(2, 3))
     elif method == "xgradcam":
         weights = (A * G).sum(dim=(2, 3)) / (A.sum(dim=(2, 3)) + eps)
-        cam = torch.einsum("bk,bkhw->bhw", weights, A)
     elif method == "hirescam":
-        cam = (G * A).sum(dim=1)
+        return G * A
     elif method == "layercam":
-        cam = (G.relu() * A).sum(dim=1)
-    else:  # gradcam-elementwise
-        cam = (G * A).relu().sum(dim=1)
-    return _epilogue(cam, (H, W), normalize, eps, out)
+        return G.relu() * A
+    elif method == "gradcam-elementwise":
+        return (G * A).relu()
+    else:
+        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
+    return weights[:, :, None, None] * A
 
 
 def _epilogue(cam: torch.Tensor, size: tuple[int, int], normalize: bool, eps: float,

@@ -452,3 +452,29 @@ def test_shapleycam_matches_pytorch_grad_cam_and_is_gradcam_through_linear_layer
     linear = SameResolution().eval()
     torch.testing.assert_close(ours(linear, "shapleycam", images, classes), ours(linear, "gradcam", images, classes),
                                atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "layercam"])
+def test_eigen_smooth_is_pytorch_grad_cams_up_to_the_documented_sign(small, method):
+    pgc = pytest.importorskip("pytorch_grad_cam")
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from sportsnet.cam.projection import principal_projection
+    from sportsnet.ops import fused_weighted_cam
+    from sportsnet.ops.reference import channel_terms
+
+    model, images = small
+    classes = torch.tensor([1, 3])
+    with getattr(pgc, GRAD_PGC[method])(model=model, target_layers=[model.features[3]]) as cam:
+        theirs = torch.from_numpy(cam(input_tensor=images, targets=[ClassifierOutputTarget(int(c)) for c in classes],
+                                      eigen_smooth=True))
+    with make_explainer(model, method, target_layer="features.3", eigen_smooth=True) as cam:
+        mine = cam(images, targets=classes).maps[:, 0]
+    acts = model.features(images).detach().requires_grad_(True)
+    grads, = torch.autograd.grad(model.fc(torch.flatten(model.pool(acts), 1)).gather(1, classes[:, None]).sum(), acts)
+    X = channel_terms(acts.detach(), grads, method)
+    v, bias = principal_projection(X)
+    flipped = fused_weighted_cam(X, -v, (12, 12), bias=-bias)  # the other orientation of the same direction
+    assert not torch.allclose(mine, ours(model, method, images, classes))
+    for b in range(2):  # 2e-4: two float32 SVDs (numpy's and torch's LAPACK) round differently; measured 1.0e-4
+        assert min((mine[b] - theirs[b]).abs().max(), (flipped[b] - theirs[b]).abs().max()) <= 2 * PARITY_ATOL
