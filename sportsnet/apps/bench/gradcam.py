@@ -11,6 +11,8 @@ the eager reference and over the compiled reference, and effective bandwidth = b
 over time, next to the device's copy bandwidth measured in the same run (a large tensor copy, bytes
 read + written). Targets (checked and written into the JSON): CPU (2 threads) at VGG19 B=64 float32,
 >= 4x the eager reference and >= 40% of copy bandwidth; CUDA at VGG19 B=256 float32, >= 5x and >= 60%.
+With ``--baseline REV`` (CPU only), the operator of git revision REV is built next to the current one
+and timed in the same interleaved run ("baseline_op" and "speedup_vs_baseline" in each row).
 Results: benchmarks/results/gradcam_<device>.json.
 """
 from __future__ import annotations
@@ -20,6 +22,7 @@ import argparse
 import torch
 
 from ...ops import METHODS, backend, fused_gradcam, gradcam_reference
+from . import baseline as baseline_op
 from .common import (
     caption,
     check_positive,
@@ -42,7 +45,7 @@ TARGETS = {"cpu": {"shape": "vgg19_conv5_4", "batch": 64, "dtype": "fp32", "spee
            "cuda": {"shape": "vgg19_conv5_4", "batch": 256, "dtype": "fp32", "speedup": 5.0, "copy_fraction": 0.6}}
 
 
-def bench_config(device, shape_name, batch, dtype_name, method, reps, compiled_ref, max_seconds):
+def bench_config(device, shape_name, batch, dtype_name, method, reps, compiled_ref, max_seconds, baseline=None):
     """One row: the operator (new output and ``out=``) and the reference (eager, compiled) at one shape,
     batch, dtype and method, checked to agree, then timed interleaved."""
     k, h, w = SHAPES[shape_name]
@@ -60,11 +63,14 @@ def bench_config(device, shape_name, batch, dtype_name, method, reps, compiled_r
         "compiled_op_out": lambda i: fused_gradcam(*inputs[i % n], SIZE, method=method, out=out),
         "reference": lambda i: gradcam_reference(*inputs[i % n], SIZE, method=method),
     }
+    if baseline is not None:
+        variants["baseline_op"] = lambda i: baseline.default(*inputs[i % n], list(SIZE), method, True, 1e-7)
     if compiled_ref is not None:
         variants["reference_compiled"] = lambda i: compiled_ref(*inputs[i % n], SIZE, method=method)
     # Same answer before timing: the speed-up is only worth reporting for the same function.
     ref = gradcam_reference(*inputs[0], SIZE, method=method)
-    assert torch.allclose(variants["compiled_op"](0), ref, atol=1e-4), f"mismatch at {shape_name} B={batch}"
+    for name in ("compiled_op", "baseline_op") if baseline is not None else ("compiled_op",):
+        assert torch.allclose(variants[name](0), ref, atol=1e-4), f"{name} mismatch at {shape_name} B={batch}"
     times = time_interleaved(variants, device, reps, max_seconds=max_seconds)
     moved = one + batch * SIZE[0] * SIZE[1] * 4  # A + G read once, the float32 output written once
     row = {"shape": shape_name, "channels": k, "map": [h, w], "batch": batch, "dtype": dtype_name,
@@ -73,6 +79,8 @@ def bench_config(device, shape_name, batch, dtype_name, method, reps, compiled_r
         s = summary(samples)
         row[name] = {**s, "effective_GBps": moved / s["median_s"] / 1e9}
     row["speedup_vs_reference"] = row["reference"]["median_s"] / row["compiled_op"]["median_s"]
+    if "baseline_op" in row:
+        row["speedup_vs_baseline"] = row["baseline_op"]["median_s"] / row["compiled_op"]["median_s"]
     if "reference_compiled" in row:
         row["speedup_vs_reference_compiled"] = row["reference_compiled"]["median_s"] / row["compiled_op"]["median_s"]
     return row
@@ -91,13 +99,16 @@ def run_device(device, args):
     batches, dtypes = args.batches, args.dtypes
     configs = [(s, b, d, "gradcam") for s in SHAPES for d in dtypes for b in batches]
     configs += [("vgg19_conv5_4", 64, "fp32", m) for m in METHODS if m != "gradcam"]
+    baseline, commit = baseline_op.load(args.baseline) if args.baseline and device.type == "cpu" else (None, None)
     rows = []
     for shape_name, batch, dtype_name, method in configs:
-        row = bench_config(device, shape_name, batch, dtype_name, method, args.reps, compiled_ref, args.max_seconds)
+        row = bench_config(device, shape_name, batch, dtype_name, method, args.reps, compiled_ref, args.max_seconds,
+                           baseline)
         rows.append(row)
+        before = f"  {args.baseline} x{row['speedup_vs_baseline']:.2f}" if baseline is not None else ""
         print(f"  {shape_name:17s} B={batch:<3d} {dtype_name} {method:9s} compiled "
               f"{row['compiled_op']['median_s'] * 1e3:8.3f} ms  reference {row['reference']['median_s'] * 1e3:9.3f} ms"
-              f"  x{row['speedup_vs_reference']:.1f}", flush=True)
+              f"  x{row['speedup_vs_reference']:.1f}{before}", flush=True)
     # Copy bandwidth swings with the machine's load: measured before and after, the larger one is used.
     copy_after = copy_bandwidth(device)
     copy_Bps = max(copy_before, copy_after)
@@ -118,6 +129,8 @@ def run_device(device, args):
                "copy_bandwidth_GBps": copy_Bps / 1e9,
                "copy_bandwidth_before_after_GBps": [copy_before / 1e9, copy_after / 1e9],
                "target": verdict, "rows": rows}
+    if baseline is not None:
+        payload["baseline"] = {"revision": args.baseline, "commit": commit}
     path = write_json(result_stem("gradcam", device, env), payload)
     print_table(payload)
     print(f"wrote {path}")
@@ -189,6 +202,8 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=15, help="timed repetitions per variant (default: %(default)s)")
     ap.add_argument("--max-seconds", type=float, default=20.0, help="stop repeating a config after this long")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile'd reference")
+    ap.add_argument("--baseline", metavar="REV",
+                    help="also time the CPU operator of this git revision, in the same run (before/after)")
     args = ap.parse_args(argv)
     args.batches = comma_list("--batches", args.batches, positive_int=True)
     args.dtypes = comma_list("--dtypes", args.dtypes, choices=list(DTYPES))
