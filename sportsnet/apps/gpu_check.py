@@ -350,9 +350,10 @@ WORKLOAD_TOLERANCE = {torch.float32: 1e-4, torch.float16: 1e-3, torch.bfloat16: 
 
 def workload(device: torch.device, check: bool = False) -> dict[str, Any]:
     """The op on ``device`` for every method x normalize x dtype x layout (NCHW, channels-last) at the first
-    shape; every method x normalize x layout in float32 at the others; two methods in the other dtypes there; and
-    each shape and dtype once into ``out=``. ``check``: each map against the reference too."""
-    from ..ops import METHODS, backend, fused_gradcam, gradcam_reference
+    shape; every method x normalize x layout in float32 at the others; two methods in the other dtypes there;
+    fused_weighted_cam with and without a bias at every shape, dtype and layout; and each shape and dtype once
+    into ``out=``. ``check``: each map against the reference too."""
+    from ..ops import METHODS, backend, fused_gradcam, fused_weighted_cam, gradcam_reference, weighted_cam_reference
 
     chosen = backend()
     calls, mismatches, worst = 0, [], 0.0
@@ -375,9 +376,21 @@ def workload(device: torch.device, check: bool = False) -> dict[str, Any]:
                     if not err <= WORKLOAD_TOLERANCE[dtype]:
                         mismatches.append(f"{method} normalize={normalize} {dtype} {layout} {shape} -> {size}: "
                                           f"{err:.2e}")
+            # fused_weighted_cam: the same kernels' Weighted method, with and without a bias.
+            acc = torch.float64 if dtype == torch.float64 else torch.float32
+            weights = G.to(acc).mean((2, 3)).contiguous()
+            for bias in (None, -weights.sum(1) * 0.01):
+                got = fused_weighted_cam(A, weights, size, bias=bias)
+                calls += 1
+                if check:
+                    ref = weighted_cam_reference(A, weights, size, bias=bias)
+                    err = float((got - ref).abs().max()) / max(1.0, float(ref.abs().max()))
+                    worst = max(worst, err)
+                    if not err <= WORKLOAD_TOLERANCE[dtype]:
+                        mismatches.append(f"fused_weighted_cam bias={bias is not None} {dtype} {layout} {shape} -> "
+                                          f"{size}: {err:.2e}")
             if layout == "channels_last":
-                out = torch.empty(shape[0], *size, device=device,
-                                  dtype=torch.float64 if dtype == torch.float64 else torch.float32)
+                out = torch.empty(shape[0], *size, device=device, dtype=acc)
                 fused_gradcam(A, G, size, method="gradcam++", out=out)
                 calls += 1
     if device.type == "cuda":
