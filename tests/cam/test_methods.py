@@ -340,8 +340,8 @@ clip_tiny.register()
 
 
 @clip_tiny.needs_open_clip
-@pytest.mark.parametrize("name", ["tiny-vit-test", "tiny-rn-test"])
-@pytest.mark.parametrize("fast", [False, True], ids=["fp32", "bf16-channels-last"])
+@pytest.mark.parametrize("name, fast", [("tiny-vit-test", False), ("tiny-rn-test", True), ("tiny-vit-test", True)],
+                         ids=["vit-fp32", "rn-bf16-channels-last", "vit-bf16-channels-last"])
 def test_every_method_on_open_clip_towers(name, fast):
     """Every method on a zero-shot classifier over an open_clip ViT (token maps) and ModifiedResNet, in
     float32 and under bf16 autocast with channels-last inputs; CAM is refused (no pooling + linear head)."""
