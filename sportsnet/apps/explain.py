@@ -82,6 +82,8 @@ class ExplainConfig:
     batch_size: int = option(32, "images per batch")
     overlays: int = option(-1, "write overlay PNGs for at most this many images (-1: all)")
     deletion_steps: int = option(16, "steps of the deletion/insertion curves (0: skip those metrics)")
+    road: bool = option(False, "also ROAD (most/least relevant first, combined; 8 linear-system solves per image "
+                               "and method: slow on a CPU)")
     device: str = option("auto", "cpu, cuda, cuda:N or auto")
     precision: str = precision_option()
     seed: int = option(0, "seed of the random-map baseline")
@@ -291,7 +293,7 @@ def main(argv=None) -> dict:
             # Each method's maps explain its own top-1 class (the methods agree on it: the same forward).
             scores = score_explanations(model, images, {m: o.maps[:, 0] for m, o in outs.items()}, first.classes[:, 0],
                                         boxes[idx].to(device) if boxes is not None else None, tolerance=tolerance,
-                                        deletion_steps=cfg.deletion_steps, generator=gen)
+                                        deletion_steps=cfg.deletion_steps, generator=gen, road=cfg.road)
             means.update(scores)
         pictures = denormalize(images, subject.mean, subject.std)
         for j, i in enumerate(idx.tolist()):

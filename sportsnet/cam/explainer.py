@@ -182,7 +182,7 @@ class CamExplainer:
             state.restore()
         logits = logits.detach()
         scores = logits.float().softmax(dim=1).gather(1, classes)
-        return CamOutput(maps, classes, scores, logits)
+        return CamOutput(maps.detach(), classes, scores, logits)
 
     def _maps(self, images: torch.Tensor, logits: torch.Tensor, classes: torch.Tensor, acts: list[torch.Tensor],
               size: tuple[int, int]) -> torch.Tensor:

@@ -34,7 +34,7 @@ class ShapleyCAM(GradCAM):
                     if g.requires_grad else None for a, g in zip(acts, grads)]
             per_layer = []
             for n, a, g, hvp in zip(self.target_layers, acts, grads, hvps):
-                corrected = g.detach() if hvp is None else g.detach() - 0.5 * hvp
+                corrected = g.detach() if hvp is None else g.detach() - 0.5 * hvp.detach()
                 weights = self.maps_view(corrected, n, B).float().mean((2, 3))
                 per_layer.append(fused_weighted_cam(self.maps_view(a.detach(), n, B).float(), weights, size))
             maps[:, k] = average_layers(per_layer)

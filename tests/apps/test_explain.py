@@ -67,7 +67,7 @@ def test_every_method_in_one_table(run, tmp_path, monkeypatch):
     tmp, run_dir, _ = run
     report = explain.main(["--checkpoint", str(run_dir), "--data", "synthetic", "--split", "test", "--limit", "6",
                            "--method", "all", "--samples", "2", "--out", str(tmp_path / "out"), "--no-progress",
-                           "--deletion-steps", "2", "--overlays", "0", "--precision", "fp32",
+                           "--deletion-steps", "2", "--overlays", "0", "--precision", "fp32", "--road",
                            "--results", "explain_methods_test"])
     assert report["images"] == 6
     assert set(report["methods"]) | set(report["refused_methods"]) == set(EXPLAINERS)
@@ -75,8 +75,10 @@ def test_every_method_in_one_table(run, tmp_path, monkeypatch):
     m = report["metrics"]
     for method in report["methods"]:
         assert m[f"seconds_per_image/{method}"] > 0 and 0 <= m[f"pointing_game/{method}"] <= 1, method
+        assert -1 <= m[f"road_combined/{method}"] <= 1, method
     text = tables.render("explain_methods_test")
     assert all(f"| {method} " in text for method in report["methods"]) and "s / image" in text
+    assert "ROAD combined" in text
 
 
 def test_a_folder_of_images_with_an_unreadable_one(run, tmp_path):

@@ -290,6 +290,7 @@ def test_every_method_by_name_and_bad_names():
         with make_explainer(model, method, target_layer="features.3") as cam:
             out = cam(images, top_k=2)
         assert out.maps.shape == (1, 2, 12, 12) and torch.isfinite(out.maps).all(), method
+        assert not out.maps.requires_grad, method
         assert out.maps.min() >= 0 and out.maps.max() <= 1, method
     with pytest.raises(ValueError, match="method='scorcam' is not one of"):
         make_explainer(model, "scorcam")
