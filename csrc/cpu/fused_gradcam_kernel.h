@@ -80,6 +80,11 @@ ChannelSums<acc_t> plane_sums(const Plane& a, const Plane& g, int64_t n) {
 
 template <typename acc_t, typename Plane>
 acc_t plane_gradcampp_sum(const Plane& g, int64_t n, acc_t sum_a) {
+  if (!is_finite(sum_a)) {  // rare (an overflowed or non-finite channel): the select, unvectorised
+    acc_t s = 0;
+    for (int64_t p = 0; p < n; ++p) s += gradcampp_term_any(acc_t(g[p]), sum_a);
+    return s;
+  }
   constexpr int L = 8;
   acc_t lanes[L] = {};
   int64_t p = 0;
@@ -215,10 +220,16 @@ void add_channels_pixel_major(const scalar_t* A, const scalar_t* G, Strides sa, 
       }
     }
     if constexpr (m == CamMethod::GradCAMPlusPlus) {  // wk holds the alpha sums until it is overwritten below
+      bool finite = true;
+      for (int64_t c = 0; c < n; ++c) finite &= is_finite(sum_a[c]);
       for (int64_t i = 0; i < h; ++i)
         for (int64_t j = 0; j < w; ++j) {
           const scalar_t* gp = G + i * sg.y + j * sg.x;
-          for (int64_t c = 0; c < n; ++c) wk[c] += gradcampp_term(acc_t(gp[c]), sum_a[c]);
+          if (finite) {  // the vectorised loop; the select only where a channel's sum is not finite
+            for (int64_t c = 0; c < n; ++c) wk[c] += gradcampp_term(acc_t(gp[c]), sum_a[c]);
+          } else {
+            for (int64_t c = 0; c < n; ++c) wk[c] += gradcampp_term_any(acc_t(gp[c]), sum_a[c]);
+          }
         }
     }
     for (int64_t c = 0; c < n; ++c) {

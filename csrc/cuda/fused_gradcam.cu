@@ -159,7 +159,7 @@ __global__ void __launch_bounds__(kThreads) channel_pass_planes(
       s.ag = warp_sum(s.ag);
       acc_t pp = 0;
       if constexpr (m == CamMethod::GradCAMPlusPlus) {
-        for (int p = lane; p < hw; p += 32) pp += gradcampp_term(acc_t(g[plane_offset<kDense>(p, w, sg)]), s.a);
+        for (int p = lane; p < hw; p += 32) pp += gradcampp_term_any(acc_t(g[plane_offset<kDense>(p, w, sg)]), s.a);
         pp = warp_sum(pp);
       }
       if (lane == 0) weight[c] = channel_weight(m, s, pp, hw, eps);
@@ -224,7 +224,7 @@ __global__ void __launch_bounds__(kThreads) channel_pass_pixels(
       if (valid)
         for (int p = group; p < hw; p += groups) {
           const int i = p / w, j = p % w;
-          pp += gradcampp_term(acc_t(Gb[i * sg.y + j * sg.x]), sum_a[lane]);
+          pp += gradcampp_term_any(acc_t(Gb[i * sg.y + j * sg.x]), sum_a[lane]);
         }
       red[0][threadIdx.x] = pp;
       __syncthreads();
