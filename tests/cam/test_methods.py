@@ -67,11 +67,12 @@ def ours(model, method, images, classes, layer="features.3", **options):
         return cam(images, targets=classes).maps[:, 0]
 
 
-def pgc_maps(cls, model, images, classes, layer, **kwargs):
+def pgc_maps(cls, model, images, classes, layer, **call_options):
+    """pytorch-grad-cam's maps of ``cls`` for ``classes`` (``call_options``: aug_smooth, eigen_smooth)."""
     targets_mod = pytest.importorskip("pytorch_grad_cam.utils.model_targets")
-    with cls(model=model, target_layers=[layer], **kwargs) as cam:
+    with cls(model=model, target_layers=[layer]) as cam:
         return torch.from_numpy(cam(input_tensor=images, targets=[targets_mod.ClassifierOutputTarget(int(c))
-                                                                  for c in classes]))
+                                                                  for c in classes], **call_options))
 
 
 GRAD_PGC = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "xgradcam": "XGradCAM", "hirescam": "HiResCAM",
@@ -380,13 +381,9 @@ def test_every_method_on_open_clip_towers(name, fast):
 @pytest.mark.parametrize("method", ["gradcam", "scorecam"])
 def test_aug_smooth_matches_pytorch_grad_cam(small, method):
     pgc = pytest.importorskip("pytorch_grad_cam")
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
     model, images = small
     classes = torch.tensor([1, 3])
-    with getattr(pgc, GRAD_PGC[method])(model=model, target_layers=[model.features[3]]) as cam:
-        theirs = torch.from_numpy(cam(input_tensor=images, targets=[ClassifierOutputTarget(int(c)) for c in classes],
-                                      aug_smooth=True))
+    theirs = pgc_maps(getattr(pgc, GRAD_PGC[method]), model, images, classes, model.features[3], aug_smooth=True)
     options = {"precision": "fp32"} if method == "scorecam" else {}
     with make_explainer(model, method, target_layer="features.3", **options) as cam:
         mine = cam(images, targets=classes, aug_smooth=True).maps[:, 0]
@@ -458,17 +455,13 @@ def test_shapleycam_matches_pytorch_grad_cam_and_is_gradcam_through_linear_layer
 @pytest.mark.parametrize("method", ["gradcam", "layercam"])
 def test_eigen_smooth_is_pytorch_grad_cams_up_to_the_documented_sign(small, method):
     pgc = pytest.importorskip("pytorch_grad_cam")
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
     from sportsnet.cam.projection import principal_projection
     from sportsnet.ops import fused_weighted_cam
     from sportsnet.ops.reference import channel_terms
 
     model, images = small
     classes = torch.tensor([1, 3])
-    with getattr(pgc, GRAD_PGC[method])(model=model, target_layers=[model.features[3]]) as cam:
-        theirs = torch.from_numpy(cam(input_tensor=images, targets=[ClassifierOutputTarget(int(c)) for c in classes],
-                                      eigen_smooth=True))
+    theirs = pgc_maps(getattr(pgc, GRAD_PGC[method]), model, images, classes, model.features[3], eigen_smooth=True)
     with make_explainer(model, method, target_layer="features.3", eigen_smooth=True) as cam:
         mine = cam(images, targets=classes).maps[:, 0]
     acts = model.features(images).detach().requires_grad_(True)
