@@ -7,11 +7,13 @@ where G is the target's gradient at the target layer and H A the Hessian-vector 
 target with the activations themselves (one double backward). Through layers that are piecewise
 linear in the activation (ReLU, max-pool, linear heads), H A is 0 and ShapleyCAM is Grad-CAM; it
 differs where the rest of the network curves (attention, GELU, softmax). As pytorch-grad-cam's
-ShapleyCAM, with the target's logit as the score.
+ShapleyCAM, with the target's logit as the score. Attention runs on PyTorch's math kernel during the
+call: the fused ones have no double backward.
 """
 from __future__ import annotations
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..ops import fused_weighted_cam
 from .explainer import GradCAM, average_layers
@@ -23,6 +25,12 @@ class ShapleyCAM(GradCAM):
     def __init__(self, model, target_layer=None, size=None):
         super().__init__(model, target_layer, "gradcam", size)
         self.name = "shapleycam"
+
+    def _explain(self, images, targets, top_k):
+        # The fused attention kernels (flash, memory-efficient) have no double backward: attention runs on
+        # the math kernel for this method's call (open_clip's towers use scaled_dot_product_attention).
+        with sdpa_kernel([SDPBackend.MATH]):
+            return super()._explain(images, targets, top_k)
 
     def _maps(self, images, logits, classes, acts, size):
         B, K = classes.shape
