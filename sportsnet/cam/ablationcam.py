@@ -17,13 +17,17 @@ import torch
 from ..ops import fused_weighted_cam
 from .explainer import average_layers
 from .gradient_free import GradientFreeCAM
-from .split import rest_of_model
+from .split import rest_of_model, split_after
 
 
 class AblationCAM(GradientFreeCAM):
     """Ablation-CAM; arguments as :class:`GradientFreeCAM`."""
 
     name = "ablationcam"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._splits: dict[str, tuple] = {}  # layer name -> split_after's (rest, why)
 
     def _maps(self, images, logits, classes, acts, size):
         B, K = classes.shape
@@ -42,7 +46,9 @@ class AblationCAM(GradientFreeCAM):
         """``(B, C, K)``: original logit minus the logit with channel c of the layer's output zeroed."""
         B, C = A.shape[:2]
         name = layer[0]
-        rest = rest_of_model(self.model, layer, images)
+        if name not in self._splits:  # traced once per explainer and layer, not once per call
+            self._splits[name] = split_after(self.model, name)
+        rest = rest_of_model(self.model, layer, images, self._splits[name])
         drops = torch.zeros(B, C, classes.shape[1], device=images.device)
         live = A.flatten(2).ne(0).any(2)  # (B, C): channels with something to ablate
         # The batch dimension of the layer's output: 1 for a sequence-first token tensor (N, B, D).

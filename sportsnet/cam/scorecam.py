@@ -39,8 +39,9 @@ class ScoreCAM(GradientFreeCAM):
     """Score-CAM; arguments as :class:`GradientFreeCAM`."""
 
     name = "scorecam"
-    #: Noise added to the masks (SS-CAM); 0: none.
+    #: Noise added to the masks (SS-CAM); 0: none. ``seed`` seeds it.
     std = 0.0
+    seed = 0
 
     def scales(self) -> list[float]:
         """The factors each channel's mask is used at; the logits are averaged over them."""
@@ -69,7 +70,7 @@ class ScoreCAM(GradientFreeCAM):
         if constant.any():  # one all-zero image stands for every constant channel of every image, at any scale
             zero_logits = self._forward(self.model, torch.zeros_like(images[:1]))[0]
             scores[constant] = zero_logits[classes][:, None, :].expand(B, C, K)[constant]
-        generator = torch.Generator(device=images.device).manual_seed(getattr(self, "seed", 0))
+        generator = torch.Generator(device=images.device).manual_seed(self.seed)
         pairs = (~constant).nonzero()  # (n, 2): (image, channel) pairs that need forwards
         for start in range(0, pairs.shape[0], self.batch_size):
             b, c = pairs[start:start + self.batch_size].unbind(1)

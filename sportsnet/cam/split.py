@@ -66,12 +66,14 @@ def split_after(model: nn.Module, layer_name: str) -> tuple[torch.fx.GraphModule
     return torch.fx.GraphModule(traced, graph), "split"
 
 
-def rest_of_model(model: nn.Module, layer: tuple[str, nn.Module], images: torch.Tensor
+def rest_of_model(model: nn.Module, layer: tuple[str, nn.Module], images: torch.Tensor,
+                  split: tuple[torch.fx.GraphModule | None, str] | None = None
                   ) -> Callable[[int, torch.Tensor], torch.Tensor]:
     """``rest(b, outputs) -> logits``: the model's logits when the target layer's output for image ``b``
-    of ``images`` is replaced by each of ``outputs`` (a batch of variants, batch-first)."""
+    of ``images`` is replaced by each of ``outputs`` (a batch of variants, batch-first). ``split``: a
+    :func:`split_after` result to reuse (a caller with many calls traces once)."""
     name, module = layer
-    rest, why = split_after(model, name)
+    rest, why = split if split is not None else split_after(model, name)
     key = (id(model), name)
     if rest is not None:
         return lambda b, outputs: rest(outputs)

@@ -472,3 +472,12 @@ def test_eigen_smooth_is_pytorch_grad_cams_up_to_the_documented_sign(small, meth
     assert not torch.allclose(mine, ours(model, method, images, classes))
     for b in range(2):  # 2e-4: two float32 SVDs (numpy's and torch's LAPACK) round differently; measured 1.0e-4
         assert min((mine[b] - theirs[b]).abs().max(), (flipped[b] - theirs[b]).abs().max()) <= 2 * PARITY_ATOL
+
+
+def test_ablationcam_traces_its_split_once_per_layer(small):
+    model, images = small
+    with AblationCAM(model, "features.3", precision="fp32") as cam:
+        first = cam(images).maps
+        split = cam._splits["features.3"]
+        assert split[1] == "split"
+        assert torch.equal(cam(images).maps, first) and cam._splits["features.3"] is split

@@ -77,8 +77,8 @@ def bench_config(device, shape_name, batch, dtype_name, method, reps, compiled_r
         "compiled_op_out": lambda i: fused_gradcam(*inputs[i % n], SIZE, method=method, out=out),
         "reference": lambda i: gradcam_reference(*inputs[i % n], SIZE, method=method),
     }
-    if baseline is not None and method in baseline_methods(baseline):
-        variants["baseline_op"] = lambda i: baseline.default(*inputs[i % n], list(SIZE), method, True, 1e-7)
+    if baseline is not None and method in baseline[1]:
+        variants["baseline_op"] = lambda i: baseline[0].default(*inputs[i % n], list(SIZE), method, True, 1e-7)
     if compiled_ref is not None:
         variants["reference_compiled"] = lambda i: compiled_ref(*inputs[i % n], SIZE, method=method)
     # Same answer before timing: the speed-up is only worth reporting for the same function.
@@ -113,7 +113,10 @@ def run_device(device, args):
     batches, dtypes = args.batches, args.dtypes
     configs = [(s, b, d, "gradcam") for s in SHAPES for d in dtypes for b in batches]
     configs += [("vgg19_conv5_4", 64, "fp32", m) for m in METHODS if m != "gradcam"]
-    baseline, commit = baseline_op.load(args.baseline) if args.baseline and device.type == "cpu" else (None, None)
+    baseline, commit = None, None
+    if args.baseline and device.type == "cpu":
+        op, commit = baseline_op.load(args.baseline)
+        baseline = (op, baseline_methods(op))  # the methods it knows, probed once
     rows = []
     for shape_name, batch, dtype_name, method in configs:
         row = bench_config(device, shape_name, batch, dtype_name, method, args.reps, compiled_ref, args.max_seconds,
