@@ -71,7 +71,8 @@ class ExplainConfig:
     samples: int = option(0, "noisy/scaled samples of SS-CAM, IS-CAM and SmoothGrad-CAM++ (0: their defaults, 35, 10 "
                              "and 4)")
     limit: int = option(0, "explain only the first N images (0: all)")
-    cam_batch: int = option(128, "forwards per batch of the gradient-free methods (masked images, ablations)")
+    cam_batch: int = option(0, "forwards per batch of the gradient-free methods (masked images, ablations); "
+                               "0: each method's choice for the device")
     results: str = option("", "also write the report to benchmarks/results/<NAME>.json, rendered by "
                               "benchmarks/tables.py (e.g. explain_methods_demo_cpu_avx2)")
     top_k: int = option(1, "explain the k most likely classes of each image")
@@ -178,7 +179,7 @@ def method_options(method: str, cfg: ExplainConfig) -> dict:
     cls = EXPLAINERS[method]
     options = {}
     if not cls.needs_gradients and method != "cam":
-        options.update(precision=cfg.precision, batch_size=cfg.cam_batch)
+        options.update(precision=cfg.precision, batch_size=cfg.cam_batch or None)
     if cfg.samples and method in ("sscam", "iscam", "smoothgradcam++"):
         options["num_samples"] = cfg.samples
     return options
@@ -223,9 +224,9 @@ def main(argv=None) -> dict:
     unknown = [m for m in methods if m not in EXPLAINERS]
     if unknown:
         raise SystemExit(f"error: unknown method(s) {unknown}; expected {', '.join(EXPLAINERS)} or 'all'")
-    if cfg.batch_size < 1 or cfg.top_k < 1 or cfg.cam_batch < 1 or cfg.samples < 0:
-        raise SystemExit(f"error: --batch-size ({cfg.batch_size}), --top-k ({cfg.top_k}) and --cam-batch "
-                         f"({cfg.cam_batch}) must be >= 1, --samples ({cfg.samples}) >= 0")
+    if cfg.batch_size < 1 or cfg.top_k < 1 or cfg.cam_batch < 0 or cfg.samples < 0:
+        raise SystemExit(f"error: --batch-size ({cfg.batch_size}) and --top-k ({cfg.top_k}) must be >= 1, "
+                         f"--cam-batch ({cfg.cam_batch}) and --samples ({cfg.samples}) >= 0")
     device = device_from_flag(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     if cfg.checkpoint:

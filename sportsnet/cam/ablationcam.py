@@ -54,10 +54,11 @@ class AblationCAM(GradientFreeCAM):
         # The batch dimension of the layer's output: 1 for a sequence-first token tensor (N, B, D).
         batch_first = self.token_layout[name]["batch_first"]
         bdim = 1 if act.dim() == 3 and (batch_first is False or (batch_first is None and act.shape[0] != B)) else 0
+        batch = self.batch_size_for(images.device)
         for b in range(B):
             channels = live[b].nonzero().flatten()
-            for start in range(0, channels.numel(), self.batch_size):
-                c = channels[start:start + self.batch_size]
+            for start in range(0, channels.numel(), batch):
+                c = channels[start:start + batch]
                 variants = act.narrow(bdim, b, 1).repeat_interleave(c.numel(), dim=bdim)
                 view = self.maps_view(variants, name, c.numel())
                 view[torch.arange(c.numel(), device=c.device), c] = 0

@@ -14,7 +14,8 @@ from .explainer import CamExplainer
 
 class GradientFreeCAM(CamExplainer):
     """Args (besides :class:`CamExplainer`'s):
-        batch_size: forwards per batch (masked images, ablated activations).
+        batch_size: forwards per batch (masked images, ablated activations); ``None``: the method's
+            choice for the device (:meth:`default_batch_size`).
         precision: ``auto`` (bf16 where this device has it natively, else fp32), ``fp32``, ``bf16`` or
             ``fp16``: the autocast of the extra forwards (the first forward, which picks the classes,
             runs as the caller's model does).
@@ -25,12 +26,21 @@ class GradientFreeCAM(CamExplainer):
     needs_gradients = False
 
     def __init__(self, model: nn.Module, target_layer: str | nn.Module | Sequence[str | nn.Module] | None = None,
-                 size: tuple[int, int] | None = None, *, batch_size: int = 128, precision: str = "auto",
+                 size: tuple[int, int] | None = None, *, batch_size: int | None = None, precision: str = "auto",
                  channels_last: bool | None = None):
         super().__init__(model, target_layer, size)
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size={batch_size!r} must be a positive integer")
-        self.batch_size, self.precision, self.channels_last = batch_size, precision, channels_last
+        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+            raise ValueError(f"batch_size={batch_size!r} must be a positive integer or None (the method's choice)")
+        self.requested_batch_size, self.precision, self.channels_last = batch_size, precision, channels_last
+
+    def default_batch_size(self, device: torch.device) -> int:
+        """Forwards per batch when the caller did not say: large, as the extra forwards of most methods run
+        only small layer-sized tensors."""
+        return 128
+
+    def batch_size_for(self, device: torch.device) -> int:
+        """The batch size this call uses on ``device``."""
+        return self.requested_batch_size or self.default_batch_size(device)
 
     def _forward(self, fn, x: torch.Tensor, images: bool = True) -> torch.Tensor:
         """``fn(x)`` as float32 logits, under this explainer's autocast (images channels-last if chosen)."""

@@ -179,6 +179,18 @@ def test_scorecam_weights_are_the_softmax_of_masked_scores():
     torch.testing.assert_close(got, torch.stack(scores), atol=1e-5, rtol=1e-5)
 
 
+def test_scorecam_runs_cache_sized_batches_on_a_cpu_unless_told():
+    model = SameResolution().eval()
+    images, A = torch.rand(2, 3, 12, 12), torch.rand(2, 16, 12, 12)  # 32 (image, channel) pairs, none constant
+    for batch_size, expected in ((None, [8] * 4), (20, [20, 12])):
+        calls = []
+        handle = model.register_forward_pre_hook(lambda m, i: calls.append(i[0].shape[0]))
+        with ScoreCAM(model, "features.3", precision="fp32", batch_size=batch_size) as cam:
+            cam.channel_scores(images, A, torch.tensor([[1], [2]]))
+        handle.remove()
+        assert calls == expected, (batch_size, calls)
+
+
 def test_scorecam_runs_one_forward_for_all_constant_channels():
     model = SameResolution().eval()
     images = torch.rand(2, 3, 12, 12)

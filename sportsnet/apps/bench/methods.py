@@ -6,9 +6,10 @@
 
 VGG19 (random weights: timing only) at 224 px, float32, target layer features.35 (conv5_4's ReLU),
 batches 1 and 8, the same images and target classes for every library; each call builds its explainer
-(the peers keep hooks on the model while they exist) and returns maps at 224 x 224. Ours runs twice:
-``ours`` in float32 like the peers, and ``ours_auto`` at the precision and memory format the hardware
-module picks for this device (gradient-free methods only; the gradient methods' extra cost is one small
+(the peers keep hooks on the model while they exist, and run with their own default batch sizes) and
+returns maps at 224 x 224. Ours runs twice: ``ours`` in float32 like the peers (in the memory format and
+batch size our explainers choose for the device), and ``ours_auto`` at the precision the hardware module
+picks for this device too (gradient-free methods only; the gradient methods' extra cost is one small
 backward). ``floor``: one inference forward of the batch. Before timing, every variant's maps are
 checked to be finite and in [0, 1].
 
@@ -65,7 +66,7 @@ DEFAULT_MIN = 1.0  # every other method: no slower than its peer
 def _ours(model, method, images, classes, auto: bool):
     options = {}
     if method in GRADIENT_FREE:
-        options = {"precision": "auto" if auto else "fp32", "channels_last": None if auto else False}
+        options = {"precision": "auto" if auto else "fp32"}
     with make_explainer(model, method, target_layer=LAYER, **options) as cam:
         return cam(images, targets=classes).maps[:, 0]
 
@@ -75,8 +76,6 @@ def _pgc(cls, model, images, classes):
 
     layer = dict(model.named_modules())[LAYER]
     with cls(model=model, target_layers=[layer]) as cam:
-        if hasattr(cam, "batch_size") or cls.__name__ == "ScoreCAM":
-            cam.batch_size = 32  # their AblationCAM default; ScoreCAM's is 16
         return torch.from_numpy(cam(input_tensor=images, targets=[ClassifierOutputTarget(int(c)) for c in classes]))
 
 
