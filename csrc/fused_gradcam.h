@@ -57,9 +57,8 @@ SPORTSNET_HD constexpr bool uses_channel_weights(CamMethod m) {
   return computes_channel_weights(m) || m == CamMethod::Weighted;
 }
 
-// max(x, 0) that keeps NaN (as torch.relu does): x < 0 is false for NaN, so NaN is returned. The
-// operand order of SSE/AVX max (which returns its second operand when either is NaN), so compilers
-// still emit one instruction.
+// max(x, 0) that keeps NaN (as torch.relu does): x < 0 is false for NaN, so NaN is returned. GCC emits
+// a compare and a mask, as for the NaN-dropping `0 < x ? x : 0` (checked with GCC 12, -O3 -mavx2).
 template <typename acc_t>
 SPORTSNET_HD acc_t relu(acc_t x) {
   return x < acc_t(0) ? acc_t(0) : x;

@@ -12,7 +12,8 @@ over time, next to the device's copy bandwidth measured in the same run (a large
 read + written). Targets (checked and written into the JSON): CPU (2 threads) at VGG19 B=64 float32,
 >= 4x the eager reference and >= 40% of copy bandwidth; CUDA at VGG19 B=256 float32, >= 5x and >= 60%.
 With ``--baseline REV`` (CPU only), the operator of git revision REV is built next to the current one
-and timed in the same interleaved run ("baseline_op" and "speedup_vs_baseline" in each row).
+and timed in the same interleaved run, both called the same way, straight through torch.ops without the
+Python wrapper ("baseline_op", "current_op_raw" and "speedup_vs_baseline" in each row).
 Results: benchmarks/results/gradcam_<device>.json.
 """
 from __future__ import annotations
@@ -79,6 +80,8 @@ def bench_config(device, shape_name, batch, dtype_name, method, reps, compiled_r
     }
     if baseline is not None and method in baseline[1]:
         variants["baseline_op"] = lambda i: baseline[0].default(*inputs[i % n], list(SIZE), method, True, 1e-7)
+        current = torch.ops.sportsnet.fused_gradcam.default  # the same call path as the baseline's
+        variants["current_op_raw"] = lambda i: current(*inputs[i % n], list(SIZE), method, True, 1e-7)
     if compiled_ref is not None:
         variants["reference_compiled"] = lambda i: compiled_ref(*inputs[i % n], SIZE, method=method)
     # Same answer before timing: the speed-up is only worth reporting for the same function.
@@ -94,7 +97,7 @@ def bench_config(device, shape_name, batch, dtype_name, method, reps, compiled_r
         row[name] = {**s, "effective_GBps": moved / s["median_s"] / 1e9}
     row["speedup_vs_reference"] = row["reference"]["median_s"] / row["compiled_op"]["median_s"]
     if "baseline_op" in row:
-        row["speedup_vs_baseline"] = row["baseline_op"]["median_s"] / row["compiled_op"]["median_s"]
+        row["speedup_vs_baseline"] = row["baseline_op"]["median_s"] / row["current_op_raw"]["median_s"]
     if "reference_compiled" in row:
         row["speedup_vs_reference_compiled"] = row["reference_compiled"]["median_s"] / row["compiled_op"]["median_s"]
     return row
@@ -190,6 +193,13 @@ def gradcam_table(p: dict, batches=(1, 64, 256)) -> str:
              f"{r['speedup_vs_reference']:.1f}x", f"{r['compiled_op']['effective_GBps']:.0f}",
              f"{100 * r['fraction_of_copy_bandwidth']:.0f}% / {100 * r['fraction_of_copy_bandwidth_out']:.0f}%"]
             for r in p["rows"] if r["batch"] in batches and (r["dtype"] == "fp32" or r["batch"] == 64)]
+    header = ["shape", "B", "dtype", "method", "op ms", "op out= ms", "reference ms", "ref compiled ms", "vs ref",
+              "op GB/s", "% of copy (op / out=)"]
+    if "baseline" in p:  # one more column: before / after, both called straight through torch.ops
+        header.append(f"vs {p['baseline']['revision']}")
+        shown = [r for r in p["rows"] if r["batch"] in batches and (r["dtype"] == "fp32" or r["batch"] == 64)]
+        for row, r in zip(rows, shown):
+            row.append(f"{r['speedup_vs_baseline']:.2f}x" if "speedup_vs_baseline" in r else "-")
     env = p["environment"]
     t = p["target"]
     head = (f"{caption(env)}, torch {env['torch']}, {env['time'][:10]}; copy bandwidth "
@@ -203,8 +213,6 @@ def gradcam_table(p: dict, batches=(1, 64, 256)) -> str:
             for r in p["rows"] if r["batch"] == 64 and r["dtype"] == "bf16" and r["method"] == "gradcam"
             and r["shape"] in fp32]
     bf16_line = f"\n\nbf16 over fp32 at B=64 (op time): {', '.join(bf16)}." if bf16 else ""
-    header = ["shape", "B", "dtype", "method", "op ms", "op out= ms", "reference ms", "ref compiled ms", "vs ref",
-              "op GB/s", "% of copy (op / out=)"]
     baseline = ""
     if "baseline" in p:  # --baseline: the earlier revision's op timed in the same run
         gains = [r["speedup_vs_baseline"] for r in p["rows"] if "speedup_vs_baseline" in r]
