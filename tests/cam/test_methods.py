@@ -464,6 +464,22 @@ def test_shapleycam_matches_pytorch_grad_cam_and_is_gradcam_through_linear_layer
                                atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("n, C", [(196, 128), (49, 512), (16, 16), (1, 8)])
+def test_first_right_singular_vector_is_the_svds_up_to_sign(n, C):
+    from sportsnet.cam.projection import first_right_singular_vector
+
+    g = torch.Generator().manual_seed(n * C)
+    M = torch.relu(torch.randn(3, n, C, generator=g, dtype=torch.float64))
+    M = M * torch.rand(C, generator=g, dtype=torch.float64)  # channels of different scales
+    M = M - M.mean(1, keepdim=True) if n > 1 else M
+    expected = torch.linalg.svd(M, full_matrices=False)[2][:, 0, :]
+    got = first_right_singular_vector(M.float()).double()
+    cosine = (got * expected).sum(1).abs() / got.norm(dim=1)
+    torch.testing.assert_close(cosine, torch.ones(3, dtype=torch.float64), atol=1e-5, rtol=0)
+    if n < C:  # through the (n, n) Gram matrix: a zero matrix gives a zero vector, not NaN
+        assert torch.equal(first_right_singular_vector(torch.zeros(2, n, C)), torch.zeros(2, C))
+
+
 @pytest.mark.parametrize("method", ["gradcam", "layercam"])
 def test_eigen_smooth_is_pytorch_grad_cams_up_to_the_documented_sign(small, method):
     pgc = pytest.importorskip("pytorch_grad_cam")
