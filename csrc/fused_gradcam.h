@@ -99,7 +99,8 @@ SPORTSNET_HD acc_t gradcampp_term(acc_t g, acc_t sum_a) {
 }
 
 // The same for any sum: a channel whose sum overflowed to inf would give 0 / (inf * 0) = NaN where g = 0,
-// and the reference has 0 there; the select says so. CPU kernels use it only for such channels.
+// and the reference has 0 there; the select says so. CPU kernels use it only for channels (or,
+// channels-last, chunks of channels) with such a sum.
 template <typename acc_t>
 SPORTSNET_HD acc_t gradcampp_term_any(acc_t g, acc_t sum_a) {
   const acc_t term = gradcampp_term(g, sum_a);

@@ -43,4 +43,30 @@ inline at::Tensor bias_or_undefined(const std::optional<at::Tensor>& bias) {
   return bias.has_value() && bias->defined() ? *bias : at::Tensor();
 }
 
+// fused_weighted_cam's weights (B, K) and bias (B,) as pointers and element strides, for both kernels:
+// weights[b, k] at w[b * w_b + k * w_k], bias[b] at bias[b * bias_b]. Null (strides 0) where the tensor is
+// undefined: the gradient methods have no weights, and a map may have no bias.
+template <typename acc_t>
+struct WeightedInputs {
+  const acc_t* w = nullptr;
+  int64_t w_b = 0, w_k = 0;
+  const acc_t* bias = nullptr;
+  int64_t bias_b = 0;
+};
+
+template <typename acc_t>
+WeightedInputs<acc_t> weighted_inputs(const at::Tensor& weights, const at::Tensor& bias) {
+  WeightedInputs<acc_t> in;
+  if (weights.defined()) {
+    in.w = weights.const_data_ptr<acc_t>();
+    in.w_b = weights.stride(0);
+    in.w_k = weights.stride(1);
+  }
+  if (bias.defined()) {
+    in.bias = bias.const_data_ptr<acc_t>();
+    in.bias_b = bias.stride(0);
+  }
+  return in;
+}
+
 }  // namespace sportsnet

@@ -280,15 +280,7 @@ void fused_gradcam_cpu_kernel(const at::Tensor& A, const at::Tensor& G, const at
   const Strides sa = strides_of(A), sg = strides_of(G);
   const bool pixel_major = K > 1 && sa.k == 1 && sg.k == 1;
   const bool dense = sa.x == 1 && sa.y == w && sg.x == 1 && sg.y == w;
-  const acc_t* w_ptr = nullptr;  // weights[b, k] at w_ptr[b * swb + k * swk]
-  int64_t swb = 0, swk = 0;
-  if constexpr (m == CamMethod::Weighted) {
-    w_ptr = weights.const_data_ptr<acc_t>();
-    swb = weights.stride(0);
-    swk = weights.stride(1);
-  }
-  const acc_t* bias_ptr = bias.defined() ? bias.const_data_ptr<acc_t>() : nullptr;
-  const int64_t sbias = bias.defined() ? bias.stride(0) : 0;
+  const WeightedInputs<acc_t> weighted = weighted_inputs<acc_t>(weights, bias);
 
   // 1. channel pass. Small batches split the channels too, so every thread has work.
   const int64_t threads = at::get_num_threads();
@@ -303,7 +295,9 @@ void fused_gradcam_cpu_kernel(const at::Tensor& A, const at::Tensor& G, const at
       const scalar_t* a_b = a_ptr + b * sa.b;
       const scalar_t* g_b = g_ptr + b * sg.b;
       GivenWeights<acc_t> given;
-      if constexpr (m == CamMethod::Weighted) given = {w_ptr + b * swb + k0 * swk, swk};
+      if constexpr (m == CamMethod::Weighted) {
+        given = {weighted.w + b * weighted.w_b + k0 * weighted.w_k, weighted.w_k};
+      }
       if (pixel_major) {
         scratch.resize(4 * (k1 - k0));
         add_channels_pixel_major<m>(a_b + k0, g_b + k0, sa, sg, h, w, k1 - k0, eps, given, part, scratch.data());
@@ -321,11 +315,11 @@ void fused_gradcam_cpu_kernel(const at::Tensor& A, const at::Tensor& G, const at
   std::vector<acc_t> cam(B * hw);
   at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
-      const acc_t bias_b = bias_ptr != nullptr ? bias_ptr[b * sbias] : acc_t(0);
+      const acc_t bias_b = weighted.bias != nullptr ? weighted.bias[b * weighted.bias_b] : acc_t(0);
       for (int64_t p = 0; p < hw; ++p) {
         acc_t s = 0;
         for (int64_t c = 0; c < chunks; ++c) s += partial[(b * chunks + c) * hw + p];
-        cam[b * hw + p] = relu(bias_ptr != nullptr ? s + bias_b : s);
+        cam[b * hw + p] = relu(weighted.bias != nullptr ? s + bias_b : s);
       }
     }
   });

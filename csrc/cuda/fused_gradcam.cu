@@ -421,15 +421,7 @@ void launch(const at::Tensor& A, const at::Tensor& G, const at::Tensor& weights,
               65535 * 8, ", W <= ", INT32_MAX - kThreads);
   const acc_t eps = static_cast<acc_t>(eps_d);
   const Strides sa = strides_of(A), sg = strides_of(G);
-  const acc_t* wts = nullptr;  // weights[b, k] at wts[b * swb + k * swk]
-  int64_t swb = 0, swk = 0;
-  if constexpr (m == CamMethod::Weighted) {
-    wts = weights.const_data_ptr<acc_t>();
-    swb = weights.stride(0);
-    swk = weights.stride(1);
-  }
-  const acc_t* bias_ptr = bias.defined() ? bias.const_data_ptr<acc_t>() : nullptr;
-  const int64_t sbias = bias.defined() ? bias.stride(0) : 0;
+  const WeightedInputs<acc_t> weighted = weighted_inputs<acc_t>(weights, bias);
   const bool pixels = K > 1 && sa.k == 1 && sg.k == 1;
   const bool dense = sa.x == 1 && sa.y == w && sg.x == 1 && sg.y == w;
   const int chunk_size = chunk_size_for(B, K);
@@ -461,23 +453,23 @@ void launch(const at::Tensor& A, const at::Tensor& G, const at::Tensor& weights,
     const int64_t n = std::min(slice, B - start);
     const scalar_t* a = A.const_data_ptr<scalar_t>() + start * sa.b;
     const scalar_t* g = G.const_data_ptr<scalar_t>() + start * sg.b;
-    const acc_t* wt = wts != nullptr ? wts + start * swb : nullptr;
-    const acc_t* bs = bias_ptr != nullptr ? bias_ptr + start * sbias : nullptr;
+    const acc_t* wt = weighted.w != nullptr ? weighted.w + start * weighted.w_b : nullptr;
+    const acc_t* bs = weighted.bias != nullptr ? weighted.bias + start * weighted.bias_b : nullptr;
     const dim3 grid1(chunks, static_cast<unsigned>(n));
     if (pixels) {
       channel_pass_pixels<scalar_t, acc_t, m><<<grid1, kThreads, 0, stream>>>(
-          a, g, sa, sg, static_cast<int>(K), chunk_size, h, w, eps, wt, swb, swk, part);
+          a, g, sa, sg, static_cast<int>(K), chunk_size, h, w, eps, wt, weighted.w_b, weighted.w_k, part);
     } else if (dense) {
       channel_pass_planes<scalar_t, acc_t, m, true><<<grid1, kThreads, 0, stream>>>(
-          a, g, sa, sg, static_cast<int>(K), chunk_size, h, w, eps, wt, swb, swk, part);
+          a, g, sa, sg, static_cast<int>(K), chunk_size, h, w, eps, wt, weighted.w_b, weighted.w_k, part);
     } else {
       channel_pass_planes<scalar_t, acc_t, m, false><<<grid1, kThreads, 0, stream>>>(
-          a, g, sa, sg, static_cast<int>(K), chunk_size, h, w, eps, wt, swb, swk, part);
+          a, g, sa, sg, static_cast<int>(K), chunk_size, h, w, eps, wt, weighted.w_b, weighted.w_k, part);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
 
     cam_and_range<acc_t><<<static_cast<unsigned>(n), kThreads, 0, stream>>>(
-        part, chunks, h, w, bs, sbias, normalize, eps, rows, cols, cam_ptr, lo_ptr, inv_ptr);
+        part, chunks, h, w, bs, weighted.bias_b, normalize, eps, rows, cols, cam_ptr, lo_ptr, inv_ptr);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
 
     acc_t* o = out.mutable_data_ptr<acc_t>() + start * H * W;
@@ -514,8 +506,6 @@ void fused_gradcam_out_cuda(const at::Tensor& activations, const at::Tensor& gra
   const at::ScalarType dtype = check_inputs(activations, gradients, size, eps);
   const CamMethod m = parse_method(method);
   check_out(out, activations, size, dtype);
-  TORCH_CHECK(activations.is_cuda(), "fused_gradcam (CUDA): activations must be on a CUDA device, got ",
-              activations.device());
   const c10::cuda::CUDAGuard guard(activations.device());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, activations.scalar_type(), "fused_gradcam_cuda", [&] {
     launch_method<scalar_t>(activations, gradients, at::Tensor(), at::Tensor(), size[0], size[1], m, normalize, eps,
@@ -536,8 +526,6 @@ void fused_weighted_cam_out_cuda(const at::Tensor& activations, const at::Tensor
                                  double eps, at::Tensor& out) {
   const at::ScalarType dtype = check_weighted_inputs(activations, weights, bias, size, eps);
   check_out(out, activations, size, dtype, "fused_weighted_cam");
-  TORCH_CHECK(activations.is_cuda(), "fused_weighted_cam (CUDA): activations must be on a CUDA device, got ",
-              activations.device());
   const c10::cuda::CUDAGuard guard(activations.device());
   const at::Tensor b = bias_or_undefined(bias);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, activations.scalar_type(), "fused_weighted_cam_cuda", [&] {
