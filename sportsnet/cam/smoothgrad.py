@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from ..ops import fused_weighted_cam
-from ..ops.reference import GRADCAM_PP_EPS
+from ..ops.reference import gradcampp_weights
 from .explainer import GradCAM, average_layers
 from .hooks import ActivationCapture
 
@@ -59,10 +59,6 @@ class SmoothGradCAMpp(GradCAM):
         for k in range(K):
             per_layer = []
             for A, m in zip(views, moments[k]):
-                d1, d2, d3 = m / self.num_samples
-                sum_a = A.sum((2, 3), keepdim=True)
-                alpha = torch.where(d2 != 0, d2 / (2 * d2 + sum_a * d3 + GRADCAM_PP_EPS), torch.zeros_like(d2))
-                weights = (alpha * d1.relu()).sum((2, 3))
-                per_layer.append(fused_weighted_cam(A, weights, size))
+                per_layer.append(fused_weighted_cam(A, gradcampp_weights(A, *(m / self.num_samples)), size))
             maps[:, k] = average_layers(per_layer)
         return maps

@@ -79,8 +79,33 @@ def gradcam_reference(activations: torch.Tensor, gradients: torch.Tensor, size: 
     """
     H, W = check_inputs(activations, gradients, size, method, eps)
     acc = output_dtype(activations.dtype)
-    return _epilogue(channel_terms(activations.to(acc), gradients.to(acc), method, eps).sum(dim=1), (H, W),
-                     normalize, eps, out)
+    A, G = activations.to(acc), gradients.to(acc)
+    weights = channel_weights(A, G, method, eps)
+    cam = channel_terms(A, G, method, eps).sum(dim=1) if weights is None else torch.einsum("bk,bkhw->bhw", weights, A)
+    return _epilogue(cam, (H, W), normalize, eps, out, "fused_gradcam")
+
+
+def gradcampp_weights(A: torch.Tensor, g1: torch.Tensor, g2: torch.Tensor, g3: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM++'s ``(B, K)`` channel weights sum(alpha ReLU(g1)), alpha = g2 / (2 g2 + sum(A) g3 + 1e-6), 0
+    where g2 = 0, from the gradient's first three powers (G, G^2, G^3; SmoothGrad-CAM++ passes their means
+    over noisy samples)."""
+    alpha = g2 / (2 * g2 + A.sum(dim=(2, 3), keepdim=True) * g3 + GRADCAM_PP_EPS)
+    alpha = torch.where(g2 != 0, alpha, torch.zeros_like(alpha))
+    return (alpha * g1.relu()).sum(dim=(2, 3))
+
+
+def channel_weights(A: torch.Tensor, G: torch.Tensor, method: str, eps: float = 1e-7) -> torch.Tensor | None:
+    """``(B, K)``: the channel weights w_k of the channel-weighted methods; None for ``hirescam``,
+    ``layercam`` and ``gradcam-elementwise``, whose terms are element-wise."""
+    if method == "gradcam":
+        return G.mean(dim=(2, 3))
+    if method == "gradcam++":
+        return gradcampp_weights(A, G, G * G, G * G * G)
+    if method == "xgradcam":
+        return (A * G).sum(dim=(2, 3)) / (A.sum(dim=(2, 3)) + eps)
+    if method in ("hirescam", "layercam", "gradcam-elementwise"):
+        return None
+    raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
 
 
 def channel_terms(A: torch.Tensor, G: torch.Tensor, method: str, eps: float = 1e-7) -> torch.Tensor:
@@ -88,28 +113,18 @@ def channel_terms(A: torch.Tensor, G: torch.Tensor, method: str, eps: float = 1e
     ReLU, is the map): w_k A_k for the channel-weighted methods, G A (``hirescam``), ReLU(G) A
     (``layercam``), ReLU(G A) (``gradcam-elementwise``). The weighted activations that pytorch-grad-cam's
     ``eigen_smooth`` projects."""
-    if method == "gradcam":
-        weights = G.mean(dim=(2, 3))
-    elif method == "gradcam++":
-        g2, g3 = G * G, G * G * G
-        alpha = g2 / (2 * g2 + A.sum(dim=(2, 3), keepdim=True) * g3 + GRADCAM_PP_EPS)
-        alpha = torch.where(G != 0, alpha, torch.zeros_like(alpha))
-        weights = (alpha * G.relu()).sum(dim=(2, 3))
-    elif method == "xgradcam":
-        weights = (A * G).sum(dim=(2, 3)) / (A.sum(dim=(2, 3)) + eps)
-    elif method == "hirescam":
+    weights = channel_weights(A, G, method, eps)
+    if weights is not None:
+        return weights[:, :, None, None] * A
+    if method == "hirescam":
         return G * A
-    elif method == "layercam":
+    if method == "layercam":
         return G.relu() * A
-    elif method == "gradcam-elementwise":
-        return (G * A).relu()
-    else:
-        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
-    return weights[:, :, None, None] * A
+    return (G * A).relu()  # gradcam-elementwise
 
 
 def _epilogue(cam: torch.Tensor, size: tuple[int, int], normalize: bool, eps: float,
-              out: torch.Tensor | None) -> torch.Tensor:
+              out: torch.Tensor | None, op: str) -> torch.Tensor:
     """ReLU, bilinear resizing, per-map normalisation (NaN for a map with a non-finite value), out=."""
     H, W = size
     cam = cam.relu()
@@ -123,7 +138,7 @@ def _epilogue(cam: torch.Tensor, size: tuple[int, int], normalize: bool, eps: fl
     if out is None:
         return cam
     if out.shape != cam.shape or out.dtype != cam.dtype or out.device != cam.device:
-        raise ValueError(f"out must be a {cam.dtype} tensor of shape {tuple(cam.shape)} on "
+        raise ValueError(f"{op}: out must be a {cam.dtype} tensor of shape {tuple(cam.shape)} on "
                          f"{cam.device}, got {out.dtype} {tuple(out.shape)} on {out.device}")
     return out.copy_(cam)
 
@@ -144,7 +159,7 @@ def check_weighted_inputs(activations: torch.Tensor, weights: torch.Tensor, bias
     if bias is not None and (not isinstance(bias, torch.Tensor) or bias.shape != (B,)):
         raise ValueError(f"fused_weighted_cam: bias must be None or a tensor of shape (B,) = ({B},), got "
                          f"{tuple(bias.shape) if isinstance(bias, torch.Tensor) else type(bias).__name__}")
-    for name, t in (("activations", activations), ("weights", weights), ("bias", bias)):
+    for name, t in (("weights", weights), ("bias", bias)):
         if t is not None and t.device != activations.device:
             raise ValueError(f"fused_weighted_cam: {name} ({t.device}) and activations ({activations.device}) "
                              f"must be on the same device")
@@ -175,4 +190,4 @@ def weighted_cam_reference(activations: torch.Tensor, weights: torch.Tensor, siz
     cam = torch.einsum("bk,bkhw->bhw", weights, activations.to(acc))
     if bias is not None:
         cam = cam + bias[:, None, None]
-    return _epilogue(cam, (H, W), normalize, eps, out)
+    return _epilogue(cam, (H, W), normalize, eps, out, "fused_weighted_cam")
