@@ -31,6 +31,7 @@ from torchvision.utils import save_image
 from tqdm.auto import tqdm
 
 from ..cam import EXPLAINERS, make_explainer
+from ..cam.gradient_free import GradientFreeCAM
 from ..cam.metrics import RunningMeans, score_explanations
 from ..cam.overlay import overlay, save_grid
 from ..data import (
@@ -178,7 +179,7 @@ def method_options(method: str, cfg: ExplainConfig) -> dict:
     """The explainer options ``explain.py``'s flags set for ``method``."""
     cls = EXPLAINERS[method]
     options = {}
-    if not cls.needs_gradients and method != "cam":
+    if issubclass(cls, GradientFreeCAM):
         options.update(precision=cfg.precision, batch_size=cfg.cam_batch or None)
     if cfg.samples and method in ("sscam", "iscam", "smoothgradcam++"):
         options["num_samples"] = cfg.samples

@@ -14,18 +14,18 @@ import torch
 from torch import nn
 
 from ..ops import fused_weighted_cam
-from .explainer import average_layers
-from .gradient_free import GradientFreeCAM
+from .explainer import CamExplainer, average_layers
 from .hooks import resolve_layer
 
 
-class CAM(GradientFreeCAM):
+class CAM(CamExplainer):
     """Args (besides :class:`CamExplainer`'s):
         fc_layer: the linear layer after the global average pool (a module or a dotted name); default:
             the model's last ``nn.Linear``.
     """
 
     name = "cam"
+    needs_gradients = False  # the classifier's weights; no backward and no extra forward
 
     def __init__(self, model: nn.Module, target_layer: str | nn.Module | Sequence[str | nn.Module] | None = None,
                  size: tuple[int, int] | None = None, *, fc_layer: str | nn.Module | None = None):

@@ -4,11 +4,11 @@ centred, projected on its first principal direction v:
 
     map = ReLU(sum_k v_k (X_k - mean(X_k))) = ReLU(sum_k v_k X_k + bias),  bias = -sum_k v_k mean(X_k)
 
-which is :func:`sportsnet.ops.fused_weighted_cam` with weights v and that bias. One batched SVD per
+which is :func:`sportsnet.ops.fused_weighted_cam` with weights v and that bias. One batched eigendecomposition per
 layer. Eigen-CAM ignores the class: every target gets the same map (it needs no gradients and no
 forward beyond the first).
 
-Definition (where pytorch-grad-cam differs): an SVD's direction has no sign. We orient v so that the
+Definition (where pytorch-grad-cam differs): a principal direction has no sign. We orient v so that the
 projection's largest magnitude is positive (the sign correction of Seg-Eigen-CAM, Chung and Ying 2025,
 which pytorch-grad-cam ships as ``get_2d_projection_with_sign_correction``); pytorch-grad-cam's
 EigenCAM keeps whatever sign LAPACK returns.

@@ -23,7 +23,7 @@ def principal_projection(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def first_right_singular_vector(M: torch.Tensor) -> torch.Tensor:
     """``(B, C)``: the right singular vector of each ``(n, C)`` matrix's largest singular value (sign
     arbitrary), from the eigendecomposition of the smaller of its two Gram matrices, which unlike a thin
-    SVD computes no other singular vectors (Eigen-CAM's bench_methods row measures the difference). A zero
+    SVD computes no other singular vectors. A zero
     matrix gives a zero vector (its projection is zero either way)."""
     n, C = M.shape[1:]
     with torch.autocast(M.device.type, enabled=False):  # the products in M's dtype, not an autocast one

@@ -15,7 +15,6 @@ from __future__ import annotations
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ..ops import fused_weighted_cam
 from .explainer import GradCAM, average_layers
 
 
@@ -43,7 +42,8 @@ class ShapleyCAM(GradCAM):
             per_layer = []
             for n, a, g, hvp in zip(self.target_layers, acts, grads, hvps):
                 corrected = g.detach() if hvp is None else g.detach() - 0.5 * hvp.detach()
-                weights = self.maps_view(corrected, n, B).float().mean((2, 3))
-                per_layer.append(fused_weighted_cam(self.maps_view(a.detach(), n, B).float(), weights, size))
+                # Grad-CAM's weights (the mean over positions) of the corrected gradient.
+                per_layer.append(self._from_gradients(self.maps_view(a.detach(), n, B),
+                                                      self.maps_view(corrected, n, B), size))
             maps[:, k] = average_layers(per_layer)
         return maps
