@@ -13,7 +13,7 @@ from sportsnet.cam.eigencam import principal_projection
 from sportsnet.cam.scorecam import channel_masks
 from sportsnet.cam.split import rest_of_model, split_after
 from sportsnet.models import sports_vgg19
-from sportsnet.ops import gradcam_reference
+from sportsnet.ops import gradcam_reference, weighted_cam_reference
 from tests.support import clip_tiny
 
 PARITY_ATOL = 1e-4
@@ -239,6 +239,7 @@ def test_a_branch_around_the_target_layer_takes_full_forwards(caplog):
             got = cam(images, targets=torch.tensor([1, 2]))
     assert "full forwards for each variant" in caplog.text
     # The drops equal ones computed literally: zero channel c of b's output in a full forward.
+    drops = torch.zeros(2, 6)
     with torch.no_grad():
         original = model(images)[torch.arange(2), torch.tensor([1, 2])]
         for b, cls in ((0, 1), (1, 2)):
@@ -249,8 +250,12 @@ def test_a_branch_around_the_target_layer_takes_full_forwards(caplog):
                 rest_fn = rest_of_model(model, ("b", model.b), images)
                 out = model.b(model.a(images[b:b + 1])).index_fill(1, torch.tensor([c]), 0.0)
                 assert torch.allclose(rest_fn(b, out)[0, cls], ablated, atol=1e-6)
-    assert got.maps.shape == (2, 1, 8, 8) and torch.isfinite(got.maps).all()
-    assert original.shape == (2,)
+                drops[b, c] = original[b] - ablated
+        A = model.b(model.a(images))
+    # ...and the maps are those drops, relative to the logit, as channel weights.
+    expected = weighted_cam_reference(A, drops / original[:, None], (8, 8))
+    assert got.maps.shape == (2, 1, 8, 8)
+    torch.testing.assert_close(got.maps[:, 0], expected, atol=1e-4, rtol=0)
 
 
 def test_ablation_skips_all_zero_channels_with_a_zero_drop():

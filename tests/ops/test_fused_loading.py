@@ -63,10 +63,11 @@ def test_require_ext_turns_the_fallback_into_an_error(tmp_path):
     assert "SPORTSNET_REQUIRE_EXT=1 forbids the reference fallback" in out["error"]
 
 
-def test_our_compile_flags_come_last_and_undo_pythons_wrapv():
-    """setup.py compiles with Python's own CFLAGS first, then ours. CPython's carry -fwrapv, under which GCC
-    compiled Grad-CAM++'s weight loops 2x slower than the just-in-time build (which has no Python CFLAGS):
-    the two builds, and the benchmark's baseline build, must generate the same code."""
+def test_our_compile_flags_undo_pythons_wrapv_when_they_follow_it():
+    """setuptools compiles with Python's own CFLAGS first, then an extension's extra_compile_args (ours,
+    from setup.py). CPython's carry -fwrapv, under which GCC compiled Grad-CAM++'s weight loops markedly
+    slower than the just-in-time build (which has no Python CFLAGS): ours must undo it, so the two builds,
+    and the benchmark's baseline build, generate the same code."""
     python_flags = shlex.split(sysconfig.get_config_var("CFLAGS") or "") + ["-fwrapv"]  # as CPython's builds have
     effective = python_flags + _build.CXX_FLAGS
     wrap = [f for f in effective if f in ("-fwrapv", "-fno-wrapv")]
