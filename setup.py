@@ -95,6 +95,7 @@ setup(
         "matplotlib",
     ],
     # The test extra: pytorch-grad-cam and torchcam for the parity tests of the CAM methods (pinned, and
-    # installed with the pinned torch pair by the Makefile, so they cannot pull another torch).
-    extras_require={"test": ["pytest", "ruff==0.17.6", "grad-cam==1.5.7", "torchcam==0.5.0"]},
+    # installed with the pinned torch pair by the Makefile, so they cannot pull another torch);
+    # threadpoolctl, with which bench_methods keeps numpy's BLAS (pytorch-grad-cam's) to one thread.
+    extras_require={"test": ["pytest", "ruff==0.17.6", "grad-cam==1.5.7", "torchcam==0.5.0", "threadpoolctl"]},
 )

@@ -25,6 +25,7 @@ import argparse
 import importlib
 from typing import Any, Callable
 
+import threadpoolctl
 import torch
 
 from ...cam import make_explainer
@@ -132,6 +133,13 @@ def bench_method(method, model, images, classes, reps, max_seconds):
 def run_device(device, args):
     if device.type == "cpu":
         torch.set_num_threads(args.threads)
+    # numpy's BLAS (pytorch-grad-cam's SVDs, cv2) on one thread: its idle threads spin after each call and
+    # slowed whatever ran next on a 2-core machine (floors of 33-73 ms against 15 ms in other rows).
+    with threadpoolctl.threadpool_limits(limits=1, user_api="blas"):
+        return _run_device(device, args)
+
+
+def _run_device(device, args):
     env = environment(device)
     torch.manual_seed(0)
     model = vgg19(width=args.width).to(device).eval()
