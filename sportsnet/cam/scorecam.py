@@ -45,9 +45,9 @@ class ScoreCAM(GradientFreeCAM):
 
     def default_batch_size(self, device: torch.device) -> int:
         """Each forward runs the whole model on an image-sized input. On a CPU, batches whose activations
-        stay in cache run faster (VGG19 forwards of 224 px images, channels-last float32, about 1.5x
-        faster in batches of 8 than of 32 on a 2-core AMD EPYC; benchmarks/bench_methods.py times the
-        method as a whole). A GPU wants large batches."""
+        stay in cache run faster (VGG19 forwards of 224 px images, channels-last float32, on a 2-core AMD
+        EPYC: faster in batches of 8 than of 32 with AVX-512, no slower capped at AVX2;
+        benchmarks/bench_methods.py times the method as a whole). A GPU wants large batches."""
         return 8 if device.type == "cpu" else 128
 
     def scales(self) -> list[float]:
