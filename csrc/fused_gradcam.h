@@ -14,7 +14,9 @@
 // weights given by the caller and a per-map bias, no gradients:
 //   weighted   map = ReLU(sum_k weights[b, k] A_k + bias[b])
 // then bilinear resizing with torch.nn.functional.interpolate's align_corners=False semantics and,
-// optionally, per-map (x - min) / (max - min + eps) with near-constant maps set to zero.
+// optionally, per-map (x - min) / (max - min + eps * max(|min|, |max|)) with near-constant maps set to
+// zero. The eps is relative: a CAM is defined up to a positive scale (logits times a temperature scale
+// every map), so its normalised map must not depend on that scale, also for maps of 1e-9.
 //
 // Non-finite values are never hidden (the contract the reference, sportsnet/ops/reference.py, states
 // too): NaN passes through every step (ReLU and the [0, 1] clamp return a NaN operand), so a raw map
@@ -189,7 +191,7 @@ SPORTSNET_HD bool is_flat(acc_t lo, acc_t hi) {
   return hi - lo <= acc_t(kFlatTolerance) * mag;
 }
 
-// (v - lo) / (hi - lo + eps), written as a multiply by the precomputed scale; clamped into [0, 1]
+// (v - lo) / (hi - lo + eps * mag), written as a multiply by the precomputed scale; clamped into [0, 1]
 // with NaN kept (1 < NaN is false). A map with a non-finite value gets lo = inv_range = NaN: all NaN.
 template <typename acc_t>
 SPORTSNET_HD acc_t normalized(acc_t v, acc_t lo, acc_t inv_range) {
@@ -199,7 +201,8 @@ SPORTSNET_HD acc_t normalized(acc_t v, acc_t lo, acc_t inv_range) {
 
 template <typename acc_t>
 SPORTSNET_HD acc_t inverse_range(acc_t lo, acc_t hi, acc_t eps) {
-  return is_flat(lo, hi) ? acc_t(0) : acc_t(1) / (hi - lo + acc_t(eps));
+  const acc_t mag = abs_value(lo) > abs_value(hi) ? abs_value(lo) : abs_value(hi);
+  return is_flat(lo, hi) ? acc_t(0) : acc_t(1) / (hi - lo + eps * mag);
 }
 
 }  // namespace sportsnet

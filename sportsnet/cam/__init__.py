@@ -1,8 +1,17 @@
 """Explanations: batched CAM methods (gradient-weighted and gradient-free), overlays, and
 faithfulness metrics.
 
-Knows nothing of datasets: boxes and labels come in as tensors. Every method is called the same way
-(:class:`CamExplainer`); :func:`make_explainer` builds one by name (``explain.py --method``).
+Knows nothing of datasets: boxes and labels come in as tensors. Each method is a class with its own
+name (:attr:`CamExplainer.name`), built and called the same way (:class:`CamExplainer`);
+:data:`EXPLAINERS` is built from the classes, and :func:`make_explainer` builds one by name or alias
+(``explain.py --method``):
+
+    from sportsnet.cam import GradCAMPlusPlus, make_explainer
+
+    with GradCAMPlusPlus(model) as cam:                  # the family's default target layer
+        out = cam(images, top_k=3)                       # out.maps: (B, 3, H, W) in [0, 1]
+    with make_explainer(swin, "HiResCAM") as cam:        # pytorch-grad-cam's class names work too
+        out = cam(images, targets=labels)                # channels-last stage: resolved from the model
 """
 from __future__ import annotations
 
@@ -10,48 +19,78 @@ from typing import Any
 
 from torch import nn
 
-from ..ops import METHODS as GRADIENT_METHODS
 from .ablationcam import AblationCAM
 from .class_activation import CAM
 from .eigencam import KPCACAM, EigenCAM, EigenGradCAM
-from .explainer import CamExplainer, CamOutput, GradCAM
+from .explainer import (
+    CamExplainer,
+    CamOutput,
+    GradCAM,
+    GradCAMElementWise,
+    GradCAMPlusPlus,
+    GradientWeightedCAM,
+    HiResCAM,
+    LayerCAM,
+    XGradCAM,
+)
 from .finercam import FinerCAM
 from .fullgrad import FullGrad
+from .gradient_free import GradientFreeCAM
 from .guided import GuidedGradCAM, guided_backprop
-from .hooks import default_target_layer, resolve_layer
+from .hooks import resolve_layer
+from .layouts import LAYOUTS
 from .scorecam import ISCAM, SSCAM, ScoreCAM
 from .shapleycam import ShapleyCAM
 from .smoothgrad import SmoothGradCAMpp
+from .targets import default_target_layer
 
-#: Every method by name: the gradient-weighted ones of the fused operator, then the others.
-EXPLAINERS: dict[str, type[CamExplainer]] = {
-    **{m: GradCAM for m in GRADIENT_METHODS},
-    "eigengradcam": EigenGradCAM,
-    "smoothgradcam++": SmoothGradCAMpp,
-    "finercam": FinerCAM,
-    "guided-gradcam": GuidedGradCAM,
-    "fullgrad": FullGrad,
-    "shapleycam": ShapleyCAM,
-    "cam": CAM,
-    "scorecam": ScoreCAM,
-    "sscam": SSCAM,
-    "iscam": ISCAM,
-    "ablationcam": AblationCAM,
-    "eigencam": EigenCAM,
-    "kpcacam": KPCACAM,
-}
+#: Every method's class, in the order tables list them: the gradient-weighted ones, then the others.
+METHOD_CLASSES: tuple[type[CamExplainer], ...] = (
+    GradCAM, GradCAMPlusPlus, XGradCAM, HiResCAM, LayerCAM, GradCAMElementWise, EigenGradCAM, SmoothGradCAMpp,
+    FinerCAM, GuidedGradCAM, FullGrad, ShapleyCAM, CAM, ScoreCAM, SSCAM, ISCAM, AblationCAM, EigenCAM, KPCACAM,
+)
 
 
-def make_explainer(model: nn.Module, method: str, target_layer=None, size=None, **options: Any) -> CamExplainer:
-    """The explainer of ``method`` (a key of :data:`EXPLAINERS`) for ``model``."""
-    if method not in EXPLAINERS:
-        raise ValueError(f"method={method!r} is not one of {', '.join(EXPLAINERS)}")
-    cls = EXPLAINERS[method]
-    if cls is GradCAM:
-        return GradCAM(model, target_layer, method=method, size=size, **options)
-    return cls(model, target_layer, size, **options)
+def _registry() -> tuple[dict[str, type[CamExplainer]], dict[str, str]]:
+    names: dict[str, type[CamExplainer]] = {}
+    aliases: dict[str, str] = {}
+    for cls in METHOD_CLASSES:
+        if not cls.name or cls.name in names:
+            raise RuntimeError(f"{cls.__name__}.name={cls.name!r} is empty or taken")
+        names[cls.name] = cls
+        for alias in (cls.__name__, *cls.aliases):
+            if alias != cls.name:
+                aliases[alias] = cls.name
+    clash = set(names) & set(aliases)
+    if clash:
+        raise RuntimeError(f"aliases {sorted(clash)} are also method names")
+    return names, aliases
 
 
-__all__ = ["EXPLAINERS", "AblationCAM", "CAM", "CamExplainer", "CamOutput", "EigenCAM", "EigenGradCAM", "FinerCAM",
-           "FullGrad", "GradCAM", "GuidedGradCAM", "ISCAM", "KPCACAM", "SSCAM", "ScoreCAM", "ShapleyCAM",
-           "SmoothGradCAMpp", "default_target_layer", "guided_backprop", "make_explainer", "resolve_layer"]
+#: Every method by its one spelling (``explain.py --method``, result files), built from the classes.
+#: ALIASES: other spellings accepted by :func:`method_name`: each class's name (pytorch-grad-cam's and
+#: torchcam's where they match, e.g. ``GradCAMPlusPlus``, ``XGradCAM``, ``HiResCAM``) and their others.
+EXPLAINERS, ALIASES = _registry()
+
+
+def method_name(method: str) -> str:
+    """The one spelling of ``method``: a key of :data:`EXPLAINERS`, or an alias of one."""
+    if method in EXPLAINERS:
+        return method
+    if method in ALIASES:
+        return ALIASES[method]
+    raise ValueError(f"method={method!r} is not one of {', '.join(EXPLAINERS)} (or a class name such as "
+                     f"GradCAMPlusPlus)")
+
+
+def make_explainer(model: nn.Module, method: str, target_layer=None, **options: Any) -> CamExplainer:
+    """The explainer of ``method`` (a name or an alias, :func:`method_name`) for ``model``; ``options``
+    are the class's keyword arguments (``size``, ``layout``, ``reshape``, the method's own)."""
+    return EXPLAINERS[method_name(method)](model, target_layer, **options)
+
+
+__all__ = ["ALIASES", "EXPLAINERS", "LAYOUTS", "METHOD_CLASSES", "AblationCAM", "CAM", "CamExplainer", "CamOutput",
+           "EigenCAM", "EigenGradCAM", "FinerCAM", "FullGrad", "GradCAM", "GradCAMElementWise", "GradCAMPlusPlus",
+           "GradientFreeCAM", "GradientWeightedCAM", "GuidedGradCAM", "HiResCAM", "ISCAM", "KPCACAM", "LayerCAM",
+           "SSCAM", "ScoreCAM", "ShapleyCAM", "SmoothGradCAMpp", "XGradCAM", "default_target_layer",
+           "guided_backprop", "make_explainer", "method_name", "resolve_layer"]

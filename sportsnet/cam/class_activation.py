@@ -8,13 +8,11 @@ to the target layer's average over positions.
 """
 from __future__ import annotations
 
-from typing import Sequence
-
 import torch
 from torch import nn
 
 from ..ops import fused_weighted_cam
-from .explainer import CamExplainer, average_layers
+from .explainer import CamExplainer, TargetLayers, average_layers
 from .hooks import resolve_layer
 
 
@@ -27,9 +25,9 @@ class CAM(CamExplainer):
     name = "cam"
     needs_gradients = False  # the classifier's weights; no backward and no extra forward
 
-    def __init__(self, model: nn.Module, target_layer: str | nn.Module | Sequence[str | nn.Module] | None = None,
-                 size: tuple[int, int] | None = None, *, fc_layer: str | nn.Module | None = None):
-        super().__init__(model, target_layer, size)
+    def __init__(self, model: nn.Module, target_layer: TargetLayers = None, *, fc_layer: str | nn.Module | None = None,
+                 **options):
+        super().__init__(model, target_layer, **options)
         if fc_layer is None:
             linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
             if not linears:
@@ -44,7 +42,7 @@ class CAM(CamExplainer):
         B, K = classes.shape
         per_layer = []
         for name, act in zip(self.target_layers, acts):
-            A = self.maps_view(act, name, B)
+            A = self.maps_view(act, name)
             if A.shape[1] != self.fc.in_features:
                 raise ValueError(f"CAM: layer {name!r} has {A.shape[1]} channels but {self.fc_name!r} takes "
                                  f"{self.fc.in_features} features; CAM needs a head of global average pooling "

@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 
 from ..ops import fused_weighted_cam
-from .explainer import GradCAM, average_layers
+from .explainer import GradientWeightedCAM, average_layers
 from .gradient_free import GradientFreeCAM
 from .projection import principal_projection
 
@@ -39,18 +39,16 @@ class EigenCAM(GradientFreeCAM):
         B, K = classes.shape
         per_layer = []
         for name, act in zip(self.target_layers, acts):
-            A = self.maps_view(act, name, B)
+            A = self.maps_view(act, name)
             weights, bias = principal_projection(A)
             per_layer.append(fused_weighted_cam(A.float(), weights, size, bias=bias))
         return average_layers(per_layer)[:, None].expand(B, K, *size).contiguous()
 
 
-class EigenGradCAM(GradCAM):
+class EigenGradCAM(GradientWeightedCAM):
     """Eigen-Grad-CAM: the principal projection of activations x gradients, per target."""
 
-    def __init__(self, model, target_layer=None, size=None):
-        super().__init__(model, target_layer, "gradcam", size)
-        self.name = "eigengradcam"
+    name = "eigengradcam"
 
     def _from_gradients(self, A, G, size):
         X = A.float() * G.float()
@@ -89,11 +87,11 @@ def kernel_projection(X: torch.Tensor, kernel: str = "sigmoid", gamma: float | N
 class KPCACAM(GradientFreeCAM):
     """KPCA-CAM; ``kernel`` (sigmoid, rbf, poly, linear) and ``gamma`` (default 1/C) as scikit-learn's."""
 
-    name = "kpcacam"
+    name, aliases = "kpcacam", ("KPCA_CAM",)
 
-    def __init__(self, model, target_layer=None, size=None, *, kernel: str = "sigmoid", gamma: float | None = None,
+    def __init__(self, model, target_layer=None, *, kernel: str = "sigmoid", gamma: float | None = None,
                  **options):
-        super().__init__(model, target_layer, size, **options)
+        super().__init__(model, target_layer, **options)
         if kernel not in ("sigmoid", "rbf", "poly", "linear"):
             raise ValueError(f"kernel={kernel!r} is not one of sigmoid, rbf, poly, linear")
         self.kernel, self.gamma = kernel, gamma
@@ -102,6 +100,6 @@ class KPCACAM(GradientFreeCAM):
         B, K = classes.shape
         per_layer = []
         for name, act in zip(self.target_layers, acts):
-            p = kernel_projection(self.maps_view(act, name, B).float(), self.kernel, self.gamma)
+            p = kernel_projection(self.maps_view(act, name).float(), self.kernel, self.gamma)
             per_layer.append(fused_weighted_cam(p[:, None], torch.ones(B, 1, device=p.device), size))
         return average_layers(per_layer)[:, None].expand(B, K, *size).contiguous()

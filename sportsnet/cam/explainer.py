@@ -1,18 +1,22 @@
 """Batched CAM explanations for any classifier returning ``(B, C)`` logits: the shared call
-(:class:`CamExplainer`) and the gradient-weighted family (:class:`GradCAM`).
+(:class:`CamExplainer`) and the gradient-weighted family (:class:`GradCAM`, :class:`GradCAMPlusPlus`,
+:class:`XGradCAM`, :class:`HiResCAM`, :class:`LayerCAM`, :class:`GradCAMElementWise`).
 
-    with GradCAM(model, target_layer="features.35", method="gradcam") as cam:
+    with GradCAMPlusPlus(model, target_layer="features.35") as cam:
         out = cam(images)                    # the predicted class
         out = cam(images, targets=labels)    # one class, (B,) or (B, K) classes
         out = cam(images, top_k=3)           # the 3 best classes, one forward pass
     out.maps     # (B, K, H, W) float32 in [0, 1] on the images' device
     out.classes  # (B, K) class indices; out.scores (B, K) softmax probabilities
 
-Every explainer (this module's, and the gradient-free ones beside it: Score-CAM, Ablation-CAM,
-Eigen-CAM, ...) is called the same way. One call puts the model in eval mode with every parameter
-frozen, runs one forward with hooks on the target layers, picks the classes, and hands the captured
-activations to the method; hooks live only for the duration of the call, and the model's mode and
-``requires_grad`` flags are restored afterwards, also after an exception.
+Every explainer (this module's, and the others beside it: Score-CAM, Ablation-CAM, Eigen-CAM, ...) is built
+the same way, ``Method(model, target_layer=None, *, size=None, layout=None, prefix_tokens=None,
+reshape=None, **the method's options)``, and called the same way. One call puts the model in eval mode with
+every parameter frozen, runs one forward with hooks on the target layers, picks the classes, and hands the
+captured activations to the method; hooks live only for the duration of the call, and the model's mode and
+``requires_grad`` flags are restored afterwards, also after an exception. The target layers' layouts
+(``(B, C, h, w)``, channels-last, token sequences) are resolved on the first call
+(:mod:`sportsnet.cam.layouts`): given, known from the model, or refused; never guessed.
 
 Grad-CAM family: a forward hook replaces the target layer's output with a detached leaf that requires
 grad. So the forward records no graph before that layer, and ``torch.autograd.grad`` takes each
@@ -26,19 +30,26 @@ the model alive (a large model on a GPU can be freed), and a later call is refus
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
 from ..ops import METHODS, fused_gradcam, fused_weighted_cam
 from ..ops.reference import channel_terms
-from .hooks import ActivationCapture, ModelState, as_maps, default_target_layer, resolve_layer
+from .hooks import ActivationCapture, ModelState, resolve_layer
+from .layouts import Layout, ModuleTrace, given_layout, resolve_layout
 from .projection import principal_projection
+from .targets import default_target_layer
+
+log = logging.getLogger(__name__)
 
 #: aug_smooth's test-time augmentations: (flip horizontally, scale), the identity first.
 AUGMENTATIONS = [(False, 1.0), (False, 0.9), (False, 1.1), (True, 1.0), (True, 0.9), (True, 1.1)]
+
+TargetLayers = str | nn.Module | Sequence[str | nn.Module] | None
 
 
 @dataclass
@@ -49,37 +60,39 @@ class CamOutput:
     logits: torch.Tensor  # (B, C) detached
 
 
-def _nearest_attribute(model: nn.Module, layer_name: str, attribute: str, kind: type):
-    """``attribute`` of the nearest ancestor of the layer that has one of type ``kind`` (open_clip
-    transformers have ``batch_first``, timm ViTs ``num_prefix_tokens``)."""
-    parts = layer_name.split(".")
-    modules = dict(model.named_modules())
-    for i in range(len(parts), -1, -1):
-        value = getattr(modules.get(".".join(parts[:i]), None), attribute, None)
-        if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
-            return value
-    return None
-
-
 class CamExplainer:
-    """The shared call of every CAM method. Subclasses set :attr:`needs_gradients` and implement
-    :meth:`_maps`.
+    """The shared call of every CAM method. Subclasses set :attr:`name`, :attr:`needs_gradients` and
+    implement :meth:`_maps`.
 
     Args:
         model: maps ``(B, 3, H, W)`` images to ``(B, C)`` logits.
         target_layer: a module, a dotted name, or a list of them (maps per layer are normalised, then
-            averaged); default: the family's usual layer (see :func:`default_target_layer`).
+            averaged); default: the family's usual layer (:func:`sportsnet.cam.default_target_layer`).
         size: ``(H, W)`` of the maps; default: the images' size.
+        layout: how the target layers' outputs hold channels and positions, one of
+            :data:`sportsnet.cam.layouts.LAYOUTS` (``BCHW``, ``BHWC``, ``BND``, ``NBD``); default: resolved
+            from the model, or refused with the option to pass.
+        prefix_tokens: leading non-patch tokens of a token layout (class, distillation, register tokens);
+            default: the model's ``num_prefix_tokens`` (or its family's count).
+        reshape: instead of ``layout``, a callable from a layer's output to ``(B, C, h, w)`` (as
+            pytorch-grad-cam's ``reshape_transform``); it is applied to the gradients too.
     """
 
     #: Whether the forward records a graph from the target layers (gradient-based methods), or runs
     #: under ``torch.inference_mode`` (gradient-free ones).
     needs_gradients = True
-    #: The method's name, as ``explain.py --method`` spells it.
+    #: Whether the maps come from the target layers (FullGrad's do not: it ignores them).
+    uses_target_layers = True
+    #: The method's one spelling (``make_explainer``, ``explain.py --method``, result files).
     name = ""
+    #: Other libraries' names for the method that :func:`sportsnet.cam.method_name` accepts, besides the
+    #: class's own name.
+    aliases: tuple[str, ...] = ()
 
-    def __init__(self, model: nn.Module, target_layer: str | nn.Module | Sequence[str | nn.Module] | None = None,
-                 size: tuple[int, int] | None = None):
+    def __init__(self, model: nn.Module, target_layer: TargetLayers = None, *, size: tuple[int, int] | None = None,
+                 layout: str | None = None, prefix_tokens: int | None = None,
+                 reshape: Callable[[torch.Tensor], torch.Tensor] | None = None):
+        given_layout(layout, prefix_tokens, reshape)
         self.model, self.size = model, size
         if target_layer is None:
             target_layer = default_target_layer(model)
@@ -88,10 +101,10 @@ class CamExplainer:
             raise ValueError("target_layer is an empty list")
         self.layers = [resolve_layer(model, layer) for layer in layers]
         self._names = [n for n, _ in self.layers]
-        # How token sequences are laid out: known from the model where it says so, guessed otherwise.
-        self.token_layout = {name: dict(batch_first=_nearest_attribute(model, name, "batch_first", bool),
-                                        prefix_tokens=_nearest_attribute(model, name, "num_prefix_tokens", int))
-                             for name in self._names}
+        self.layout_options = dict(layout=layout, prefix_tokens=prefix_tokens, reshape=reshape)
+        #: Each target layer's resolved :class:`~sportsnet.cam.layouts.Layout`, from the first call on.
+        self.layouts: dict[str, Layout] = {}
+        self._image_hw: tuple[int, int] = (0, 0)
         self.closed = False
 
     def close(self) -> None:
@@ -152,14 +165,26 @@ class CamExplainer:
             total += maps.flip(-1) if flip else maps
         return CamOutput(total / len(AUGMENTATIONS), out.classes, out.scores, out.logits)
 
+    def _unresolved(self) -> bool:
+        return self.uses_target_layers and any(n not in self.layouts for n in self._names)
+
+    def _resolve_layouts(self, acts: list[torch.Tensor], batch: int, trace: ModuleTrace | None) -> None:
+        for name, act in zip(self._names, acts):
+            if name not in self.layouts:
+                layout = resolve_layout(self.model, name, act, batch, self._image_hw, trace, **self.layout_options)
+                log.debug("cam: layer %r output %s read as %s (%s)", name, tuple(act.shape), layout.kind, layout.why)
+                self.layouts[name] = layout
+
     def _explain(self, images: torch.Tensor, targets, top_k: int | None) -> CamOutput:
         if self.closed:
             raise RuntimeError(f"this {type(self).__name__} (layers {self._names}) was closed, by leaving its `with` "
                                f"block or by close(); make a new one to explain again")
         if images.dim() != 4:
             raise ValueError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
-        size = tuple(self.size or images.shape[-2:])
+        self._image_hw = (int(images.shape[-2]), int(images.shape[-1]))
+        size = tuple(self.size or self._image_hw)
         state = ModelState.capture(self.model)
+        trace = ModuleTrace(self.model) if self._unresolved() else None
         capture = ActivationCapture(self.layers, gradients=self.needs_gradients)
         try:
             self.model.eval()
@@ -172,11 +197,16 @@ class CamExplainer:
                 missing = [n for n in self.target_layers if n not in capture.outputs]
                 if missing:
                     raise RuntimeError(f"the forward pass never ran target layer(s) {missing}")
-                classes = self._targets(logits.detach(), targets, top_k)
                 acts = [capture.outputs[n] for n in self.target_layers]
                 capture.remove()  # methods that run the model again must not re-capture
+                if trace is not None:
+                    trace.remove()
+                    self._resolve_layouts(acts, len(images), trace)
+                classes = self._targets(logits.detach(), targets, top_k)
                 maps = self._maps(images, logits, classes, acts, size)
         finally:
+            if trace is not None:
+                trace.remove()
             capture.remove()
             capture.clear()
             state.restore()
@@ -189,9 +219,9 @@ class CamExplainer:
         """``(B, K, H, W)`` maps for ``classes`` (B, K) from the target layers' outputs ``acts``."""
         raise NotImplementedError
 
-    def maps_view(self, act: torch.Tensor, name: str, batch: int) -> torch.Tensor:
-        """A target layer's output as ``(B, C, h, w)`` maps (token sequences as their patch grid)."""
-        return as_maps(act, batch, name, **self.token_layout[name])
+    def maps_view(self, act: torch.Tensor, name: str) -> torch.Tensor:
+        """A target layer's output (or its gradient) as ``(B, C, h, w)`` maps, read through its layout."""
+        return self.layouts[name].to_maps(act, name, self._image_hw)
 
 
 def average_layers(per_layer: list[torch.Tensor]) -> torch.Tensor:
@@ -199,19 +229,21 @@ def average_layers(per_layer: list[torch.Tensor]) -> torch.Tensor:
     return per_layer[0] if len(per_layer) == 1 else torch.stack(per_layer).mean(0)
 
 
-class GradCAM(CamExplainer):
-    """Gradient-weighted CAMs through :func:`sportsnet.ops.fused_gradcam`.
+class GradientWeightedCAM(CamExplainer):
+    """What the gradient-weighted methods share: each target's gradient at the target layers, one
+    :func:`sportsnet.ops.fused_gradcam` epilogue (its method :attr:`op_method`) per layer.
 
-    Args:
-        method: one of ``sportsnet.ops.METHODS``; the other arguments as :class:`CamExplainer`.
+    Args (besides :class:`CamExplainer`'s):
+        eigen_smooth: the map is the first principal component of the method's per-channel terms
+            (:func:`sportsnet.ops.reference.channel_terms`) instead of their sum (pytorch-grad-cam's option).
     """
 
-    def __init__(self, model: nn.Module, target_layer: str | nn.Module | Sequence[str | nn.Module] | None = None,
-                 method: str = "gradcam", size: tuple[int, int] | None = None, *, eigen_smooth: bool = False):
-        if method not in METHODS:
-            raise ValueError(f"method={method!r} is not one of {METHODS}")
-        super().__init__(model, target_layer, size)
-        self.method = self.name = method
+    #: The fused operator's method (one of ``sportsnet.ops.METHODS``).
+    op_method = "gradcam"
+
+    def __init__(self, model: nn.Module, target_layer: TargetLayers = None, *, size: tuple[int, int] | None = None,
+                 eigen_smooth: bool = False, **layout_options):
+        super().__init__(model, target_layer, size=size, **layout_options)
         self.eigen_smooth = eigen_smooth
 
     def _maps(self, images, logits, classes, acts, size):
@@ -220,8 +252,7 @@ class GradCAM(CamExplainer):
         for k in range(K):
             score = self._score(logits, classes[:, k]).sum()  # images are independent in eval mode
             grads = torch.autograd.grad(score, acts, retain_graph=k < K - 1)
-            maps[:, k] = average_layers([self._from_gradients(self.maps_view(a.detach(), n, B),
-                                                              self.maps_view(g, n, B), size)
+            maps[:, k] = average_layers([self._from_gradients(self.maps_view(a.detach(), n), self.maps_view(g, n), size)
                                          for n, a, g in zip(self.target_layers, acts, grads)])
         return maps
 
@@ -230,11 +261,53 @@ class GradCAM(CamExplainer):
         return logits.gather(1, classes[:, None])[:, 0]
 
     def _from_gradients(self, A: torch.Tensor, G: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """``(B, H, W)`` maps of one target layer from its activations and one target's gradients. With
-        ``eigen_smooth`` (pytorch-grad-cam's option), the map is the first principal component of the
-        method's per-channel terms (:func:`sportsnet.ops.reference.channel_terms`) instead of their sum."""
+        """``(B, H, W)`` maps of one target layer from its activations and one target's gradients."""
         if self.eigen_smooth:
-            X = channel_terms(A.float(), G.float(), self.method)
+            X = channel_terms(A.float(), G.float(), self.op_method)
             weights, bias = principal_projection(X)
             return fused_weighted_cam(X, weights, size, bias=bias)
-        return fused_gradcam(A, G, size, method=self.method)
+        return fused_gradcam(A, G, size, method=self.op_method)
+
+
+def check_op_method(method: str, who: str) -> str:
+    """``method`` if it is one of the fused operator's gradient methods, else a one-line error."""
+    if method not in METHODS:
+        raise ValueError(f"{who}: method={method!r} is not one of {', '.join(METHODS)}")
+    return method
+
+
+class GradCAM(GradientWeightedCAM):
+    """Grad-CAM (Selvaraju et al., 2017): w_k = the mean over positions of G_k; map ReLU(sum_k w_k A_k)."""
+
+    name, op_method = "gradcam", "gradcam"
+
+
+class GradCAMPlusPlus(GradientWeightedCAM):
+    """Grad-CAM++ (Chattopadhay et al., 2018): w_k = sum(alpha ReLU(G_k)),
+    alpha = G^2 / (2 G^2 + sum(A_k) G^3 + 1e-6)."""
+
+    name, op_method, aliases = "gradcam++", "gradcam++", ("GradCAMpp",)
+
+
+class XGradCAM(GradientWeightedCAM):
+    """XGrad-CAM (Fu et al., 2020): w_k = sum(A_k G_k) / (sum(A_k) + eps)."""
+
+    name, op_method = "xgradcam", "xgradcam"
+
+
+class HiResCAM(GradientWeightedCAM):
+    """HiResCAM (Draelos and Carin, 2020): map ReLU(sum_k G_k A_k), element-wise."""
+
+    name, op_method = "hirescam", "hirescam"
+
+
+class LayerCAM(GradientWeightedCAM):
+    """LayerCAM (Jiang et al., 2021): map ReLU(sum_k ReLU(G_k) A_k)."""
+
+    name, op_method = "layercam", "layercam"
+
+
+class GradCAMElementWise(GradientWeightedCAM):
+    """pytorch-grad-cam's GradCAMElementWise: map ReLU(sum_k ReLU(G_k A_k))."""
+
+    name, op_method = "gradcam-elementwise", "gradcam-elementwise"

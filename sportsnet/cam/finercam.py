@@ -9,19 +9,23 @@ With ``alpha = 0`` the score is the target's logit: plain Grad-CAM.
 """
 from __future__ import annotations
 
-from .explainer import GradCAM
+from .explainer import GradientWeightedCAM, check_op_method
 
 
-class FinerCAM(GradCAM):
-    """Args (besides :class:`GradCAM`'s): ``alpha`` (default 1), ``comparisons`` (default 3), the number
-    of nearest classes compared with."""
+class FinerCAM(GradientWeightedCAM):
+    """Args (besides :class:`CamExplainer`'s): ``method``, the gradient method whose map is made (default
+    ``gradcam``, one of ``sportsnet.ops.METHODS``); ``alpha`` (default 1); ``comparisons`` (default 3), the
+    number of nearest classes compared with."""
 
-    def __init__(self, model, target_layer=None, size=None, *, method: str = "gradcam", alpha: float = 1.0,
-                 comparisons: int = 3):
-        super().__init__(model, target_layer, method, size)
+    name = "finercam"
+
+    def __init__(self, model, target_layer=None, *, method: str = "gradcam", alpha: float = 1.0, comparisons: int = 3,
+                 **options):
+        super().__init__(model, target_layer, **options)
+        self.op_method = check_op_method(method, "FinerCAM")
         if not isinstance(comparisons, int) or comparisons < 1:
             raise ValueError(f"comparisons={comparisons!r} must be a positive integer")
-        self.name, self.alpha, self.comparisons = "finercam", float(alpha), comparisons
+        self.alpha, self.comparisons = float(alpha), comparisons
 
     def _score(self, logits, classes):
         y = logits.float()

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..ops import fused_weighted_cam
-from .explainer import GradCAM
+from .explainer import GradientWeightedCAM
 
 SCALE_EPS = 1e-7  # pytorch-grad-cam's scale_cam_image: (x - min) / (max - min + 1e-7)
 
@@ -38,12 +38,14 @@ def scaled_channel_sum(X: torch.Tensor, size) -> torch.Tensor:
     return fused_weighted_cam(X, weights, size, bias=-(lo * weights).sum(1), normalize=False)
 
 
-class FullGrad(GradCAM):
+class FullGrad(GradientWeightedCAM):
     """FullGrad; ``target_layer`` is ignored (every bias layer counts)."""
 
-    def __init__(self, model, target_layer=None, size=None):
-        super().__init__(model, target_layer, "gradcam", size)
-        self.name = "fullgrad"
+    name = "fullgrad"
+    uses_target_layers = False
+
+    def __init__(self, model, target_layer=None, **options):
+        super().__init__(model, target_layer, **options)
         self.bias_layers = [m for m in model.modules() if type(m) in (nn.Conv2d, nn.BatchNorm2d) and m.bias is not None]
 
     def _maps(self, images, logits, classes, acts, size):

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..ops import fused_weighted_cam
-from .explainer import GradCAM
+from .explainer import GradientWeightedCAM, check_op_method
 
 
 class _GuidedReLU(torch.autograd.Function):
@@ -51,12 +51,15 @@ def guided_backprop(model: nn.Module, images: torch.Tensor, classes: torch.Tenso
             h.remove()
 
 
-class GuidedGradCAM(GradCAM):
-    """Guided Grad-CAM; ``method`` picks the Grad-CAM map (default ``gradcam``)."""
+class GuidedGradCAM(GradientWeightedCAM):
+    """Guided Grad-CAM; ``method`` picks the Grad-CAM map (default ``gradcam``, one of
+    ``sportsnet.ops.METHODS``)."""
 
-    def __init__(self, model, target_layer=None, size=None, *, method: str = "gradcam"):
-        super().__init__(model, target_layer, method, size)
-        self.name = "guided-gradcam"
+    name = "guided-gradcam"
+
+    def __init__(self, model, target_layer=None, *, method: str = "gradcam", **options):
+        super().__init__(model, target_layer, **options)
+        self.op_method = check_op_method(method, "GuidedGradCAM")
 
     def _maps(self, images, logits, classes, acts, size):
         cams = super()._maps(images, logits, classes, acts, size)

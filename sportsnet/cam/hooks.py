@@ -1,12 +1,11 @@
-"""Target layers, activation capture, and leaving the model exactly as it was found.
+"""Target layers by name, activation capture, and leaving the model exactly as it was found.
 
-Knows model *families* (by module class names) only to pick a default target layer; nothing here
-knows about datasets.
+Which layer a family's CAM uses by default is :mod:`sportsnet.cam.targets`; how a layer's output holds its
+channels is :mod:`sportsnet.cam.layouts`.
 """
 from __future__ import annotations
 
 import difflib
-import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -27,30 +26,6 @@ def resolve_layer(model: nn.Module, layer: str | nn.Module) -> tuple[str, nn.Mod
     close = difflib.get_close_matches(layer, [n for n in modules if n], n=5, cutoff=0.5)
     hint = f"; close matches: {', '.join(close)}" if close else ""
     raise ValueError(f"no layer named {layer!r} in {type(model).__name__}{hint}")
-
-
-def default_target_layer(model: nn.Module) -> str:
-    """The usual Grad-CAM layer of a known family.
-
-    VGG-style models (a ``features`` Sequential): the last ReLU of the conv base. open_clip ResNets
-    (``ModifiedResNet``): ``layer4``. open_clip ViTs (``VisionTransformer``): the last block's ``ln_1``.
-    """
-    for name, m in model.named_modules():
-        kind = type(m).__name__
-        prefix = f"{name}." if name else ""
-        if kind == "ModifiedResNet":
-            return prefix + "layer4"
-        if kind == "VisionTransformer" and hasattr(m, "transformer"):
-            return f"{prefix}transformer.resblocks.{len(m.transformer.resblocks) - 1}.ln_1"
-    features = getattr(model, "features", None)
-    if isinstance(features, nn.Sequential):
-        relus = [i for i, m in enumerate(features) if isinstance(m, nn.ReLU)]
-        if relus:
-            return f"features.{relus[-1]}"
-    raise ValueError(
-        f"no default target layer for {type(model).__name__}; pass target_layer= (a module or a dotted name "
-        f"such as 'features.35')"
-    )
 
 
 @dataclass
@@ -107,32 +82,3 @@ class ActivationCapture:
 
     def clear(self) -> None:
         self.outputs.clear()
-
-
-def as_maps(t: torch.Tensor, batch: int, name: str, batch_first: bool | None = None,
-            prefix_tokens: int | None = None) -> torch.Tensor:
-    """A layer output as a ``(B, C, h, w)`` map (a view, no copy).
-
-    4-D outputs are maps already. Token sequences ``(B, N, D)`` (or ``(N, B, D)``) become
-    ``(B, D, g, g)`` after dropping ``prefix_tokens`` leading non-patch tokens; when that is not
-    known, N must be a square (no class token) or a square plus one (a class token, as in CLIP ViTs).
-    """
-    if t.dim() == 4:
-        return t
-    if t.dim() == 3:
-        if batch_first is None:
-            batch_first = t.shape[0] == batch
-        seq = t if batch_first else t.transpose(0, 1)  # (B, N, D)
-        if seq.shape[0] != batch:
-            raise ValueError(f"layer {name!r} gives a token sequence of shape {tuple(t.shape)} that does not "
-                             f"match the batch of {batch}")
-        n = seq.shape[1]
-        candidates = [prefix_tokens] if prefix_tokens is not None else [0, 1]
-        for prefix in candidates:
-            g = math.isqrt(max(n - prefix, 0))
-            if g > 0 and g * g == n - prefix:
-                return seq[:, prefix:].transpose(1, 2).unflatten(2, (g, g))  # (B, D, g, g)
-        raise ValueError(f"layer {name!r}: {n} tokens do not form a square grid after "
-                         f"{' or '.join(map(str, candidates))} prefix token(s)")
-    raise ValueError(f"layer {name!r} gives a tensor of shape {tuple(t.shape)}; expected a (B, C, h, w) map "
-                     f"or a (B, N, D) token sequence")

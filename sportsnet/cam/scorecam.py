@@ -58,7 +58,7 @@ class ScoreCAM(GradientFreeCAM):
         B, K = classes.shape
         per_layer = []
         for name, act in zip(self.target_layers, acts):
-            A = self.maps_view(act, name, B).float()
+            A = self.maps_view(act, name).float()
             weights = torch.softmax(self.channel_scores(images, A, classes), dim=1)  # over channels
             per_layer.append(torch.stack([fused_weighted_cam(A, weights[:, :, k].contiguous(), size)
                                           for k in range(K)], dim=1))
@@ -98,9 +98,9 @@ class SSCAM(ScoreCAM):
 
     name = "sscam"
 
-    def __init__(self, model, target_layer=None, size=None, *, num_samples: int = 35, std: float = 2.0, seed: int = 0,
+    def __init__(self, model, target_layer=None, *, num_samples: int = 35, std: float = 2.0, seed: int = 0,
                  **options):
-        super().__init__(model, target_layer, size, **options)
+        super().__init__(model, target_layer, **options)
         if not isinstance(num_samples, int) or num_samples < 1 or not std >= 0:
             raise ValueError(f"SSCAM: num_samples={num_samples!r} must be a positive integer and std={std!r} >= 0")
         self.num_samples, self.std, self.seed = num_samples, float(std), seed
@@ -114,8 +114,8 @@ class ISCAM(ScoreCAM):
 
     name = "iscam"
 
-    def __init__(self, model, target_layer=None, size=None, *, num_samples: int = 10, **options):
-        super().__init__(model, target_layer, size, **options)
+    def __init__(self, model, target_layer=None, *, num_samples: int = 10, **options):
+        super().__init__(model, target_layer, **options)
         if not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"ISCAM: num_samples={num_samples!r} must be a positive integer")
         self.num_samples = num_samples

@@ -15,15 +15,13 @@ from __future__ import annotations
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .explainer import GradCAM, average_layers
+from .explainer import GradientWeightedCAM, average_layers
 
 
-class ShapleyCAM(GradCAM):
+class ShapleyCAM(GradientWeightedCAM):
     """ShapleyCAM; arguments as :class:`CamExplainer`."""
 
-    def __init__(self, model, target_layer=None, size=None):
-        super().__init__(model, target_layer, "gradcam", size)
-        self.name = "shapleycam"
+    name = "shapleycam"
 
     def _explain(self, images, targets, top_k):
         # The fused attention kernels (flash, memory-efficient) have no double backward: attention runs on
@@ -43,7 +41,7 @@ class ShapleyCAM(GradCAM):
             for n, a, g, hvp in zip(self.target_layers, acts, grads, hvps):
                 corrected = g.detach() if hvp is None else g.detach() - 0.5 * hvp.detach()
                 # Grad-CAM's weights (the mean over positions) of the corrected gradient.
-                per_layer.append(self._from_gradients(self.maps_view(a.detach(), n, B),
-                                                      self.maps_view(corrected, n, B), size))
+                per_layer.append(self._from_gradients(self.maps_view(a.detach(), n), self.maps_view(corrected, n),
+                                                      size))
             maps[:, k] = average_layers(per_layer)
         return maps

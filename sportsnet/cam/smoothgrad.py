@@ -17,24 +17,26 @@ import torch
 
 from ..ops import fused_weighted_cam
 from ..ops.reference import gradcampp_weights
-from .explainer import GradCAM, average_layers
+from .explainer import GradientWeightedCAM, average_layers
 from .hooks import ActivationCapture
 
 
-class SmoothGradCAMpp(GradCAM):
+class SmoothGradCAMpp(GradientWeightedCAM):
     """Args (besides :class:`CamExplainer`'s): ``num_samples`` noisy copies (default 4), noise ``std``
     (default 0.3, in the input's units), ``seed`` of the noise."""
 
-    def __init__(self, model, target_layer=None, size=None, *, num_samples: int = 4, std: float = 0.3, seed: int = 0):
-        super().__init__(model, target_layer, "gradcam++", size)
+    name, op_method = "smoothgradcam++", "gradcam++"
+
+    def __init__(self, model, target_layer=None, *, num_samples: int = 4, std: float = 0.3, seed: int = 0, **options):
+        super().__init__(model, target_layer, **options)
         if not isinstance(num_samples, int) or num_samples < 1 or not std >= 0:
             raise ValueError(f"SmoothGradCAMpp: num_samples={num_samples!r} must be a positive integer and "
                              f"std={std!r} >= 0")
-        self.name, self.num_samples, self.std, self.seed = "smoothgradcam++", num_samples, float(std), seed
+        self.num_samples, self.std, self.seed = num_samples, float(std), seed
 
     def _maps(self, images, logits, classes, acts, size):
         B, K = classes.shape
-        views = [self.maps_view(a.detach(), n, B).float() for n, a in zip(self.target_layers, acts)]
+        views = [self.maps_view(a.detach(), n).float() for n, a in zip(self.target_layers, acts)]
         moments = [[torch.zeros(3, *v.shape, device=v.device) for v in views] for _ in range(K)]
         generator = torch.Generator(device=images.device).manual_seed(self.seed)
         for _ in range(self.num_samples):
@@ -51,7 +53,7 @@ class SmoothGradCAMpp(GradCAM):
                 grads = torch.autograd.grad(out.gather(1, classes[:, k:k + 1]).sum(), sample_acts,
                                             retain_graph=k < K - 1)
                 for m, n, g in zip(moments[k], self.target_layers, grads):
-                    g = self.maps_view(g, n, B).float()
+                    g = self.maps_view(g, n).float()
                     m[0] += g
                     m[1] += g * g
                     m[2] += g * g * g

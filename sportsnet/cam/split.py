@@ -67,11 +67,12 @@ def split_after(model: nn.Module, layer_name: str) -> tuple[torch.fx.GraphModule
 
 
 def rest_of_model(model: nn.Module, layer: tuple[str, nn.Module], images: torch.Tensor,
-                  split: tuple[torch.fx.GraphModule | None, str] | None = None
+                  split: tuple[torch.fx.GraphModule | None, str] | None = None, batch_dim: int = 0
                   ) -> Callable[[int, torch.Tensor], torch.Tensor]:
     """``rest(b, outputs) -> logits``: the model's logits when the target layer's output for image ``b``
-    of ``images`` is replaced by each of ``outputs`` (a batch of variants, batch-first). ``split``: a
-    :func:`split_after` result to reuse (a caller with many calls traces once)."""
+    of ``images`` is replaced by each of ``outputs`` (a batch of variants along ``batch_dim``, the axis of
+    the batch in the layer's output: 1 for sequence-first tokens). ``split``: a :func:`split_after` result
+    to reuse (a caller with many calls traces once)."""
     name, module = layer
     rest, why = split if split is not None else split_after(model, name)
     key = (id(model), name)
@@ -84,7 +85,7 @@ def rest_of_model(model: nn.Module, layer: tuple[str, nn.Module], images: torch.
     def full(b: int, outputs: torch.Tensor) -> torch.Tensor:
         handle = module.register_forward_hook(lambda m, i, o: outputs)
         try:
-            return model(images[b:b + 1].expand(outputs.shape[0], *images.shape[1:]))
+            return model(images[b:b + 1].expand(outputs.shape[batch_dim], *images.shape[1:]))
         finally:
             handle.remove()
 

@@ -69,7 +69,10 @@ def gradcam_reference(activations: torch.Tensor, gradients: torch.Tensor, size: 
     w = sum(A G) / (sum(A) + eps). Map: ReLU(sum_k w_k A_k); ``hirescam`` ReLU(sum_k G_k A_k);
     ``layercam`` ReLU(sum_k ReLU(G_k) A_k); ``gradcam-elementwise`` (pytorch-grad-cam's
     GradCAMElementWise) ReLU(sum_k ReLU(G_k A_k)). Then bilinear resizing (align_corners=False) and, if
-    ``normalize``, per map (x - min) / (max - min + eps), near-constant maps giving zeros.
+    ``normalize``, per map (x - min) / (max - min + eps * max(|min|, |max|)), near-constant maps giving
+    zeros. The normalisation's eps is relative to the map's magnitude, so a map and the same map times
+    any positive scale (logits times a temperature) normalise alike, however small; ``xgradcam``'s weight
+    denominator uses ``eps`` as an absolute constant, as pytorch-grad-cam does.
     Returns ``(B, H, W)`` float32 (float64 for float64 inputs).
 
     Non-finite values are never hidden: NaN and inf go through every step as IEEE arithmetic takes
@@ -132,8 +135,9 @@ def _epilogue(cam: torch.Tensor, size: tuple[int, int], normalize: bool, eps: fl
     cam = F.interpolate(cam[:, None], size=(H, W), mode="bilinear", align_corners=False)[:, 0]
     if normalize and cam.numel():
         lo, hi = cam.amin(dim=(1, 2), keepdim=True), cam.amax(dim=(1, 2), keepdim=True)
-        flat = (hi - lo) <= FLAT_TOLERANCE * torch.maximum(lo.abs(), hi.abs())
-        cam = torch.where(flat, torch.zeros_like(cam), (cam - lo) / (hi - lo + eps))
+        magnitude = torch.maximum(lo.abs(), hi.abs())
+        flat = (hi - lo) <= FLAT_TOLERANCE * magnitude
+        cam = torch.where(flat, torch.zeros_like(cam), (cam - lo) / (hi - lo + eps * magnitude))
         cam = torch.where(finite, cam, torch.full_like(cam, float("nan")))
     if out is None:
         return cam

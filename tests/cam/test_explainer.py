@@ -1,4 +1,5 @@
-"""sportsnet.cam.GradCAM: maps, targets, model state, hooks, token sequences, errors."""
+"""sportsnet.cam's gradient-weighted explainers: maps, targets, model state, hooks, layouts (token sequences,
+channels-last stages, given or refused), scale invariance, errors."""
 import gc
 import warnings
 import weakref
@@ -7,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from sportsnet.cam import GradCAM, default_target_layer
-from sportsnet.cam.hooks import as_maps
+from sportsnet.cam import GradCAM, GradCAMPlusPlus, default_target_layer, make_explainer
+from sportsnet.cam.layouts import Layout
 from sportsnet.models import sports_vgg19
 from sportsnet.models.clip import load_clip
 from sportsnet.models.zero_shot import ZeroShotClassifier
@@ -49,7 +50,7 @@ def hand_captured(model, images, layer, classes):
 @pytest.mark.parametrize("method", METHODS)
 def test_maps_equal_the_reference_epilogue_on_hand_captured_tensors(model, images, method):
     layer = default_target_layer(model)
-    with GradCAM(model, method=method) as cam:
+    with make_explainer(model, method) as cam:
         out = cam(images)
     acts, grads = hand_captured(model, images, layer, out.classes[:, 0])
     expected = gradcam_reference(acts, grads, (64, 64), method=method)
@@ -79,7 +80,7 @@ def test_no_parameter_grad_is_touched_and_state_is_restored(model, images):
     model.head[-1].weight.grad = sentinel
     modes = [m.training for m in model.modules()]
     flags = [p.requires_grad for p in model.parameters()]
-    GradCAM(model, method="gradcam++")(images, top_k=2)
+    GradCAMPlusPlus(model)(images, top_k=2)
     assert [m.training for m in model.modules()] == modes
     assert [p.requires_grad for p in model.parameters()] == flags
     assert model.head[-1].weight.grad is sentinel and torch.equal(sentinel, torch.full_like(sentinel, 7.0))
@@ -175,23 +176,27 @@ def test_errors_name_the_problem(model, images):
     with pytest.raises(ValueError, match="top_k=7 must be an integer in"):
         cam(images, top_k=7)
     with pytest.raises(ValueError, match=r"layer 'head.2' gives a tensor of shape \(4, 128\); "
-                                         r"expected a \(B, C, h, w\)"):
+                                         r"expected \(B, C, h, w\) maps or a \(B, N, D\) token sequence; pass layout="):
         GradCAM(model, target_layer="head.2")(images)
-    with pytest.raises(ValueError, match="method='gradcam3'"):
-        GradCAM(model, method="gradcam3")
+    with pytest.raises(ValueError, match="method='gradcam3' is not one of gradcam, gradcam\\+\\+"):
+        make_explainer(model, "gradcam3")
+    with pytest.raises(TypeError, match="method"):
+        GradCAM(model, method="gradcam++")  # one class per method: GradCAMPlusPlus
 
 
 def test_token_sequences_become_grids():
     B, g, D = 2, 3, 5
     tokens = torch.arange(B * (g * g + 1) * D, dtype=torch.float32).reshape(B, g * g + 1, D)
-    grid = as_maps(tokens, B, "x")
+    grid = Layout("BND", prefix_tokens=1).to_maps(tokens, "x", (24, 24))
     assert grid.shape == (B, D, g, g)
     assert torch.equal(grid[1, :, 2, 1], tokens[1, 1 + 2 * g + 1])  # class token dropped, row-major patches
-    assert torch.equal(as_maps(tokens.transpose(0, 1), B, "x", batch_first=False), grid)
-    with pytest.raises(ValueError, match="20 tokens do not form a square grid after 0 or 1 prefix token"):
-        as_maps(torch.zeros(B, 20, D), B, "x")
-    with_registers = as_maps(torch.zeros(B, 21, D), B, "x", prefix_tokens=5)  # class + 4 register tokens
+    assert torch.equal(Layout("NBD", prefix_tokens=1).to_maps(tokens.transpose(0, 1), "x", (24, 24)), grid)
+    with pytest.raises(ValueError, match="20 tokens minus 0 prefix token"):
+        Layout("BND").to_maps(torch.zeros(B, 20, D), "x", (24, 24))
+    with_registers = Layout("BND", prefix_tokens=5).to_maps(torch.zeros(B, 21, D), "x", (24, 24))  # class + 4
     assert with_registers.shape == (B, D, 4, 4)
+    wide = Layout("BND", prefix_tokens=1).to_maps(torch.zeros(B, 1 + 3 * 5, D), "x", (48, 80))  # not square
+    assert wide.shape == (B, D, 3, 5)
 
 
 class ClipClassifier(nn.Module):
@@ -249,7 +254,6 @@ clip_tiny.register()
                                          ("tiny-rn-test", "visual.layer4")])
 def test_gradcam_of_a_free_text_prompt_is_the_hand_computation(name, layer):
     from sportsnet.cam import GradCAM, default_target_layer
-    from sportsnet.cam.hooks import as_maps
     from sportsnet.ops import gradcam_reference
 
     torch.manual_seed(0)
@@ -257,12 +261,142 @@ def test_gradcam_of_a_free_text_prompt_is_the_hand_computation(name, layer):
     clf = ZeroShotClassifier.from_names(b, ["a person surfing", "a person skiing"], ["{}"]).eval()
     assert default_target_layer(clf) == layer
     x = torch.randn(2, 3, b.image_size, b.image_size)
-    out = GradCAM(clf)(x, targets=1)  # the second prompt, whatever the prediction
+    cam = GradCAM(clf)
+    out = cam(x, targets=1)  # the second prompt, whatever the prediction
     assert out.maps.shape == (2, 1, b.image_size, b.image_size) and out.classes.eq(1).all()
+    layout = cam.layouts[layer]
     store = {}
     handle = dict(clf.named_modules())[layer].register_forward_hook(lambda m, i, o: store.__setitem__("a", o))
     logits = clf(x)
     handle.remove()
     grads = torch.autograd.grad(logits[:, 1].sum(), store["a"])[0]
-    expected = gradcam_reference(as_maps(store["a"].detach(), 2, layer), as_maps(grads, 2, layer), x.shape[-2:])
+    size = tuple(x.shape[-2:])
+    expected = gradcam_reference(layout.to_maps(store["a"].detach(), layer, size), layout.to_maps(grads, layer, size),
+                                 size)
     torch.testing.assert_close(out.maps[:, 0], expected, atol=1e-4, rtol=0)
+
+
+class ChannelsLastStage(nn.Module):
+    """A conv stem, then a stage that works channels-last, (B, h, w, C), as Swin and MambaOut do."""
+
+    def __init__(self, opaque=False):
+        super().__init__()
+        torch.manual_seed(2)
+        self.stem = nn.Conv2d(3, 8, 4, stride=4)
+        self.mix = nn.Linear(8, 8)
+        self.scale = nn.Parameter(torch.rand(8) + 0.5)
+        self.opaque = opaque
+        self.stage = nn.Identity()
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = self.stem(x).permute(0, 2, 3, 1)  # (B, h, w, C)
+        x = x * self.scale if self.opaque else self.mix(x)  # opaque: nothing says where the channels are
+        x = self.stage(x).relu()
+        return self.head(x.mean((1, 2)))
+
+
+def test_a_channels_last_stage_is_resolved_from_the_model_and_matches_its_permuted_maps():
+    model, x = ChannelsLastStage().eval(), torch.randn(2, 3, 24, 24)
+    with GradCAM(model, "stage") as cam:
+        out = cam(x, targets=[1, 2])
+        assert (cam.layouts["stage"].kind, cam.layouts["stage"].why) == ("BHWC", "mix keeps channels on axis 3")
+    a, g = hand_captured(model, x, "stage", torch.tensor([1, 2]))
+    expected = gradcam_reference(a.permute(0, 3, 1, 2), g.permute(0, 3, 1, 2), (24, 24))
+    torch.testing.assert_close(out.maps[:, 0], expected, atol=1e-5, rtol=0)
+    # A reshape as pytorch-grad-cam's reshape_transform gives the same maps; reading it as (B, C, h, w) does not.
+    with GradCAM(model, "stage", reshape=lambda t: t.permute(0, 3, 1, 2)) as cam:
+        torch.testing.assert_close(cam(x, targets=[1, 2]).maps, out.maps, atol=1e-6, rtol=0)
+    with GradCAM(model, "stage", layout="BCHW") as cam:  # told so: the caller's word is taken
+        assert (cam(x, targets=[1, 2]).maps - out.maps).abs().max() > 0.1
+
+
+def test_an_output_whose_layout_the_model_does_not_tell_is_refused_until_given():
+    model, x = ChannelsLastStage(opaque=True).eval(), torch.randn(2, 3, 24, 24)
+    for method in ("gradcam", "scorecam", "ablationcam", "eigencam"):
+        with pytest.raises(ValueError, match=r"cannot tell whether layer 'stage''s output \(2, 6, 6, 8\) is "
+                                             r"\(B, C, h, w\) or \(B, h, w, C\): no module with a known channel "
+                                             r"axis produced that shape; pass layout='BCHW'"):
+            with make_explainer(model, method, target_layer="stage") as cam:
+                cam(x)
+    # 32 px: (2, 8, 8, 8), as many channels as columns: the stem's (B, C, h, w) output of that shape proves
+    # nothing (a permute keeps the shape), so even the model that says so (mix) is not believed from outside.
+    with pytest.raises(ValueError, match=r"output \(2, 8, 8, 8\) is \(B, C, h, w\) or \(B, h, w, C\): axes 1 "
+                                         r"and 3 have the same size"):
+        GradCAM(ChannelsLastStage().eval(), "stage")(torch.randn(2, 3, 32, 32))
+    with GradCAM(model, "stage", layout="BHWC") as cam:
+        out = cam(x, targets=[0, 3])
+    a, g = hand_captured(model, x, "stage", torch.tensor([0, 3]))
+    expected = gradcam_reference(a.permute(0, 3, 1, 2), g.permute(0, 3, 1, 2), (24, 24))
+    torch.testing.assert_close(out.maps[:, 0], expected, atol=1e-5, rtol=0)
+
+
+class TinyTokens(nn.Module):
+    """A ViT-shaped model: 4x4 patches of 6 px, ``prefix`` leading tokens, one linear block."""
+
+    def __init__(self, prefix=1, declare=False):
+        super().__init__()
+        torch.manual_seed(3)
+        self.patch = nn.Conv2d(3, 8, 6, stride=6)
+        self.prefix = nn.Parameter(torch.randn(1, prefix, 8))
+        self.block = nn.Linear(8, 8)
+        self.head = nn.Linear(8, 5)
+        if declare:
+            self.num_prefix_tokens = prefix
+
+    def forward(self, x):
+        t = self.patch(x).flatten(2).transpose(1, 2)  # (B, 16, 8)
+        t = torch.cat([self.prefix.expand(len(x), -1, -1), t], 1)
+        t = self.block(t)
+        return self.head(t.relu().mean(1))
+
+
+def test_prefix_tokens_from_the_model_given_or_refused():
+    x = torch.randn(2, 3, 24, 24)
+    with GradCAM(TinyTokens(prefix=1).eval(), "block") as cam:  # one class token: 17 = 16 + 1, the only fit
+        cam(x)
+        assert cam.layouts["block"].prefix_tokens == 1 and "the only count of 0 or 1" in cam.layouts["block"].why
+    registers = TinyTokens(prefix=5).eval()  # a class token and 4 registers, undeclared
+    with pytest.raises(ValueError, match=r"layer 'block' gives 21 tokens and the model declares no prefix tokens.*"
+                                         r"pass prefix_tokens="):
+        GradCAM(registers, "block")(x)
+    given = GradCAM(registers, "block", prefix_tokens=5)(x, targets=[1, 2])
+    declared = TinyTokens(prefix=5, declare=True).eval()
+    with GradCAM(declared, "block") as cam:
+        torch.testing.assert_close(cam(x, targets=[1, 2]).maps, given.maps, atol=1e-6, rtol=0)
+        assert "num_prefix_tokens" in cam.layouts["block"].why
+
+
+def test_layout_arguments_are_checked():
+    model = ChannelsLastStage().eval()
+    for kwargs, message in [(dict(layout="NHWC"), "layout='NHWC' is not one of BCHW, BHWC, BND, NBD"),
+                            (dict(layout="BCHW", prefix_tokens=1), "prefix_tokens=1 applies to token layouts"),
+                            (dict(layout="BND", reshape=torch.clone), "pass reshape= or layout="),
+                            (dict(prefix_tokens=-1), "prefix_tokens=-1 must be a non-negative integer"),
+                            (dict(reshape="permute"), "reshape='permute' must be a callable")]:
+        with pytest.raises(ValueError, match=message):
+            GradCAM(model, "stage", **kwargs)
+    with pytest.raises(ValueError, match=r"reshape= turned layer 'stage''s output \(2, 6, 6, 8\) into \(72, 8\)"):
+        GradCAM(model, "stage", reshape=lambda t: t.reshape(-1, 8))(torch.randn(2, 3, 24, 24))
+
+
+class Scaled(nn.Module):
+    def __init__(self, model, factor):
+        super().__init__()
+        self.model, self.factor = model, factor
+
+    def forward(self, x):
+        return self.model(x) * self.factor
+
+
+@pytest.mark.parametrize("method", ["gradcam", "xgradcam", "hirescam", "layercam", "gradcam-elementwise",
+                                    "eigengradcam", "ablationcam", "eigencam"])
+def test_maps_do_not_depend_on_the_scale_of_the_logits(model, images, method):
+    """A CAM is defined up to a positive scale: logits times 1e-12 (random weights, a temperature) give the
+    same normalised maps, also where the raw map is below the epsilon (the normalisation's eps is relative).
+    Grad-CAM++ is left out: its alpha's 1e-6 constant makes the method itself depend on the scale."""
+    with make_explainer(model, method) as cam:
+        plain = cam(images).maps
+    with make_explainer(Scaled(model, 1e-12), method, target_layer=f"model.{default_target_layer(model)}") as cam:
+        tiny = cam(images).maps
+    assert plain.amax() > 0.99 and (plain - tiny).abs().max() <= 1e-4

@@ -262,6 +262,7 @@ def test_ablation_skips_all_zero_channels_with_a_zero_drop():
     model = SameResolution().eval()
     images = torch.rand(1, 3, 12, 12)
     with AblationCAM(model, "features.3", precision="fp32") as cam:
+        cam(images)  # resolves the layer's layout
         A = torch.rand(1, 16, 12, 12)
         A[0, :10] = 0.0
         calls = []

@@ -139,7 +139,7 @@ def literal_cam(A, G, size, method, normalize=True, eps=1e-7):
     for m in resized:
         lo, hi = m.min(), m.max()
         flat = hi - lo <= 1e-5 * max(abs(lo), abs(hi))
-        out.append(torch.zeros_like(m) if flat else (m - lo) / (hi - lo + eps))
+        out.append(torch.zeros_like(m) if flat else (m - lo) / (hi - lo + eps * max(abs(lo), abs(hi))))
     return torch.stack(out)
 
 

@@ -8,7 +8,7 @@ import itertools
 import pytest
 import torch
 
-from sportsnet.cam.hooks import as_maps
+from sportsnet.cam.layouts import Layout
 from sportsnet.ops import METHODS, backend, fused_gradcam, gradcam_reference
 from tests.support.op_bounds import assert_within_bound
 
@@ -59,8 +59,9 @@ def test_transformer_token_views(device, batch_first):
     grads = torch.randn(B, 1 + n * n, D, generator=g).to(device)
     if not batch_first:
         tokens, grads = tokens.transpose(0, 1).contiguous(), grads.transpose(0, 1).contiguous()
-    A = as_maps(tokens, B, "blocks.11", batch_first=batch_first)
-    G = as_maps(grads, B, "blocks.11", batch_first=batch_first)
+    layout = Layout("BND" if batch_first else "NBD", prefix_tokens=1)
+    A = layout.to_maps(tokens, "blocks.11", (224, 224))
+    G = layout.to_maps(grads, "blocks.11", (224, 224))
     assert A.shape == (B, D, n, n) and A.stride(1) == 1 and A.data_ptr() != A.contiguous().data_ptr()
     for method in METHODS:
         got = check(A, G, (32, 32), method, where=f"tokens batch_first={batch_first}")
