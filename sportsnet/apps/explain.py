@@ -5,7 +5,8 @@
     python experiments/explain.py --clip ViT-B-32 --pretrained openai --data /path/to/sports100
     python experiments/explain.py --clip RN50 --pretrained openai --images my_photos/ --prompt "a person surfing"
 
-The classifier is a train_vgg19 run (--checkpoint) or CLIP zero-shot (--clip): over the dataset's
+The classifier is a train_vgg19.py or train.py run (--checkpoint; any torchvision or timm backbone, explained
+at its family's default layer) or CLIP zero-shot (--clip): over the dataset's
 classes, the 100 sports for a folder of images, or free-text prompts (--prompt, ';' between several).
 
 Writes into --out: overlays/ (one PNG per image and class), grid.png (the first images, labelled),
@@ -30,16 +31,13 @@ from torch.utils.data import DataLoader
 from torchvision.utils import save_image
 from tqdm.auto import tqdm
 
-from ..cam import EXPLAINERS, make_explainer
+from ..cam import EXPLAINERS, LAYOUTS, LayoutError, make_explainer, method_name
 from ..cam.gradient_free import GradientFreeCAM
 from ..cam.metrics import RunningMeans, score_explanations
 from ..cam.overlay import overlay, save_grid
 from ..data import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     SPORTS100_CLASSES,
     ImageListDataset,
-    build_transforms,
     denormalize,
     read_boxes,
     summarize_skipped,
@@ -52,14 +50,14 @@ from ..models.zero_shot import ZeroShotClassifier
 from .bench.common import caption, environment, table, write_json
 from .clip_data import load_clip_or_exit, open_split, resolve_data
 from .config import device_from_flag, option, parse_config, precision_option, setup_logging, timestamp
-from .train_vgg19 import load_run
+from .runs import load_run
 
 log = logging.getLogger("explain")
 
 
 @dataclass
 class ExplainConfig:
-    checkpoint: str = option("", "a train_vgg19 run folder (uses its best.pt) or a checkpoint file")
+    checkpoint: str = option("", "a train_vgg19.py or train.py run folder (uses its best.pt) or a checkpoint file")
     clip: str = option("", "or an open_clip architecture to explain zero-shot (e.g. ViT-B-32, RN50)")
     pretrained: str = option("openai", "--clip weights: a tag, a local checkpoint file, or 'none'")
     prompts: str = option("sports", "--clip: prompt set of the class names", ("single", "sports", "imagenet"))
@@ -78,6 +76,11 @@ class ExplainConfig:
                               "benchmarks/tables.py (e.g. explain_methods_demo_cpu_avx2)")
     top_k: int = option(1, "explain the k most likely classes of each image")
     layer: str = option("", "target layer(s), dotted names, comma-separated (default: the model family's usual)")
+    layout: str = option("auto", "how the target layer's output holds channels and positions: BCHW (maps), BHWC "
+                                 "(channels-last maps, e.g. Swin), BND/NBD (tokens, batch or sequence first); auto: "
+                                 "resolved from the model, or refused with this flag's name", ("auto", *LAYOUTS))
+    prefix_tokens: int = option(-1, "tokens before the patch grid (class, distillation, registers) for a token "
+                                    "layout (-1: the model's own count)")
     pointing_tolerance: float = option(-1.0, "pointing-game tolerance in pixels (-1: the standard 15 px at 224 px, "
                                              "scaled to the input size)")
     out: str = option("", "output folder (default: outputs/explain-<time>)")
@@ -106,11 +109,12 @@ class Subject:
     name: str
 
 
-def vgg_subject(cfg: ExplainConfig, device) -> tuple[Subject, object]:
+def run_subject(cfg: ExplainConfig, device) -> tuple[Subject, object]:
+    """A train_vgg19.py or train.py run: its model, transforms and image statistics."""
     model, train_cfg, classes = load_run(cfg.checkpoint, device)
     size, resize = train_cfg.image_size, round(train_cfg.image_size * train_cfg.eval_resize_ratio)
-    transform = build_transforms(False, size, grayscale=train_cfg.grayscale, resize_ratio=train_cfg.eval_resize_ratio)
-    subject = Subject(model, classes, transform, IMAGENET_MEAN, IMAGENET_STD, size, resize, Path(cfg.checkpoint).name)
+    mean, std = train_cfg.image_stats()
+    subject = Subject(model, classes, train_cfg.transforms(False), mean, std, size, resize, Path(cfg.checkpoint).name)
     return subject, train_cfg
 
 
@@ -139,7 +143,7 @@ def open_images(cfg: ExplainConfig, transform, classes) -> ImageListDataset:
 
 
 def open_data(cfg: ExplainConfig, synthetic_root: str | None) -> tuple[str, Path]:
-    """``(kind, root)`` of --data; 'synthetic' is the VGG run's own (already written) set, or the CLIP
+    """``(kind, root)`` of --data; 'synthetic' is the run's own (already written) set, or the CLIP
     scripts' set."""
     if cfg.data == "synthetic" and synthetic_root:
         return "sports100", Path(synthetic_root)
@@ -175,6 +179,14 @@ class Indexed(torch.utils.data.Dataset):
         return x, y, i
 
 
+def _is_alias(method: str) -> bool:
+    try:
+        method_name(method)
+    except ValueError:
+        return False
+    return True
+
+
 def method_options(method: str, cfg: ExplainConfig) -> dict:
     """The explainer options ``explain.py``'s flags set for ``method``."""
     cls = EXPLAINERS[method]
@@ -183,6 +195,10 @@ def method_options(method: str, cfg: ExplainConfig) -> dict:
         options.update(precision=cfg.precision, batch_size=cfg.cam_batch or None)
     if cfg.samples and method in ("sscam", "iscam", "smoothgradcam++"):
         options["num_samples"] = cfg.samples
+    if cfg.layout != "auto":
+        options["layout"] = cfg.layout
+    if cfg.prefix_tokens >= 0:
+        options["prefix_tokens"] = cfg.prefix_tokens
     return options
 
 
@@ -222,16 +238,18 @@ def main(argv=None) -> dict:
     if bool(cfg.images) == bool(cfg.data):
         raise SystemExit("error: give exactly one of --data (with --split) or --images")
     methods = list(EXPLAINERS) if cfg.method == "all" else [m.strip() for m in cfg.method.split(",")]
-    unknown = [m for m in methods if m not in EXPLAINERS]
+    unknown = [m for m in methods if m not in EXPLAINERS and not _is_alias(m)]
     if unknown:
-        raise SystemExit(f"error: unknown method(s) {unknown}; expected {', '.join(EXPLAINERS)} or 'all'")
+        raise SystemExit(f"error: unknown method(s) {unknown}; expected {', '.join(EXPLAINERS)}, a class name such "
+                         f"as GradCAMPlusPlus, or 'all'")
+    methods = [method_name(m) for m in methods]
     if cfg.batch_size < 1 or cfg.top_k < 1 or cfg.cam_batch < 0 or cfg.samples < 0:
         raise SystemExit(f"error: --batch-size ({cfg.batch_size}) and --top-k ({cfg.top_k}) must be >= 1, "
                          f"--cam-batch ({cfg.cam_batch}) and --samples ({cfg.samples}) >= 0")
     device = device_from_flag(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     if cfg.checkpoint:
-        subject, train_cfg = vgg_subject(cfg, device)
+        subject, train_cfg = run_subject(cfg, device)
         kind, root = open_data(cfg, train_cfg.synthetic_root) if cfg.data else (None, None)
         ds = open_images(cfg, subject.transform, subject.classes) if cfg.images else \
             open_split(kind, root, cfg.split, subject.transform)
@@ -277,6 +295,8 @@ def main(argv=None) -> dict:
                 start = time.perf_counter()
                 try:
                     outs[m] = cams[m](images, top_k=cfg.top_k)
+                except LayoutError as e:  # the layer, not the method: no method can read it
+                    raise SystemExit(f"error: {e} (here: --layout, --prefix-tokens)") from None
                 except ValueError as e:  # e.g. CAM on a model without a pooling + linear head
                     if cfg.method != "all" or len(methods) == 1:
                         raise SystemExit(f"error: {m}: {e}") from None

@@ -38,7 +38,7 @@ from .fullgrad import FullGrad
 from .gradient_free import GradientFreeCAM
 from .guided import GuidedGradCAM, guided_backprop
 from .hooks import resolve_layer
-from .layouts import LAYOUTS
+from .layouts import LAYOUTS, LayoutError
 from .scorecam import ISCAM, SSCAM, ScoreCAM
 from .shapleycam import ShapleyCAM
 from .smoothgrad import SmoothGradCAMpp
@@ -92,5 +92,5 @@ def make_explainer(model: nn.Module, method: str, target_layer=None, **options: 
 __all__ = ["ALIASES", "EXPLAINERS", "LAYOUTS", "METHOD_CLASSES", "AblationCAM", "CAM", "CamExplainer", "CamOutput",
            "EigenCAM", "EigenGradCAM", "FinerCAM", "FullGrad", "GradCAM", "GradCAMElementWise", "GradCAMPlusPlus",
            "GradientFreeCAM", "GradientWeightedCAM", "GuidedGradCAM", "HiResCAM", "ISCAM", "KPCACAM", "LayerCAM",
-           "SSCAM", "ScoreCAM", "ShapleyCAM", "SmoothGradCAMpp", "XGradCAM", "default_target_layer",
+           "LayoutError", "SSCAM", "ScoreCAM", "ShapleyCAM", "SmoothGradCAMpp", "XGradCAM", "default_target_layer",
            "guided_backprop", "make_explainer", "method_name", "resolve_layer"]

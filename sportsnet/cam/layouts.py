@@ -43,6 +43,10 @@ _LAYOUT_HELP = ("layout='BCHW' (maps), 'BHWC' (channels-last maps), 'BND' or 'NB
                 "first, with prefix_tokens=N), or reshape= (a callable returning (B, C, h, w))")
 
 
+class LayoutError(ValueError):
+    """A target layer's output whose layout is not known and not given (the message names the option)."""
+
+
 def channel_axis(module: nn.Module) -> int | None:
     """The axis a module's output keeps its channels on: 1 (convolutions, batch/group/instance norms, 2-D
     poolings and dropouts, ``LayerNorm2d``), -1 (``nn.Linear``, ``nn.LayerNorm``, RMS norms), or None when
@@ -178,12 +182,12 @@ class Layout:
             maps = self.reshape(t)
             if not isinstance(maps, torch.Tensor) or maps.dim() != 4 or maps.shape[0] != t.shape[0]:
                 got = tuple(maps.shape) if isinstance(maps, torch.Tensor) else type(maps).__name__
-                raise ValueError(f"reshape= turned layer {name!r}'s output {tuple(t.shape)} into {got}; expected "
+                raise LayoutError(f"reshape= turned layer {name!r}'s output {tuple(t.shape)} into {got}; expected "
                                  f"(B, C, h, w) with the same batch of {t.shape[0]}")
             return maps
         expected_dims = 4 if self.kind in ("BCHW", "BHWC") else 3
         if t.dim() != expected_dims:
-            raise ValueError(f"layer {name!r} gives a tensor of shape {tuple(t.shape)}, which layout={self.kind!r} "
+            raise LayoutError(f"layer {name!r} gives a tensor of shape {tuple(t.shape)}, which layout={self.kind!r} "
                              f"cannot read (it needs {expected_dims} dimensions); pass {_LAYOUT_HELP}")
         if self.kind == "BCHW":
             return t
@@ -193,7 +197,7 @@ class Layout:
         n = seq.shape[1] - self.prefix_tokens
         grid = patch_grid(n, image_hw)
         if grid is None:
-            raise ValueError(f"layer {name!r}: {seq.shape[1]} tokens minus {self.prefix_tokens} prefix token(s) "
+            raise LayoutError(f"layer {name!r}: {seq.shape[1]} tokens minus {self.prefix_tokens} prefix token(s) "
                              f"leave {n}, which is no grid of patches for a {image_hw[0]}x{image_hw[1]} image; pass "
                              f"prefix_tokens= (the class, distillation and register tokens) or reshape=")
         return seq[:, self.prefix_tokens:].transpose(1, 2).unflatten(2, grid)  # (B, D, gh, gw)
@@ -230,22 +234,22 @@ def resolve_layout(model: nn.Module, name: str, output: torch.Tensor, batch: int
     if output.dim() == 4:
         found = trace.evidence(name, shape) if trace is not None else None
         if found is None:
-            raise ValueError(f"cannot tell whether layer {name!r}'s output {shape} is (B, C, h, w) or (B, h, w, C): no "
-                             f"module with a known channel axis produced that shape; pass {_LAYOUT_HELP}")
+            raise LayoutError(f"cannot tell whether layer {name!r}'s output {shape} is (B, C, h, w) or (B, h, w, C): "
+                              f"no module with a known channel axis produced that shape; pass {_LAYOUT_HELP}")
         source, axis = found
         if shape[1] == shape[3] and source != name:
             # As many channels as columns: a functional permute between that module and the layer would keep
             # the shape, so only the layer itself can say.
-            raise ValueError(f"cannot tell whether layer {name!r}'s output {shape} is (B, C, h, w) or (B, h, w, C): "
+            raise LayoutError(f"cannot tell whether layer {name!r}'s output {shape} is (B, C, h, w) or (B, h, w, C): "
                              f"axes 1 and 3 have the same size; pass {_LAYOUT_HELP}")
         kind = "BCHW" if axis == 1 else "BHWC"
         return Layout(kind, why=f"{source or 'the model'} keeps channels on axis {1 if axis == 1 else 3}")
     if output.dim() != 3:
-        raise ValueError(f"layer {name!r} gives a tensor of shape {shape}; expected (B, C, h, w) maps or a (B, N, D) "
+        raise LayoutError(f"layer {name!r} gives a tensor of shape {shape}; expected (B, C, h, w) maps or a (B, N, D) "
                          f"token sequence; pass {_LAYOUT_HELP}")
     found = trace.evidence(name, shape) if trace is not None else None
     if found is not None and found[1] == 1 and layout is None:
-        raise ValueError(f"layer {name!r} gives {shape}, channels on axis 1 ({found[0]}): a 1-D signal, not a token "
+        raise LayoutError(f"layer {name!r} gives {shape}, channels on axis 1 ({found[0]}): a 1-D signal, not a token "
                          f"sequence or a map; pass {_LAYOUT_HELP}")
     kind, why = layout, "layout="
     if kind is None:
@@ -257,7 +261,7 @@ def resolve_layout(model: nn.Module, name: str, output: torch.Tensor, batch: int
         elif shape[1] == batch and shape[0] != batch:
             kind, why = "NBD", f"only axis 1 has the batch's size {batch}"
         else:
-            raise ValueError(f"layer {name!r} gives tokens of shape {shape} with {batch} images: the batch could be "
+            raise LayoutError(f"layer {name!r} gives tokens of shape {shape} with {batch} images: the batch could be "
                              f"axis 0 or 1; pass layout='BND' or 'NBD'")
     seq_len = shape[1] if kind == "BND" else shape[0]
     if prefix_tokens is not None:
@@ -269,7 +273,7 @@ def resolve_layout(model: nn.Module, name: str, output: torch.Tensor, batch: int
     if image_hw[0] == image_hw[1] and len(fits) == 1:
         return Layout(kind, fits[0], f"{why}, {fits[0]} prefix token(s): the only count of 0 or 1 that leaves a "
                                      f"square grid (the model declares none)")
-    raise ValueError(f"layer {name!r} gives {seq_len} tokens and the model declares no prefix tokens (no "
+    raise LayoutError(f"layer {name!r} gives {seq_len} tokens and the model declares no prefix tokens (no "
                      f"num_prefix_tokens); pass prefix_tokens= (class, distillation and register tokens) or reshape=")
 
 

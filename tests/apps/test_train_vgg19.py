@@ -10,7 +10,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from sportsnet.apps import train_vgg19
+from sportsnet.apps import runs, supervised, train_vgg19
 from sportsnet.engine import load_checkpoint
 from tests.support import EXPERIMENTS
 
@@ -144,9 +144,10 @@ def test_resume_refuses_flags_that_would_change_the_run(tmp_path):
     ckpt = load_checkpoint(tmp_path / "runs" / "r" / "checkpoints" / "best.pt")
     ckpt["classes"] = ckpt["classes"] + ["extra"]
     save_checkpoint(tmp_path / "other.pt", ckpt)
-    with pytest.raises(SystemExit, match=r"does not fit the model its config describes \(vgg19\S*, 4 classes\): "
+    with pytest.raises(SystemExit, match=r"does not fit the model its config describes \(vgg19\S* \(reduce256-two-phase, width "
+                                         r"0.125\), 4 classes\): "
                                          r"2 shape mismatches: \['\S+: checkpoint \(3, \d+\) vs model \(4, "):
-        train_vgg19.load_run(tmp_path / "other.pt")
+        runs.load_run(tmp_path / "other.pt")
 
 
 @pytest.mark.parametrize("args, message", [
@@ -193,7 +194,7 @@ def test_torchrun_two_processes_then_resume_in_one_and_evaluation_matches_one_pr
 
     # The 2-process validation accuracy of the best epoch (summed over the ranks' shards) is exactly
     # a one-process evaluation of that epoch's weights (best.pt).
-    model, cfg, classes = train_vgg19.load_run(run / "checkpoints" / "best.pt")
+    model, cfg, classes = runs.load_run(run / "checkpoints" / "best.pt")
     transform = build_transforms(False, 48, resize_ratio=cfg.eval_resize_ratio)
     val = Sports100(tmp_path / "syn", "valid", transform=transform)
     one = evaluate(model, torch.utils.data.DataLoader(val, batch_size=32), device=torch.device("cpu"), num_classes=3,
@@ -259,15 +260,15 @@ def test_the_cache_path_feeds_the_model_what_the_plain_path_does(tmp_path, caplo
     batches = {}
     for path in ("cache", "plain"):
         cfg, _ = train_vgg19.resolve_config(tiny_args(tmp_path, path, "--data-path", path))
-        _, splits, _, on_device = train_vgg19.build_data(cfg)
+        _, splits, _, on_device = supervised.build_data(cfg)
         assert set(on_device) == ({"train", "valid", "test"} if path == "cache" else set())
-        train, val, _ = train_vgg19.loaders(cfg, splits, on_device, torch.device("cpu"))
+        train, val, _ = supervised.loaders(cfg, splits, on_device, torch.device("cpu"))
         assert train.num_workers == val.num_workers == 0  # --workers 0
 
         def ready(loader, split, n):
             out = []
             for k, (x, y) in enumerate(loader):
-                x = train_vgg19.to_device(x, torch.device("cpu"), True)
+                x = supervised.to_device(x, torch.device("cpu"), True)
                 out.append((on_device[split](x) if split in on_device else x, y))
                 if k + 1 == n:
                     break

@@ -17,18 +17,17 @@ maps test only the normalisation's eps (tested on its own, in test_explainer.py)
 from __future__ import annotations
 
 import pytest
+import pytorch_grad_cam as pgc  # the test extra (setup.py); timm comes with open-clip-torch
+import timm
 import torch
+import torchvision
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection_with_sign_correction
 from torch import nn
 
 from sportsnet.cam import LAYOUTS, AblationCAM, EigenCAM, ScoreCAM, default_target_layer, make_explainer
 from sportsnet.ops import gradcam_reference
 from tests.support.op_bounds import error_bound
-
-pgc = pytest.importorskip("pytorch_grad_cam")
-timm = pytest.importorskip("timm")
-torchvision = pytest.importorskip("torchvision")
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
-from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection_with_sign_correction  # noqa: E402
 
 tv = torchvision.models
 GRADIENT_METHODS = {"gradcam": pgc.GradCAM, "gradcam++": pgc.GradCAMPlusPlus, "xgradcam": pgc.XGradCAM,
