@@ -125,11 +125,15 @@ def check_config(cfg: BackboneConfig) -> None:
         problems.append(f"--drop-rate {cfg.drop_rate} must be in [0, 1)")
     if problems:
         raise SystemExit("error: " + "; ".join(problems))
-    try:
-        with torch.device("meta"):  # a free dry run: the library builds this model at this size
+    try:  # a dry run: the library builds this model at this size (free on the meta device)
+        try:
+            with torch.device("meta"):
+                cfg.build_model(num_classes=2)
+        except NotImplementedError:  # an initialisation that reads values (RegNet's): build it for real
             cfg.build_model(num_classes=2)
     except (ValueError, TypeError, RuntimeError, AssertionError) as e:
-        raise SystemExit(f"error: --arch {cfg.arch} at --image-size {cfg.image_size}: {e}") from None
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SystemExit(f"error: --arch {cfg.arch} at --image-size {cfg.image_size}: {first}") from None
 
 
 def main(argv=None) -> float:

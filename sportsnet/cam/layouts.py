@@ -44,7 +44,8 @@ _LAYOUT_HELP = ("layout='BCHW' (maps), 'BHWC' (channels-last maps), 'BND' or 'NB
 
 
 class LayoutError(ValueError):
-    """A target layer's output whose layout is not known and not given (the message names the option)."""
+    """A target layer's output that cannot be read as maps: its layout is neither known nor given, or the one
+    given does not fit it (the message names the layer, its shape and the option to pass)."""
 
 
 def channel_axis(module: nn.Module) -> int | None:
@@ -231,6 +232,9 @@ def resolve_layout(model: nn.Module, name: str, output: torch.Tensor, batch: int
         return Layout("reshape", why="reshape=", reshape=reshape)
     if layout in ("BCHW", "BHWC"):
         return Layout(layout, why="layout=")
+    if layout is not None and output.dim() != 3:
+        raise LayoutError(f"layer {name!r} gives a tensor of shape {shape}, which layout={layout!r} cannot read (it "
+                          f"needs 3 dimensions); pass {_LAYOUT_HELP}")
     if output.dim() == 4:
         found = trace.evidence(name, shape) if trace is not None else None
         if found is None:

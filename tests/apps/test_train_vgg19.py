@@ -144,8 +144,8 @@ def test_resume_refuses_flags_that_would_change_the_run(tmp_path):
     ckpt = load_checkpoint(tmp_path / "runs" / "r" / "checkpoints" / "best.pt")
     ckpt["classes"] = ckpt["classes"] + ["extra"]
     save_checkpoint(tmp_path / "other.pt", ckpt)
-    with pytest.raises(SystemExit, match=r"does not fit the model its config describes \(vgg19\S* \(reduce256-two-phase, width "
-                                         r"0.125\), 4 classes\): "
+    with pytest.raises(SystemExit, match=r"does not fit the model its config describes \(vgg19\S* "
+                                         r"\(reduce256-two-phase, width 0.125\), 4 classes\): "
                                          r"2 shape mismatches: \['\S+: checkpoint \(3, \d+\) vs model \(4, "):
         runs.load_run(tmp_path / "other.pt")
 

@@ -22,6 +22,7 @@ import re
 from pathlib import Path
 
 from ...hardware import hardware_line
+from ..compare_backbones import backbones_table
 from ..explain import methods_table as explain_methods_table
 from ..gpu_check import gpu_check_table
 from . import common
@@ -32,10 +33,10 @@ from .methods import methods_table
 from .train import train_table
 
 #: The pages (relative to the repository) that show rendered results: what --update / --check do by default.
-PAGES = ("README.md", "benchmarks/README.md", "docs/explanations.md", "docs/operator.md")
+PAGES = ("README.md", "benchmarks/README.md", "docs/explanations.md", "docs/operator.md", "docs/training.md")
 RENDERERS = {"gradcam": gradcam_table, "explain": explain_table, "train_step": train_table, "data_pipeline": data_table,
              "gpu_check": gpu_check_table, "explain_methods": explain_methods_table,
-             "methods": methods_table}
+             "methods": methods_table, "backbones": backbones_table}
 # One number from a result file, for prose: ``<!-- results: train_cpu.best_gain -->``.
 FACTS = {
     "best_gain": lambda p: f"{p['best']['gain_vs_fp32_nchw_eager']:.1f}x",  # train_*
