@@ -1,10 +1,12 @@
 """The training script end to end on a tiny synthetic set (CPU)."""
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -14,11 +16,16 @@ from sportsnet.apps import runs, supervised, train_vgg19
 from sportsnet.engine import load_checkpoint
 from tests.support import EXPERIMENTS
 
+# The tiny set: 3 classes x 120 training images (40 per class in valid and in test) at 48 px.
+PER_CLASS = 120
+TRAIN = 3 * PER_CLASS
+STEPS = TRAIN // 16  # training steps per epoch at --batch-size 16 (the last, partial batch is dropped)
+
 
 def tiny_args(tmp_path, name, *extra, epochs=2):
-    """3 classes x 300 images at 48 px, width 1/8: a few seconds per epoch on 2 cores."""
+    """The tiny set, width 1/8: about a second per epoch on 2 cores."""
     return ["--data", "synthetic", "--synthetic-root", str(tmp_path / "syn"), "--synthetic-classes", "3",
-            "--synthetic-train-per-class", "300", "--synthetic-eval-per-class", "40", "--synthetic-size", "48",
+            "--synthetic-train-per-class", str(PER_CLASS), "--synthetic-eval-per-class", "40", "--synthetic-size", "48",
             "--image-size", "48", "--width", "0.125", "--phase2-epochs", str(epochs), "--batch-size", "16",
             "--lr", "3e-3", "--dropout", "0", "--label-smoothing", "0", "--out", str(tmp_path / "runs"),
             "--name", name, "--no-progress", "--workers", "0", "--log-every", "10", "--cache-dir",
@@ -31,7 +38,7 @@ def test_two_epochs_learn_well_above_chance(tmp_path, precision, channels_last, 
     flag = "--channels-last" if channels_last else "--no-channels-last"
     acc = train_vgg19.main(tiny_args(tmp_path, "run", "--precision", precision, flag))
     # 3 classes: chance is 1/3; on 120 test images 0.55 is 5 standard deviations above it
-    # (we measured 0.68-0.97 over seeds 0-3 for fp32 and bf16).
+    # (we measured 0.64-0.82 over seeds 0-1 for fp32 and bf16 on a 2-core AMD EPYC without native bf16).
     assert acc > 0.55
     out = capsys.readouterr().out.strip().splitlines()
     assert out[-1] == f"test top-1 accuracy: {100 * acc:.2f}%"
@@ -64,18 +71,29 @@ def run_script(args):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+@contextmanager
+def threads_of_run_script():
+    """In this process, the thread count run_script's processes have (bit-identical results need the same
+    reduction order); the runs that need no signal run here, without a new interpreter's 10 s of imports."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("full")
-    full = run_script(tiny_args(tmp, "full", "--precision", "fp32", epochs=3))
-    out, _ = full.communicate(timeout=600)
-    assert full.returncode == 0, out
+    with threads_of_run_script():
+        train_vgg19.main(tiny_args(tmp, "full", "--precision", "fp32", epochs=3))
     return load_checkpoint(tmp / "runs" / "full" / "checkpoints" / "last.pt")
 
 
 @pytest.mark.parametrize("sig, delay", [(signal.SIGKILL, 0.0), (signal.SIGKILL, 0.3), (signal.SIGTERM, 0.3)],
                          ids=["sigkill-at-epoch-end", "sigkill-mid-epoch", "sigterm-mid-epoch"])
-def test_killed_or_stopped_then_resumed_matches_an_uninterrupted_run(tmp_path, uninterrupted, sig, delay):
+def test_killed_or_stopped_then_resumed_matches_an_uninterrupted_run(tmp_path, uninterrupted, sig, delay, caplog):
     victim = run_script(tiny_args(tmp_path, "killed", "--precision", "fp32", epochs=3))
     for line in victim.stdout:
         if "epoch 1/3" in line:  # logged right after last.pt of epoch 1 is in place
@@ -96,16 +114,16 @@ def test_killed_or_stopped_then_resumed_matches_an_uninterrupted_run(tmp_path, u
         assert f"continue with: python experiments/train_vgg19.py --resume {run}" in out
         if "step_in_epoch" in last:
             step, epoch = last["step_in_epoch"], last["epoch"] + 1
-            assert 0 < step < 56 and f"SIGTERM: stopped at step {step}/56 of epoch {epoch}" in out
+            assert 0 < step < STEPS and f"SIGTERM: stopped at step {step}/{STEPS} of epoch {epoch}" in out
             expected = f"resuming epoch {epoch} at step {step}"
         else:
             assert f"SIGTERM: stopped after epoch {last['epoch']}" in out
             expected = f"resuming after epoch {last['epoch']}"
 
-    resumed = run_script(["--resume", str(run), "--no-progress"])
-    out, _ = resumed.communicate(timeout=600)
-    assert resumed.returncode == 0, out
-    assert expected in out
+    caplog.set_level(logging.INFO)
+    with threads_of_run_script():
+        train_vgg19.main(["--resume", str(run), "--no-progress"])
+    assert expected in caplog.text
 
     a, b = uninterrupted, load_checkpoint(run / "checkpoints" / "last.pt")
     assert a["epoch"] == b["epoch"] == 3 and a["global_step"] == b["global_step"]
@@ -123,7 +141,7 @@ def test_the_run_records_what_auto_chose(tmp_path):
     from sportsnet.hardware import choose_channels_last, choose_precision
 
     # A dataset folder, not --data synthetic: the offline demo's preset (NCHW) would decide the layout.
-    root = make_synthetic_sports(tmp_path / "syn", num_classes=3, train_per_class=300, eval_per_class=40, size=48)
+    root = make_synthetic_sports(tmp_path / "syn", num_classes=3, train_per_class=PER_CLASS, eval_per_class=40, size=48)
     train_vgg19.main([a if a != "synthetic" else str(root) for a in tiny_args(tmp_path, "auto", "--weights", "none",
                                                                               epochs=1)])
     run = tmp_path / "runs" / "auto"
@@ -162,7 +180,7 @@ def test_bad_command_lines_fail_before_any_work(tmp_path, args, message):
     assert not (tmp_path / "syn").exists() and not (tmp_path / "runs").exists()
 
 
-def test_torchrun_two_processes_then_resume_in_one_and_evaluation_matches_one_process(tmp_path):
+def test_torchrun_two_processes_then_resume_in_one_and_evaluation_matches_one_process(tmp_path, caplog):
     """gloo on CPU: the ranks split the data, only rank 0 writes, SIGTERM to torchrun stops every rank
     at the same step with one checkpoint, a single process resumes it, and the validation accuracy
     (summed over the ranks' evaluation shards) is exactly a one-process evaluation of the same weights."""
@@ -186,9 +204,10 @@ def test_torchrun_two_processes_then_resume_in_one_and_evaluation_matches_one_pr
     run = tmp_path / "runs" / "ddp"
     ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
     epoch, step = ckpt["epoch"], ckpt.get("step_in_epoch", 0)
-    # 900 images / 2 ranks / 8 per batch = 56 steps per epoch per rank (not 112: the data was split).
+    # 360 images / 2 ranks / 8 per batch = 22 steps per epoch per rank (not 45: the data was split).
+    per_rank = TRAIN // 2 // 8
     assert ckpt["world_size"] == 2 and epoch in (1, 2) and len(ckpt["history"]) == epoch
-    assert ckpt["global_step"] == 56 * epoch + step and 0 <= step < 56
+    assert ckpt["global_step"] == per_rank * epoch + step and 0 <= step < per_rank
     assert out.count("SIGTERM: stopped") == 1  # printed by rank 0 only
     assert len(list(run.glob("events.out.tfevents.*"))) == 1
 
@@ -202,14 +221,14 @@ def test_torchrun_two_processes_then_resume_in_one_and_evaluation_matches_one_pr
     row = ckpt["history"][ckpt["best_epoch"] - 1]
     assert row["val_acc1"] == one.acc1 and row["val_loss"] == pytest.approx(one.loss)
 
-    resumed = run_script(["--resume", str(run), "--no-progress"])
-    out, _ = resumed.communicate(timeout=600)
-    assert resumed.returncode == 0, out
+    caplog.set_level(logging.INFO)
+    with threads_of_run_script():  # one process: this one
+        train_vgg19.main(["--resume", str(run), "--no-progress"])
     if step:
-        assert "resuming a 2-process checkpoint with 1 processes" in out
-        assert f"resuming epoch {epoch + 1} at step {2 * step} of 112" in out
+        assert "resuming a 2-process checkpoint with 1 processes" in caplog.text
+        assert f"resuming epoch {epoch + 1} at step {2 * step} of {TRAIN // 8}" in caplog.text
     else:
-        assert f"resuming after epoch {epoch}" in out
+        assert f"resuming after epoch {epoch}" in caplog.text
     final = load_checkpoint(run / "checkpoints" / "last.pt")
     assert final["epoch"] == 3 and final["world_size"] == 1 and len(final["history"]) == 3
     assert final["history"][:epoch] == ckpt["history"]
@@ -228,7 +247,7 @@ def test_unreadable_images_are_counted_in_the_report_or_stop_the_run_under_stric
     from sportsnet.data import make_synthetic_sports
     from tests.support.trees import write_truncated_jpeg
 
-    make_synthetic_sports(tmp_path / "syn", num_classes=3, train_per_class=300, eval_per_class=40, size=48)
+    make_synthetic_sports(tmp_path / "syn", num_classes=3, train_per_class=PER_CLASS, eval_per_class=40, size=48)
     (tmp_path / "data").mkdir()
     import shutil
 
@@ -254,8 +273,6 @@ def test_unreadable_images_are_counted_in_the_report_or_stop_the_run_under_stric
 
 def test_the_cache_path_feeds_the_model_what_the_plain_path_does(tmp_path, caplog):
     """Evaluation batches equal to the bit; training batches: same shapes, same augmentation statistics."""
-    import logging
-
     caplog.set_level(logging.INFO)
     batches = {}
     for path in ("cache", "plain"):
@@ -277,7 +294,7 @@ def test_the_cache_path_feeds_the_model_what_the_plain_path_does(tmp_path, caplo
         torch.manual_seed(0)
         train.generator.manual_seed(0)
         batches[path] = ready(val, "valid", 100), ready(train, "train", 20)
-    assert "decoded-image cache: 900 images of 48x48" in caplog.text
+    assert f"decoded-image cache: {TRAIN} images of 48x48" in caplog.text
     (val_c, train_c), (val_p, train_p) = batches["cache"], batches["plain"]
     for (a, ya), (b, yb) in zip(val_c, val_p, strict=True):
         assert torch.equal(a, b) and torch.equal(ya, yb)
