@@ -91,7 +91,7 @@ def test_bad_command_lines_and_missing_weights_are_one_line(tmp_path, monkeypatc
         with pytest.raises(SystemExit, match=message):
             train.main(base + extra)
     # No file in the cache and no way to fetch it (conftest sets HF_HUB_OFFLINE): one line, nothing made.
-    torch.hub.set_dir(str(tmp_path / "hub"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # an empty torch hub cache
     for arch, message in [("timm:convnext_atto", "timm's convnext_atto .* HF_HUB_OFFLINE is set.*--weights /path/to"),
                           ("torchvision:resnet18",
                            "resnet18 are not on this machine, and .*--weights /path/to/resnet18")]:

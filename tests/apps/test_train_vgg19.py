@@ -87,14 +87,15 @@ def threads_of_run_script():
 def uninterrupted(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("full")
     with threads_of_run_script():
-        train_vgg19.main(tiny_args(tmp, "full", "--precision", "fp32", epochs=3))
+        train_vgg19.main(tiny_args(tmp, "full", "--precision", "fp32", "--gradcam-images", "0", epochs=3))
     return load_checkpoint(tmp / "runs" / "full" / "checkpoints" / "last.pt")
 
 
 @pytest.mark.parametrize("sig, delay", [(signal.SIGKILL, 0.0), (signal.SIGKILL, 0.3), (signal.SIGTERM, 0.3)],
                          ids=["sigkill-at-epoch-end", "sigkill-mid-epoch", "sigterm-mid-epoch"])
 def test_killed_or_stopped_then_resumed_matches_an_uninterrupted_run(tmp_path, uninterrupted, sig, delay, caplog):
-    victim = run_script(tiny_args(tmp_path, "killed", "--precision", "fp32", epochs=3))
+    # No Grad-CAM grid: what is checked is the weights, and the grid costs each run a few seconds.
+    victim = run_script(tiny_args(tmp_path, "killed", "--precision", "fp32", "--gradcam-images", "0", epochs=3))
     for line in victim.stdout:
         if "epoch 1/3" in line:  # logged right after last.pt of epoch 1 is in place
             time.sleep(delay)  # ...then epoch 2 is under way (an epoch takes a second or two here)
@@ -187,7 +188,7 @@ def test_torchrun_two_processes_then_resume_in_one_and_evaluation_matches_one_pr
     from sportsnet.data import Sports100, build_transforms
     from sportsnet.engine import evaluate
 
-    args = tiny_args(tmp_path, "ddp", "--precision", "fp32", "--batch-size", "8", epochs=3)
+    args = tiny_args(tmp_path, "ddp", "--precision", "fp32", "--batch-size", "8", "--gradcam-images", "0", epochs=3)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     launcher = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                                  str(EXPERIMENTS / "train_vgg19.py"), *args], env=env, stdout=subprocess.PIPE,
