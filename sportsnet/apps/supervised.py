@@ -25,16 +25,34 @@ from ..data.cache import DecodedImages, one_size
 from ..data.images import UnreadableImageError
 from ..data.normalization import IMAGENET_MEAN, IMAGENET_STD
 from ..engine import FitOptions, Phase, evaluate, fit, load_checkpoint, write_report
-from ..engine.distributed import ShardSampler, barrier, broadcast_object, is_main, world
+from ..engine.distributed import ShardSampler, barrier, broadcast_object, is_main, shutdown, world
 from ..engine.loop import to_device
 from ..engine.optim import OPTIMIZERS
 from ..hardware import resolve_channels_last, resolve_precision
 from ..plotting import figure_to_array, save_figure
-from .config import config_markdown, fit_exits, new_run_dir, option, precision_option, run_folder, timestamp, write_json
+from .config import (
+    config_markdown,
+    fit_exits,
+    new_run_dir,
+    option,
+    parse_config,
+    precision_option,
+    resume_config,
+    run_folder,
+    setup_logging,
+    timestamp,
+    training_device,
+    write_json,
+)
 
 log = logging.getLogger(__name__)
 DEFAULT_DATA = "data/sports100"
 DEMO_SET = SYNTHETIC_SETS["vgg-demo"]
+# The offline demo's data and budget, what every classifier program's demo shares (train_vgg19.DEMO says why
+# these values): the synthetic set at 96 px, 12 epochs of everything at 2e-3 from random weights.
+DEMO_BUDGET = dict(data="synthetic", weights="none", image_size=DEMO_SET["size"], crop_scale=0.6, phase1_epochs=0,
+                   phase2_epochs=12, phase2_lr_factor=1.0, lr=2e-3, batch_size=32, label_smoothing=0.0,
+                   warmup_epochs=0.5)
 # Flags that may change when resuming; everything else comes from the checkpoint's config.
 RUNTIME_FLAGS = {"resume", "workers", "progress", "device", "log_every", "data_path", "cache_dir"}
 
@@ -105,6 +123,10 @@ class RunConfig:
         """The run folder's name without the time stamp."""
         raise NotImplementedError
 
+    def canonical(self) -> "RunConfig":
+        """The config with its names spelled as configs record them (a one-line exit for a bad name)."""
+        return self
+
     def describe(self, model: nn.Module) -> str:
         """The model in a few words, for the log."""
         return type(model).__name__
@@ -125,6 +147,40 @@ class RunConfig:
         geometry = dict(scale=(self.crop_scale, 1.0)) if train else dict(resize_ratio=self.eval_resize_ratio)
         return build_transforms(train, self.image_size, mean, std, grayscale=self.grayscale_input(), batched=batched,
                                 **geometry)
+
+
+def resolve_config(cls: type[RunConfig], argv, demo: dict, description: str) -> tuple[RunConfig, dict | None]:
+    """Flags -> a ``cls`` config and the checkpoint to resume (None for a new run). ``--resume``: the saved
+    config. Otherwise :meth:`RunConfig.canonical` of the flags, with ``--data`` defaulting to
+    data/sports100 where it exists, else the offline demo: the synthetic set, with ``demo``'s settings for
+    every flag not given."""
+    cfg, given = parse_config(cls, argv, cls(), description)
+    if cfg.resume:
+        return resume_config(cls, cfg, given, RUNTIME_FLAGS)
+    cfg = cfg.canonical()
+    if not cfg.data:
+        if (Path(DEFAULT_DATA) / "train").is_dir():
+            cfg = dataclasses.replace(cfg, data=DEFAULT_DATA)
+        else:
+            print(f"no dataset at {DEFAULT_DATA} (pass --data PATH to use 100-Sports): running the offline demo "
+                  f"on the synthetic set", flush=True)
+            cfg = dataclasses.replace(cfg, data="synthetic")
+    if cfg.data == "synthetic":
+        cfg = dataclasses.replace(cfg, **{k: v for k, v in demo.items() if k not in given})
+    return cfg, None
+
+
+def main_of(script: str, resolve, check, argv) -> float:
+    """A training program's ``main``: ``resolve(argv)`` -> ``(config, checkpoint)``, ``check(config)`` (one-line
+    exits before any work), then :func:`run` on the device ``--device`` (or torchrun) gives."""
+    setup_logging()
+    cfg, ckpt = resolve(argv)
+    check(cfg)
+    device = training_device(cfg.device)
+    try:
+        return run(cfg, ckpt, device, script)
+    finally:
+        shutdown()
 
 
 def data_problems(cfg: RunConfig) -> list[str]:

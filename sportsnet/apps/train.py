@@ -26,11 +26,11 @@ import torch
 from torch import nn
 
 from ..engine import Phase
-from ..engine.distributed import shutdown
 from ..models.backbones import build_classifier, head_parameters, image_stats, parse_arch, pretrained_file
 from ..models.download import WeightsUnavailable
-from .config import option, parse_config, resume_config, setup_logging, training_device
-from .supervised import DEFAULT_DATA, DEMO_SET, RUNTIME_FLAGS, RunConfig, data_problems, run
+from .config import option
+from .supervised import DEMO_BUDGET, RunConfig, data_problems, main_of
+from .supervised import resolve_config as supervised_config
 
 log = logging.getLogger("train")
 
@@ -81,32 +81,20 @@ class BackboneConfig(RunConfig):
     def image_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         return image_stats(self.arch)
 
+    def canonical(self) -> "BackboneConfig":
+        try:
+            return dataclasses.replace(self, arch=str(parse_arch(self.arch)))  # configs record the library
+        except ValueError as e:
+            raise SystemExit(f"error: --arch: {e}") from None
 
-# The offline demo: the VGG19 demo's data and budget (train_vgg19.DEMO: 96 px, 12 epochs of everything at
-# 2e-3, no label smoothing), from random weights, so backbones compare on equal terms.
-DEMO = dict(data="synthetic", weights="none", image_size=DEMO_SET["size"], crop_scale=0.6, phase1_epochs=0,
-            phase2_epochs=12, phase2_lr_factor=1.0, lr=2e-3, batch_size=32, label_smoothing=0.0, warmup_epochs=0.5)
+
+# The offline demo: the VGG19 demo's data and budget, from random weights, so backbones compare on equal terms.
+DEMO = DEMO_BUDGET
 
 
 def resolve_config(argv=None) -> tuple[BackboneConfig, dict | None]:
     """Flags -> config; the demo's defaults when there is no dataset; the saved config on --resume."""
-    cfg, given = parse_config(BackboneConfig, argv, BackboneConfig(), __doc__)
-    if cfg.resume:
-        return resume_config(BackboneConfig, cfg, given, RUNTIME_FLAGS)
-    try:
-        cfg = dataclasses.replace(cfg, arch=str(parse_arch(cfg.arch)))  # configs record the library
-    except ValueError as e:
-        raise SystemExit(f"error: --arch: {e}") from None
-    if not cfg.data:
-        if (Path(DEFAULT_DATA) / "train").is_dir():
-            cfg = dataclasses.replace(cfg, data=DEFAULT_DATA)
-        else:
-            print(f"no dataset at {DEFAULT_DATA} (pass --data PATH to use 100-Sports): running the offline demo "
-                  f"on the synthetic set", flush=True)
-            cfg = dataclasses.replace(cfg, data="synthetic")
-    if cfg.data == "synthetic":
-        cfg = dataclasses.replace(cfg, **{k: v for k, v in DEMO.items() if k not in given})
-    return cfg, None
+    return supervised_config(BackboneConfig, argv, DEMO, __doc__)
 
 
 def check_config(cfg: BackboneConfig) -> None:
@@ -137,14 +125,7 @@ def check_config(cfg: BackboneConfig) -> None:
 
 
 def main(argv=None) -> float:
-    setup_logging()
-    cfg, ckpt = resolve_config(argv)
-    check_config(cfg)
-    device = training_device(cfg.device)
-    try:
-        return run(cfg, ckpt, device, "train")
-    finally:
-        shutdown()
+    return main_of("train", resolve_config, check_config, argv)
 
 
 if __name__ == "__main__":

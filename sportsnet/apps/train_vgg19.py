@@ -21,11 +21,11 @@ import torch
 from torch import nn
 
 from ..engine import Phase
-from ..engine.distributed import shutdown
 from ..models import RECIPE_ALIASES, RECIPES, canonical_recipe, load_imagenet_weights, recipe_phases, sports_vgg19
 from ..models.weights import resolve_weights_file
-from .config import option, parse_config, resume_config, setup_logging, training_device
-from .supervised import DEFAULT_DATA, DEMO_SET, RUNTIME_FLAGS, RunConfig, data_problems, run
+from .config import option
+from .supervised import DEMO_BUDGET, RunConfig, data_problems, main_of
+from .supervised import resolve_config as supervised_config
 
 log = logging.getLogger("train_vgg19")
 
@@ -82,6 +82,9 @@ class TrainConfig(RunConfig):
     def grayscale_input(self) -> bool:
         return self.grayscale
 
+    def canonical(self) -> "TrainConfig":
+        return dataclasses.replace(self, recipe=canonical_recipe(self.recipe))  # configs use the new names
+
 
 # The offline demo: an eighth-width VGG19-BN from scratch on the synthetic set at 96 px, with a global-
 # average-pooling head (pool=1). Explicit flags win. Why not the seeds' 7x7 head: it has weights per
@@ -93,27 +96,12 @@ class TrainConfig(RunConfig):
 # than twice as fast as 1/4 and its maps point as well, and without dropout and label smoothing it
 # reaches in 12 epochs what took 30 with them. NCHW, not channels-last: this narrow BatchNorm net
 # trains faster in NCHW on CPUs with and without native bf16 (plain VGG19 is faster channels-last).
-DEMO = dict(data="synthetic", weights="none", width=0.125, batch_norm=True, image_size=DEMO_SET["size"],
-            pool=1, crop_scale=0.6, phase1_epochs=0, phase2_epochs=12, phase2_lr_factor=1.0, lr=2e-3,
-            batch_size=32, dropout=0.0, label_smoothing=0.0, hidden=512, warmup_epochs=0.5, channels_last=False)
+DEMO = dict(DEMO_BUDGET, width=0.125, batch_norm=True, pool=1, dropout=0.0, hidden=512, channels_last=False)
 
 
 def resolve_config(argv=None) -> tuple[TrainConfig, dict | None]:
     """Flags -> config; the demo's defaults when there is no dataset; the saved config on --resume."""
-    cfg, given = parse_config(TrainConfig, argv, TrainConfig(), __doc__)
-    if cfg.resume:
-        return resume_config(TrainConfig, cfg, given, RUNTIME_FLAGS)
-    cfg = dataclasses.replace(cfg, recipe=canonical_recipe(cfg.recipe))  # run names and configs use the new names
-    if not cfg.data:
-        if (Path(DEFAULT_DATA) / "train").is_dir():
-            cfg = dataclasses.replace(cfg, data=DEFAULT_DATA)
-        else:
-            print(f"no dataset at {DEFAULT_DATA} (pass --data PATH to use 100-Sports): running the offline demo "
-                  f"on the synthetic set", flush=True)
-            cfg = dataclasses.replace(cfg, data="synthetic")
-    if cfg.data == "synthetic":
-        cfg = dataclasses.replace(cfg, **{k: v for k, v in DEMO.items() if k not in given})
-    return cfg, None
+    return supervised_config(TrainConfig, argv, DEMO, __doc__)
 
 
 def check_config(cfg: TrainConfig) -> None:
@@ -134,14 +122,7 @@ def check_config(cfg: TrainConfig) -> None:
 
 
 def main(argv=None) -> float:
-    setup_logging()
-    cfg, ckpt = resolve_config(argv)
-    check_config(cfg)
-    device = training_device(cfg.device)
-    try:
-        return run(cfg, ckpt, device, "train_vgg19")
-    finally:
-        shutdown()
+    return main_of("train_vgg19", resolve_config, check_config, argv)
 
 
 if __name__ == "__main__":

@@ -100,13 +100,18 @@ class ModuleTrace:
         return None
 
 
+def _ancestors(model: nn.Module, layer_name: str) -> list[nn.Module]:
+    """The layer, then each module containing it, up to the model itself."""
+    parts = layer_name.split(".")
+    modules = dict(model.named_modules())
+    return [modules[name] for name in (".".join(parts[:i]) for i in range(len(parts), -1, -1)) if name in modules]
+
+
 def _nearest_attribute(model: nn.Module, layer_name: str, attribute: str, kind: type):
     """``attribute`` of the layer or its nearest ancestor that has one of type ``kind`` (open_clip
     transformers have ``batch_first``, timm ViTs ``num_prefix_tokens``)."""
-    parts = layer_name.split(".")
-    modules = dict(model.named_modules())
-    for i in range(len(parts), -1, -1):
-        value = getattr(modules.get(".".join(parts[:i]), None), attribute, None)
+    for m in _ancestors(model, layer_name):
+        value = getattr(m, attribute, None)
         if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
             return value
     return None
@@ -118,10 +123,8 @@ def declared_batch_first(model: nn.Module, layer_name: str) -> tuple[bool, str] 
     value = _nearest_attribute(model, layer_name, "batch_first", bool)
     if value is not None:
         return value, "the model's batch_first"
-    parts = layer_name.split(".")
-    modules = dict(model.named_modules())
-    for i in range(len(parts), -1, -1):
-        library = type(modules.get(".".join(parts[:i]))).__module__.split(".")[0]
+    for m in _ancestors(model, layer_name):
+        library = type(m).__module__.split(".")[0]
         if library in ("timm", "torchvision"):
             return True, f"{library}'s transformers are batch-first"
     return None
@@ -132,15 +135,11 @@ def declared_prefix_tokens(model: nn.Module, layer_name: str) -> tuple[int, str]
     count = _nearest_attribute(model, layer_name, "num_prefix_tokens", int)
     if count is not None:
         return count, "the model's num_prefix_tokens"
-    parts = layer_name.split(".")
-    modules = dict(model.named_modules())
-    for i in range(len(parts), -1, -1):
-        m = modules.get(".".join(parts[:i]))
-        kind = type(m).__name__
-        module = type(m).__module__
-        if kind == "VisionTransformer" and module.startswith("torchvision."):
+    for m in _ancestors(model, layer_name):
+        library = type(m).__module__.split(".")[0]
+        if type(m).__name__ == "VisionTransformer" and library == "torchvision":
             return 1, "torchvision's VisionTransformer (one class token)"
-        if kind == "VisionTransformer" and module.startswith("open_clip.") and hasattr(m, "class_embedding"):
+        if type(m).__name__ == "VisionTransformer" and library == "open_clip" and hasattr(m, "class_embedding"):
             return 1, "open_clip's VisionTransformer (one class token)"
     return None
 
