@@ -51,9 +51,18 @@ def test_two_epochs_learn_well_above_chance(tmp_path, precision, channels_last, 
         assert (run / f).is_file(), f
 
 
-def test_tensorboard_has_the_named_scalars_and_images(tmp_path):
-    train_vgg19.main(tiny_args(tmp_path, "tb", "--precision", "fp32"))
-    acc = EventAccumulator(str(tmp_path / "runs" / "tb"), size_guidance={"images": 0, "scalars": 0})
+def test_tensorboard_has_the_named_scalars_and_images_and_the_run_records_what_auto_chose(tmp_path):
+    """The TensorBoard tags of a run; and config.json and the checkpoints hold the precision and layout auto
+    picked on this machine, so a resume elsewhere continues with them (auto itself is decided per machine:
+    test_hardware.py)."""
+    from sportsnet.data import make_synthetic_sports
+    from sportsnet.hardware import choose_channels_last, choose_precision
+
+    # A dataset folder, not --data synthetic: the offline demo's preset (NCHW) would decide the layout.
+    root = make_synthetic_sports(tmp_path / "syn", num_classes=3, train_per_class=PER_CLASS, eval_per_class=40, size=48)
+    train_vgg19.main([a if a != "synthetic" else str(root) for a in tiny_args(tmp_path, "tb", "--weights", "none")])
+    run = tmp_path / "runs" / "tb"
+    acc = EventAccumulator(str(run), size_guidance={"images": 0, "scalars": 0})
     acc.Reload()
     scalars = set(acc.Tags()["scalars"])
     for tag in ("loss/train", "loss/val", "acc1/train", "acc1/val", "acc5/train", "acc5/val", "lr/base", "lr/head",
@@ -63,6 +72,11 @@ def test_tensorboard_has_the_named_scalars_and_images(tmp_path):
     assert {"val/confusion_matrix", "val/per_class_accuracy", "val/gradcam"} <= set(acc.Tags()["images"])
     assert [e.step for e in acc.Images("val/gradcam")] == [1, 2]
     assert "config/text_summary" in acc.Tags()["tensors"]
+    expected = {"precision": choose_precision("auto", "cpu").value,
+                "channels_last": choose_channels_last(None, "cpu").value}
+    config_json = json.loads((run / "config.json").read_text())
+    for saved in (config_json, load_checkpoint(run / "checkpoints" / "last.pt")["config"]):
+        assert {k: saved[k] for k in expected} == expected
 
 
 def run_script(args):
@@ -133,24 +147,6 @@ def test_killed_or_stopped_then_resumed_matches_an_uninterrupted_run(tmp_path, u
         assert torch.equal(a["model"][k], b["model"][k]), k
     assert [h["val_acc1"] for h in a["history"]] == [h["val_acc1"] for h in b["history"]]
     assert [h["train_loss"] for h in a["history"]] == pytest.approx([h["train_loss"] for h in b["history"]])
-
-
-def test_the_run_records_what_auto_chose(tmp_path):
-    """config.json and the checkpoints hold the precision and layout auto picked on this machine, so a
-    resume elsewhere continues with them (auto itself is decided per machine: test_hardware.py)."""
-    from sportsnet.data import make_synthetic_sports
-    from sportsnet.hardware import choose_channels_last, choose_precision
-
-    # A dataset folder, not --data synthetic: the offline demo's preset (NCHW) would decide the layout.
-    root = make_synthetic_sports(tmp_path / "syn", num_classes=3, train_per_class=PER_CLASS, eval_per_class=40, size=48)
-    train_vgg19.main([a if a != "synthetic" else str(root) for a in tiny_args(tmp_path, "auto", "--weights", "none",
-                                                                              epochs=1)])
-    run = tmp_path / "runs" / "auto"
-    expected = {"precision": choose_precision("auto", "cpu").value,
-                "channels_last": choose_channels_last(None, "cpu").value}
-    config_json = json.loads((run / "config.json").read_text())
-    for saved in (config_json, load_checkpoint(run / "checkpoints" / "last.pt")["config"]):
-        assert {k: saved[k] for k in expected} == expected
 
 
 def test_resume_refuses_flags_that_would_change_the_run(tmp_path):
@@ -258,7 +254,8 @@ def test_unreadable_images_are_counted_in_the_report_or_stop_the_run_under_stric
     write_truncated_jpeg(root / "train" / cls / "zz_broken.jpg")
     (root / "train" / cls / "zz_empty.jpg").write_bytes(b"")
     args = [a if a != "synthetic" else str(root) for a in tiny_args(tmp_path, "hostile", "--precision", "fp32",
-                                                                   "--weights", "none", epochs=1)]
+                                                                   "--weights", "none", "--gradcam-images", "0",
+                                                                   epochs=1)]
     with pytest.raises(SystemExit, match=r"error: cannot decode image .*zz_broken\.jpg.*--strict stops at the first"):
         train_vgg19.main(args + ["--strict", "--name", "strict"])
     train_vgg19.main(args)

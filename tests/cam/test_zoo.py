@@ -101,7 +101,9 @@ def seeded(build, side: int) -> nn.Module:
     with torch.no_grad():
         head.weight.normal_(0, 0.1)
         head.bias.zero_()
-    return model.eval()
+    # Frozen: pytorch-grad-cam's full backward then computes no weight gradients (the inputs it is given
+    # require grad instead, so its hooks still see the activations' gradients); ours freezes them anyway.
+    return model.eval().requires_grad_(False)
 
 
 def images(side: int) -> torch.Tensor:
@@ -110,7 +112,8 @@ def images(side: int) -> torch.Tensor:
 
 def theirs(cls, model, layer, x, reshape):
     with cls(model=model, target_layers=[layer], reshape_transform=reshape) as cam:
-        return torch.from_numpy(cam(input_tensor=x, targets=[ClassifierOutputTarget(int(c)) for c in CLASSES]))
+        return torch.from_numpy(cam(input_tensor=x.detach().requires_grad_(True),
+                                    targets=[ClassifierOutputTarget(int(c)) for c in CLASSES]))
 
 
 def captured(model, layer_name, x):
@@ -124,7 +127,7 @@ def captured(model, layer_name, x):
     handle = model.get_submodule(layer_name).register_forward_hook(keep)
     try:
         with torch.enable_grad():
-            logits = model(x)
+            logits = model(x.detach().requires_grad_(True))  # the weights are frozen (seeded)
             grad, = torch.autograd.grad(logits[torch.arange(len(x)), CLASSES].sum(), store["a"])
     finally:
         handle.remove()
