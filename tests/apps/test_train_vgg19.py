@@ -58,9 +58,11 @@ def test_tensorboard_has_the_named_scalars_and_images_and_the_run_records_what_a
     from sportsnet.data import make_synthetic_sports
     from sportsnet.hardware import choose_channels_last, choose_precision
 
-    # A dataset folder, not --data synthetic: the offline demo's preset (NCHW) would decide the layout.
+    # A dataset folder, not --data synthetic: the offline demo's preset (NCHW) would decide the layout; without
+    # that preset the recipe's head-only phase runs unless --phase1-epochs 0 says otherwise.
     root = make_synthetic_sports(tmp_path / "syn", num_classes=3, train_per_class=PER_CLASS, eval_per_class=40, size=48)
-    train_vgg19.main([a if a != "synthetic" else str(root) for a in tiny_args(tmp_path, "tb", "--weights", "none")])
+    train_vgg19.main([a if a != "synthetic" else str(root) for a in tiny_args(tmp_path, "tb", "--weights", "none",
+                                                                                    "--phase1-epochs", "0")])
     run = tmp_path / "runs" / "tb"
     acc = EventAccumulator(str(run), size_guidance={"images": 0, "scalars": 0})
     acc.Reload()
