@@ -1,5 +1,6 @@
-"""Reading and writing torch files: the one ``torch.load(weights_only=True)`` of the package, atomic
-saves, and what to say when a state dict does not fit a model.
+"""Reading and writing files: the one ``torch.load(weights_only=True)`` of the package, the one atomic
+write (:func:`atomic_path`, used for checkpoints, JSON, reports, caches and dataset trees), and what to say
+when a state dict does not fit a model.
 
 The base layer: imports only torch and the standard library, so ``sportsnet.models`` (weights) and
 ``sportsnet.engine`` (checkpoints) both build on it. Loading tells three failures apart:
@@ -12,21 +13,25 @@ The base layer: imports only torch and the standard library, so ``sportsnet.mode
 from __future__ import annotations
 
 import errno
+import json
 import os
 import pickle
 import re
+import secrets
+import shutil
 import struct
-import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 from torch import nn
 
 __all__ = [
     "CheckpointWriteError", "Mismatch", "NotATorchFileError", "UnsafeFileError", "WeightsFileError",
-    "describe_mismatch", "find_mismatch", "load_checkpoint", "save_checkpoint",
+    "atomic_path", "describe_mismatch", "find_mismatch", "load_checkpoint", "save_checkpoint", "write_json",
+    "write_text",
 ]
 
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since torch 1.6
@@ -140,9 +145,62 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike, *, sync: bool = True) -> Iterator[Path]:
+    """Write ``path`` all at once or not at all: yields a fresh temporary path beside it (same folder, so
+    the rename cannot cross file systems) for the caller to create as a file or a folder; when the block
+    ends normally the temporary takes ``path``'s place in one rename, and when it raises, the temporary is
+    removed and ``path`` is untouched. A folder replaces an existing one by two renames (the old one is
+    moved aside first, then deleted). ``sync`` flushes the file and the parent folder to disk (a crash
+    right after then finds the new content, not an empty file).
+
+    The one write-to-temporary-then-rename of the package: checkpoints, result JSON, reports, the
+    decoded-image cache and the synthetic dataset all go through it.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        yield tmp
+        if sync and tmp.is_file():
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+        if tmp.is_dir() and path.is_dir():
+            old = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.old")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            _remove(old)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        _remove(tmp)
+        raise
+    if sync:
+        _fsync_dir(path.parent)
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """``path`` holds ``text`` (UTF-8), written atomically (:func:`atomic_path`)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """``path`` holds ``obj`` as indented JSON (values JSON lacks, such as paths, as their ``str``),
+    written atomically."""
+    return write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
+
+
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
-    """Write ``state`` to ``path`` atomically: a temporary file in the same folder, flushed and
-    fsynced, then renamed over ``path`` (and the folder fsynced). A crash or a full disk leaves the
+    """Write ``state`` to ``path`` atomically (:func:`atomic_path`): a crash or a full disk leaves the
     previous file intact and no temporary behind.
 
     Raises:
@@ -152,25 +210,13 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     if isinstance(path, dict) and not isinstance(state, dict):
         raise TypeError("save_checkpoint(path, state): the path comes first")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
             torch.save(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        if isinstance(e, OSError):
-            why = "the disk is full" if e.errno == errno.ENOSPC else str(e)
-            kept = f"the previous {path.name} is intact" if path.exists() else "no previous checkpoint existed"
-            raise CheckpointWriteError(e.errno, f"could not save checkpoint {str(path)!r}: {why}; {kept}") from e
-        raise
-    _fsync_dir(path.parent)
+    except OSError as e:
+        why = "the disk is full" if e.errno == errno.ENOSPC else str(e)
+        kept = f"the previous {path.name} is intact" if path.exists() else "no previous checkpoint existed"
+        raise CheckpointWriteError(e.errno, f"could not save checkpoint {str(path)!r}: {why}; {kept}") from e
     return path
 
 

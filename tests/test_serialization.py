@@ -1,7 +1,9 @@
 """sportsnet.serialization: the one weights-only loader, atomic saves, and mismatch descriptions."""
 import ast
 import errno
+import json
 import pickle
+import sys
 import zipfile
 from pathlib import Path
 
@@ -16,10 +18,12 @@ from sportsnet.serialization import (
     NotATorchFileError,
     UnsafeFileError,
     WeightsFileError,
+    atomic_path,
     describe_mismatch,
     find_mismatch,
     load_checkpoint,
     save_checkpoint,
+    write_json,
 )
 from tests.support.trees import write_malicious_pickle
 
@@ -136,6 +140,28 @@ def test_save_replaces_the_file_only_once_it_is_complete(tmp_path, monkeypatch):
     assert seen == [(1, 2)] and load_checkpoint(path)["epoch"] == 2
 
 
+def test_atomic_path_replaces_files_and_folders_whole_or_not_at_all(tmp_path):
+    target = write_json(tmp_path / "r.json", {"a": Path("x")})
+    assert json.loads(target.read_text()) == {"a": "x"}
+    with pytest.raises(RuntimeError, match="half-way"):
+        with atomic_path(target) as tmp:
+            tmp.write_text("{ half")
+            raise RuntimeError("half-way")
+    assert json.loads(target.read_text()) == {"a": "x"}
+    tree = tmp_path / "tree"
+    for content in ("old", "new"):  # a folder replaces an existing one
+        with atomic_path(tree) as tmp:
+            tmp.mkdir()
+            (tmp / "f.txt").write_text(content)
+    assert (tree / "f.txt").read_text() == "new"
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_path(tree) as tmp:
+            tmp.mkdir()
+            raise KeyboardInterrupt
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json", "tree"]  # no temporary, no old copy
+    assert (tree / "f.txt").read_text() == "new"
+
+
 def test_mismatches_are_described_by_kind_with_a_limit():
     model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
     state = dict(model.state_dict())
@@ -160,8 +186,7 @@ def test_the_base_layer_imports_only_torch_and_the_standard_library():
     roots = {(n.module if isinstance(n, ast.ImportFrom) else a.name).split(".")[0]
              for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))
              for a in (n.names if isinstance(n, ast.Import) else [n])}
-    stdlib = {"__future__", "dataclasses", "errno", "os", "pathlib", "pickle", "re", "struct", "tempfile", "typing"}
-    assert roots <= stdlib | {"torch"}, roots
+    assert roots <= set(sys.stdlib_module_names) | {"__future__", "torch"}, roots
 
 
 def test_no_model_module_imports_the_engine():

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..cam import method_name
-from .bench.common import caption, environment, result_stem, table, write_json
+from .bench.common import caption, environment, result_stem, table, write_result
 from .config import device_from_flag, option, parse_config, setup_logging
 from .runs import load_run
 
@@ -136,7 +136,7 @@ def main(argv=None) -> dict:
         raise SystemExit(f"error: --gradient-free: {e}") from None
     payload = compare(cfg)
     name = cfg.results or result_stem("backbones", device_from_flag(cfg.device), payload["environment"])
-    path = write_json(name, payload)
+    path = write_result(name, payload)
     print(backbones_table(payload))
     print(f"wrote {path}")
     return payload

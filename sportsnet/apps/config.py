@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import os
 import sys
@@ -163,10 +162,6 @@ def new_run_dir(out: str, name: str) -> Path:
 
 def timestamp() -> str:
     return time.strftime("%Y%m%d-%H%M%S")
-
-
-def write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=2, default=str) + "\n")
 
 
 def config_markdown(cfg: Any) -> str:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -47,7 +46,8 @@ from ..data.transforms import eval_box
 from ..hardware import autocast, resolve_precision
 from ..models.prompts import prompt_names, prompt_sets
 from ..models.zero_shot import ZeroShotClassifier
-from .bench.common import caption, environment, table, write_json
+from ..serialization import write_json
+from .bench.common import caption, environment, table, write_result
 from .clip_data import load_clip_or_exit, open_split, resolve_data
 from .config import device_from_flag, option, parse_config, precision_option, setup_logging, timestamp
 from .runs import load_run
@@ -349,9 +349,9 @@ def main(argv=None) -> dict:
               "metrics": metrics, "refused_methods": refused, "skipped": summarize_skipped(ds.skipped),
               "skipped_files": [dataclasses.asdict(s) for s in ds.skipped],
               "boxes": boxes_csv is not None, "config": dataclasses.asdict(cfg)}
-    (out_dir / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_json(out_dir / "metrics.json", report)
     if cfg.results:
-        path = write_json(cfg.results, {"benchmark": "explain_methods", "environment": environment(device), **report})
+        path = write_result(cfg.results, {"benchmark": "explain_methods", "environment": environment(device), **report})
         print(f"wrote {path}")
     if ds.skipped:
         print(f"skipped {len(ds.skipped)} unreadable file(s): {summarize_skipped(ds.skipped)}")

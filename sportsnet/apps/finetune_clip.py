@@ -33,8 +33,9 @@ from ..models.adapters import ClipAdapter, LinearProbe, TipAdapter, wise_ft, zer
 from ..models.prompts import prompt_names, prompt_sets
 from ..models.zero_shot import ZeroShotClassifier, build_text_classifier
 from ..plotting import figure_to_array, save_figure
+from ..serialization import write_json, write_text
 from .clip_data import ClipRunConfig, encode_split, open_split, start
-from .config import config_markdown, new_run_dir, option, parse_config, setup_logging, timestamp, write_json
+from .config import config_markdown, new_run_dir, option, parse_config, setup_logging, timestamp
 
 log = logging.getLogger("finetune_clip")
 METHODS = ("zero-shot", "linear-probe", "wise-ft", "clip-adapter", "tip-adapter", "tip-adapter-f")
@@ -212,8 +213,8 @@ def main(argv=None) -> dict:
                                             for k in shots) + " |\n" for m, v in summary.items())
     table = header + body
     title = f"{bundle.name} ({bundle.pretrained}) on {kind}: test top-1 (%), mean ± std over seeds {seeds}"
-    (run_dir / "results.md").write_text(f"# Few-shot ablation\n\n{title}\n\n{table}\nShots are training images per "
-                                        f"class; hyper-parameters chosen on the validation split.\n")
+    write_text(run_dir / "results.md", f"# Few-shot ablation\n\n{title}\n\n{table}\nShots are training images per "
+                                       f"class; hyper-parameters chosen on the validation split.\n")
     write_json(run_dir / "results.json", {"config": dataclasses.asdict(cfg), "model": bundle.name,
                                           "pretrained": bundle.pretrained, "dataset": kind, "summary": summary,
                                           "rows": rows, "grids": GRIDS})

@@ -941,7 +941,7 @@ def gpu_check_table(p: dict[str, Any]) -> str:
 
 
 def write_outputs(payload: dict[str, Any], log_dir: Path, copy_to: Path | None, extra: list[Path]) -> Path:
-    path = common.write_json(payload["stem"], payload)
+    path = common.write_result(payload["stem"], payload)
     if copy_to is not None:
         copy_to.mkdir(parents=True, exist_ok=True)
         for p in [path, *extra]:

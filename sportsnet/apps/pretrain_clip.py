@@ -33,7 +33,7 @@ from ..engine.distributed import barrier, broadcast_object, shutdown, world
 from ..engine.fit import Validation
 from ..hardware import resolve_precision
 from ..models.clip import load_clip
-from ..serialization import WeightsFileError
+from ..serialization import WeightsFileError, write_json, write_text
 from .clip_data import SYNTHETIC_CLIP, SYNTHETIC_DEFAULTS
 from .config import (
     config_markdown,
@@ -47,7 +47,6 @@ from .config import (
     setup_logging,
     timestamp,
     training_device,
-    write_json,
 )
 
 log = logging.getLogger("pretrain_clip")
@@ -228,9 +227,9 @@ def _run(cfg: PretrainConfig, kind: str, root: Path, device: torch.device, ckpt:
     write_json(run_dir / "retrieval.json", {"model": bundle.name, "pretrained": pretrained, "data": kind,
                                             "results": results, "best_epoch": result.best_epoch, "chance": chance,
                                             "skipped": skipped, "config": dataclasses.asdict(cfg)})
-    (run_dir / "retrieval.md").write_text(
-        f"# Retrieval on the {kind} test split\n\n{bundle.name} ({pretrained}), {len(evals['test'])} images; "
-        f"recall in %, chance R@1 = {100 / max(1, len(evals['test'])):.2f}%.\n\n{table}")
+    write_text(run_dir / "retrieval.md",
+               f"# Retrieval on the {kind} test split\n\n{bundle.name} ({pretrained}), {len(evals['test'])} images; "
+               f"recall in %, chance R@1 = {100 / max(1, len(evals['test'])):.2f}%.\n\n{table}")
     writer.add_text("retrieval", table)
     writer.close()
     print(f"{table}\ncheckpoint: {best_path}\nuse it: python experiments/zero_shot_clip.py --model {bundle.name} "

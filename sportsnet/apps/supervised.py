@@ -30,6 +30,7 @@ from ..engine.loop import to_device
 from ..engine.optim import OPTIMIZERS
 from ..hardware import resolve_channels_last, resolve_precision
 from ..plotting import figure_to_array, save_figure
+from ..serialization import write_json
 from .config import (
     config_markdown,
     fit_exits,
@@ -42,7 +43,6 @@ from .config import (
     setup_logging,
     timestamp,
     training_device,
-    write_json,
 )
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
 import shutil
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from ..models.download import WeightsUnavailable
 from ..models.prompts import prompt_names, prompt_sets
 from ..models.zero_shot import build_text_classifier
 from ..plotting import figure_to_array
+from ..serialization import write_json, write_text
 from .clip_data import DEFAULT_SPORTS, ClipRunConfig, encode_split, open_split, start
 from .config import (
     config_markdown,
@@ -44,7 +44,6 @@ from .config import (
     parse_config,
     setup_logging,
     timestamp,
-    write_json,
 )
 
 log = logging.getLogger("zero_shot_clip")
@@ -124,12 +123,12 @@ def main(argv=None) -> dict:
     run_dir = new_run_dir(cfg.out, cfg.name or default_name)
     write_json(run_dir / "config.json", dataclasses.asdict(cfg))
     ablation = {k: {"top1": r.acc1, "top5": r.acc5, "templates": len(prompt_sets()[k])} for k, r in results.items()}
-    (run_dir / "prompt_ablation.json").write_text(json.dumps(ablation, indent=2) + "\n")
+    write_json(run_dir / "prompt_ablation.json", ablation)
     rows = "\n".join(f"| {k} | {v['templates']} | {100 * v['top1']:.2f}% | {100 * v['top5']:.2f}% |"
                      for k, v in ablation.items())
     table = f"| prompt set | templates | top-1 | top-5 |\n|---|---|---|---|\n{rows}\n"
-    (run_dir / "prompt_ablation.md").write_text(
-        f"# Prompt-set ablation ({bundle.name}, {bundle.pretrained}, {kind} {cfg.split})\n\n{table}")
+    write_text(run_dir / "prompt_ablation.md",
+               f"# Prompt-set ablation ({bundle.name}, {bundle.pretrained}, {kind} {cfg.split})\n\n{table}")
     paths = write_report(run_dir, main_result, classes, split=cfg.split, extra={
         "run": {"model": bundle.name, "pretrained": bundle.pretrained, "data": str(root), "dataset": kind,
                 "prompts": cfg.prompts, "device": str(device), "precision": precision},

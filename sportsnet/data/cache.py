@@ -31,6 +31,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..serialization import atomic_path, write_json
 from .images import ImageListDataset, _orientation, load_rgb
 
 log = logging.getLogger(__name__)
@@ -127,17 +128,10 @@ class DecodedImages(Dataset):
         w, h = (int(v) for v in next(iter(sizes)).split("x"))
         folder.mkdir(parents=True, exist_ok=True)
         shape = (len(paths), h, w, 3)
-        tmp = folder / f".{self.data_path.name}.{os.getpid()}.tmp"
-        try:
+        with atomic_path(self.data_path, sync=False) as tmp:
             _decode_into(tmp, shape, paths, workers)
-            os.replace(tmp, self.data_path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
         meta = {"shape": list(shape), "files": len(paths), "version": FORMAT_VERSION}
-        tmp_meta = self.meta_path.with_suffix(".json.tmp")
-        tmp_meta.write_text(json.dumps(meta) + "\n")
-        os.replace(tmp_meta, self.meta_path)
+        write_json(self.meta_path, meta)
         log.info("decoded-image cache: %d images of %dx%d written to %s (%.0f MB)", len(paths), w, h,
                  self.data_path, self.data_path.stat().st_size / 2**20)
         return meta

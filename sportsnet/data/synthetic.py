@@ -19,12 +19,11 @@ from __future__ import annotations
 import csv
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from ..serialization import atomic_path
 from .classnames import SPORTS100_CLASSES, SPORTS100_PROMPT_NAMES
 from .synthetic_scene import class_objects, render_scene
 
@@ -108,20 +107,8 @@ def make_synthetic_sports(
                 f"{str(root)!r} is not empty and holds no {MANIFEST}; refusing to write the synthetic "
                 f"set over it (pick an empty or new folder)"
             )
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
-    try:
+    with atomic_path(root, sync=False) as tmp:
         _write_tree(tmp, params)
-        if root.exists():
-            old = root.with_name(f".{root.name}.old-{os.getpid()}")
-            os.replace(root, old)
-            os.replace(tmp, root)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, root)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return root
 
 

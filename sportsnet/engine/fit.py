@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 import signal
 import threading
 from contextlib import contextmanager
@@ -45,6 +46,7 @@ from tqdm.auto import tqdm
 
 from ..hardware import make_grad_scaler
 from ..plotting import figure_to_array
+from ..serialization import atomic_path
 from .checkpoint import capture_rng_state, rank_rng_restorer, rank_rng_states, save_checkpoint
 from .distributed import any_rank, barrier, rank_seed, start_rank_stream, sync_buffers, world
 from .loop import NonFiniteLossError, StepLog, SupervisedStep, TrainStep, evaluate, run_epoch
@@ -169,15 +171,11 @@ def _start_phase(model: nn.Module, phase: Phase, opts: FitOptions, steps_per_epo
 
 def _link_or_copy(src: Path, dst: Path) -> None:
     """Make ``dst`` the same content as ``src`` atomically (a hard link costs no disk or time)."""
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(src, tmp)
-    except OSError:
-        import shutil
-
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    with atomic_path(dst, sync=False) as tmp:
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
 
 
 def fit(

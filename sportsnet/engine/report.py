@@ -16,6 +16,7 @@ import torch
 from matplotlib.figure import Figure
 
 from ..plotting import save_figure
+from ..serialization import write_json, write_text
 from .loop import EvalResult
 
 
@@ -95,10 +96,10 @@ def write_report(run_dir: str | os.PathLike, result: EvalResult, classes: Sequen
         "confusion": run_dir / f"{split}_confusion_matrix.png",
         "per_class": run_dir / f"{split}_per_class_accuracy.png",
     }
-    paths["json"].write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(paths["json"], summary)
     save_figure(confusion_figure(result.confusion, classes, f"{split} confusion matrix"), paths["confusion"])
     save_figure(per_class_figure(result.per_class_accuracy, classes, f"{split} per-class accuracy"), paths["per_class"])
-    paths["markdown"].write_text(_markdown(summary, split, paths))
+    write_text(paths["markdown"], _markdown(summary, split, paths))
     return paths
 
 

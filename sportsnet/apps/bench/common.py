@@ -10,8 +10,6 @@ Timing rules (see each script's docstring for what it measures):
 """
 from __future__ import annotations
 
-import json
-import os
 import platform
 import statistics
 import subprocess
@@ -22,6 +20,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ...hardware import choose_channels_last, choose_precision, describe, hardware_line, probe_cpu
+from ...serialization import write_json
 
 
 def _results_dir() -> Path:
@@ -34,7 +33,7 @@ def _results_dir() -> Path:
 
 # Where result files are written and read (tests point it elsewhere).
 RESULTS = _results_dir()
-# Wall-clock bookkeeping for ``write_json``: each result file records how long its part of the run took.
+# Wall-clock bookkeeping for ``write_result``: each result file records how long its part of the run took.
 _last_write = time.perf_counter()
 
 
@@ -198,7 +197,7 @@ def copy_bandwidth(device: torch.device, nbytes: int | None = None, reps: int = 
     return 2 * src.nbytes / statistics.median(times)
 
 
-def write_json(name: str, payload: dict[str, Any]) -> Path:
+def write_result(name: str, payload: dict[str, Any]) -> Path:
     """Write ``RESULTS/<name>.json`` atomically. ``wall_s`` is added: the seconds since this module
     was imported or since the previous result was written, whichever is later, i.e. the benchmark's
     own run time for that device, its setup included (``make bench``'s time budget is their sum)."""
@@ -207,11 +206,7 @@ def write_json(name: str, payload: dict[str, Any]) -> Path:
     payload = {**payload, "wall_s": now - _last_write}
     _last_write = now
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_json(RESULTS / f"{name}.json", payload)
 
 
 def slug(text: str) -> str:

@@ -45,7 +45,7 @@ from .common import (
     summary,
     table,
     time_interleaved,
-    write_json,
+    write_result,
 )
 
 TARGET_CACHE_VS_PLAIN = 3.0
@@ -172,7 +172,7 @@ def measure(device: torch.device, args, base, per_image, raw, on_device, batches
                "cache_file_mb": raw.data_path.stat().st_size / 2**20, "results": results,
                "target": {"cache_vs_plain": TARGET_CACHE_VS_PLAIN, "measured": gain,
                           "met": gain >= TARGET_CACHE_VS_PLAIN}}
-    path = write_json(result_stem("data", device, env), payload)
+    path = write_result(result_stem("data", device, env), payload)
     print(f"\n{env['device']}, batch {args.batch_size}, {len(base)} images at {args.size} px "
           f"(cache built/opened in {setup['build_or_open_cache']:.0f} s)\n"
           + table(rows, ["path", "workers", "images/s", "p25-p75", "vs plain"]) + f"\n-> {path}")

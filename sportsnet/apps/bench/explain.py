@@ -34,7 +34,7 @@ from .common import (
     summary,
     table,
     time_interleaved,
-    write_json,
+    write_result,
 )
 
 LAYER = "features.35"
@@ -113,7 +113,7 @@ def run_device(device, args):
                    and hit["top5_vs_naive_5_calls"] >= TARGETS["top5_vs_naive"]}
     payload = {"benchmark": "explain", "environment": env, "backend": backend(), "model": f"vgg19 width {args.width}",
                "target_layer": LAYER, "dtype": "fp32", "target": verdict, "rows": rows}
-    path = write_json(result_stem("explain", device, env), payload)
+    path = write_result(result_stem("explain", device, env), payload)
     print(explain_table(payload))
     print(f"wrote {path}")
     return payload

@@ -37,7 +37,7 @@ from .common import (
     summary,
     table,
     time_interleaved,
-    write_json,
+    write_result,
 )
 
 SHAPES = {"vgg19_conv5_4": (512, 14, 14), "clip_rn50_layer4": (2048, 7, 7), "vit_b32_tokens": (768, 7, 7)}
@@ -151,7 +151,7 @@ def run_device(device, args):
                "target": verdict, "rows": rows}
     if baseline is not None:
         payload["baseline"] = {"revision": args.baseline, "commit": commit}
-    path = write_json(result_stem("gradcam", device, env), payload)
+    path = write_result(result_stem("gradcam", device, env), payload)
     print_table(payload)
     print(f"wrote {path}")
     return payload

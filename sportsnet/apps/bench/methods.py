@@ -40,7 +40,7 @@ from .common import (
     summary,
     table,
     time_interleaved,
-    write_json,
+    write_result,
 )
 
 LAYER = "features.35"
@@ -157,7 +157,7 @@ def _run_device(device, args):
                   f"{'met' if row['met'] else 'NOT met'}", flush=True)
     payload = {"benchmark": "methods", "environment": env, "model": f"vgg19 width {args.width}",
                "size": args.size, "target_layer": LAYER, "dtype": "fp32", "rows": rows}
-    path = write_json(result_stem("methods", device, env), payload)
+    path = write_result(result_stem("methods", device, env), payload)
     print(methods_table(payload))
     print(f"wrote {path}")
     return payload

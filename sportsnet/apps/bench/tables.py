@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 from pathlib import Path
 
 from ...hardware import hardware_line
+from ...serialization import write_text
 from ..compare_backbones import backbones_table
 from ..explain import methods_table as explain_methods_table
 from ..gpu_check import gpu_check_table
@@ -130,9 +130,7 @@ def sync(path: Path, check: bool = False) -> list[str]:
 
     new = MARKED.sub(fill, text)
     if stale and not check:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(new)
-        os.replace(tmp, path)
+        write_text(path, new)
     return stale
 
 

@@ -34,7 +34,7 @@ from .common import (
     summary,
     table,
     time_interleaved,
-    write_json,
+    write_result,
 )
 
 TARGET_CUDA_AMP_CL = 1.3
@@ -135,7 +135,7 @@ def run_device(device: torch.device, args) -> dict:
         gain = max(r["gain_vs_fp32_nchw_eager"] for r in amp_cl)
         payload["target"] = {"amp_channels_last_vs_fp32_nchw": TARGET_CUDA_AMP_CL, "measured": gain,
                              "met": gain >= TARGET_CUDA_AMP_CL}
-    path = write_json(result_stem("train", device, env), payload)
+    path = write_result(result_stem("train", device, env), payload)
     rows = [[r["batch"], r["variant"], f"{r['images_per_s']:.1f}",
              f"{r['images_per_s_p25']:.1f}-{r['images_per_s_p75']:.1f}", f"{r['gain_vs_fp32_nchw_eager']:.2f}x"]
             for r in results]
