@@ -6,13 +6,14 @@
 #                     then the tables of the README and docs re-rendered from it. On a CPU with native bf16, the tables of
 #                     a CPU without it come from
 #                     make bench BENCH_ENV="ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2"
-#   make gpu-check  - the GPU acceptance run, under 10 minutes on one H100/H200, with no install step (no network
-#                     needed): the extension built against the installed torch, the op tests under
-#                     SPORTSNET_REQUIRE_EXT=1, compute-sanitizer, kernel times, the four benchmarks with
-#                     --device cuda, the tables; one JSON in benchmarks/results/gpu_check_<device>.json.
-#                     On a CPU-only machine the CUDA steps are skipped, with the reason. GPU_PY is the venv's
-#                     python where there is one, else python3 (make gpu-check GPU_PY=python3 on a machine whose
-#                     own torch should be used); GPU_CHECK_ARGS passes flags (--steps, --budget, --copy-results DIR).
+#   make gpu-check  - the GPU acceptance run (python -m tools.gpu_check), within 7 minutes on one H100/H200, with
+#                     no install step (no network needed): the extension built against the installed torch, the
+#                     CUDA tests under SPORTSNET_REQUIRE_EXT=1, compute-sanitizer, kernel times, the four benchmarks
+#                     with --device cuda, the tables; one JSON in benchmarks/results/gpu_check_<device>.json,
+#                     rewritten after every step. On a CPU-only machine the CUDA steps are skipped, with the reason.
+#                     GPU_PY is the venv's python where there is one, else python3 (make gpu-check GPU_PY=python3 on
+#                     a machine whose own torch should be used); GPU_CHECK_ARGS passes flags (--steps, --budget,
+#                     --arch-list, --copy-results DIR). docs/operator.md has the command for a lent GPU machine.
 #
 # TORCH picks the torch/torchvision pair. The default is the package registry's CUDA 13.0 build,
 # which also runs on CPU-only machines. For another CUDA driver, e.g.:
@@ -46,7 +47,7 @@ install:
 	  set -e; \
 	  $(PY) -m pip install --quiet --disable-pip-version-check uv; \
 	  $(UV) pip install --python $(PY) $(TORCH) setuptools wheel ninja; \
-	  $(UV) pip install --python $(PY) --no-build-isolation $(TORCH) -e ".[test]"; \
+	  $(UV) pip install --python $(PY) --no-build-isolation $(TORCH) -e ".[test,bench]"; \
 	  echo "$(INSTALL_KEY)" > $(STAMP); \
 	fi
 
@@ -62,17 +63,19 @@ test: install
 	$(VENV)/bin/ruff check .
 	SPORTSNET_REQUIRE_EXT=1 $(PY) -m pytest $(PYTEST_ARGS)
 
+# The benchmarks and the tables are packages of the repository (benchmarks/, tools/), not of the install: they
+# run with python -m from the repository root.
 bench: install
-	$(BENCH_ENV) SPORTSNET_REQUIRE_EXT=1 $(PY) benchmarks/bench_gradcam.py
-	$(BENCH_ENV) SPORTSNET_REQUIRE_EXT=1 $(PY) benchmarks/bench_explain.py
-	$(BENCH_ENV) $(PY) benchmarks/bench_train.py
-	$(BENCH_ENV) $(PY) benchmarks/bench_data.py
-	$(PY) benchmarks/tables.py --update
+	$(BENCH_ENV) SPORTSNET_REQUIRE_EXT=1 $(PY) -m benchmarks.bench_gradcam
+	$(BENCH_ENV) SPORTSNET_REQUIRE_EXT=1 $(PY) -m benchmarks.bench_explain
+	$(BENCH_ENV) $(PY) -m benchmarks.bench_train
+	$(BENCH_ENV) $(PY) -m benchmarks.bench_data
+	$(PY) -m benchmarks.tables --update
 
 # No `install` prerequisite: it runs with whatever torch GPU_PY has (python -m from the repository root needs no
 # install), and builds the extension itself where it is missing.
 gpu-check:
-	$(GPU_PY) -m sportsnet.apps.gpu_check $(GPU_CHECK_ARGS)
+	$(GPU_PY) -m tools.gpu_check $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info sportsnet/*.so

@@ -71,6 +71,10 @@ def extensions():
 
 ext_modules, cmdclass = extensions()
 
+# pytorch-grad-cam and torchcam, the peers our CAM methods are compared with: pinned, and installed with the
+# pinned torch pair by the Makefile, so they cannot pull another torch.
+PEERS = ["grad-cam==1.5.7", "torchcam==0.5.0"]
+
 setup(
     name="sportsnet",
     version=read_version(),
@@ -94,8 +98,8 @@ setup(
         "open-clip-torch>=3.2,<4",
         "matplotlib",
     ],
-    # The test extra: pytorch-grad-cam and torchcam for the parity tests of the CAM methods (pinned, and
-    # installed with the pinned torch pair by the Makefile, so they cannot pull another torch);
-    # threadpoolctl, with which bench_methods keeps numpy's BLAS (pytorch-grad-cam's) to one thread.
-    extras_require={"test": ["pytest", "ruff==0.17.6", "grad-cam==1.5.7", "torchcam==0.5.0", "threadpoolctl"]},
+    # PEERS: the test extra's parity tests of the CAM methods, and the bench extra's peers of
+    # benchmarks/bench_methods.py, which also keeps numpy's BLAS (pytorch-grad-cam's) to one thread with
+    # threadpoolctl. Neither extra is needed by the library or its programs; make install installs both.
+    extras_require={"test": ["pytest", "ruff==0.17.6", *PEERS], "bench": [*PEERS, "threadpoolctl"]},
 )

@@ -13,7 +13,7 @@ import sportsnet
 PACKAGE = Path(sportsnet.__file__).resolve().parent
 # Bottom up; a module may import from its own layer and the ones before it, never from a later one.
 LAYERS = [
-    ("sportsnet", "sportsnet.hardware", "sportsnet.serialization", "sportsnet.plotting"),
+    ("sportsnet", "sportsnet.hardware", "sportsnet.serialization", "sportsnet.plotting", "sportsnet.results"),
     ("sportsnet.ops",),
     ("sportsnet.data",),
     ("sportsnet.models", "sportsnet.cam", "sportsnet.engine"),
@@ -108,11 +108,27 @@ def test_models_cam_and_engine_do_not_import_one_another():
     assert across == []
 
 
+#: The repository's tooling, run with python -m from the checkout and never installed: the library and its
+#: programs cannot depend on it.
+TOOLING = ("benchmarks", "tools")
+
+
+def test_the_package_imports_nothing_from_the_tooling():
+    found = []
+    for name, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            targets = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            found += [f"{name} -> {t}" for t in targets if t.split(".")[0] in TOOLING]
+    assert found == []
+    assert not (PACKAGE / "apps" / "bench").exists() and not (PACKAGE / "apps" / "gpu_check.py").exists()
+
+
 def test_the_walker_sees_relative_and_function_level_imports():
     """Guards the test itself: zero_shot_clip imports pretrain_clip inside a function (``from . import``)."""
     assert "sportsnet.apps.pretrain_clip" in GRAPH["sportsnet.apps.zero_shot_clip"]
     assert "sportsnet.engine.loop" in GRAPH["sportsnet.engine.fit"]
-    assert layer("sportsnet.apps.bench.tables") == 4 and layer("sportsnet.serialization") == 0
+    assert layer("sportsnet.apps.explain") == 4 and layer("sportsnet.results") == 0
 
 
 CHILD = """

@@ -4,7 +4,7 @@ each run's test split with Grad-CAM and a gradient-free method, and writes one t
 
     python experiments/compare_backbones.py                       # the default five, about an hour on 2 cores
     python experiments/compare_backbones.py --archs vgg19,timm:convnext_atto --explain-limit 100
-    python benchmarks/tables.py --update                          # the table into docs/training.md
+    python -m benchmarks.tables --update                          # the table into docs/training.md
 
 Each backbone trains with its program's offline demo (train_vgg19.py for ``vgg19``, train.py --arch for the
 others): the same synthetic set (10 classes, 96 px), 12 epochs from random weights, the hardware's precision
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..cam import method_name
-from .bench.common import caption, environment, result_stem, table, write_result
+from ..results import caption, environment, result_stem, table, write_result
 from .config import device_from_flag, option, parse_config, setup_logging
 from .runs import load_run
 

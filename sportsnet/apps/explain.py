@@ -46,8 +46,8 @@ from ..data.transforms import eval_box
 from ..hardware import autocast, resolve_precision
 from ..models.prompts import prompt_names, prompt_sets
 from ..models.zero_shot import ZeroShotClassifier
+from ..results import caption, environment, table, write_result
 from ..serialization import write_json
-from .bench.common import caption, environment, table, write_result
 from .clip_data import load_clip_or_exit, open_split, resolve_data
 from .config import device_from_flag, option, parse_config, precision_option, setup_logging, timestamp
 from .runs import load_run

@@ -9,6 +9,7 @@ import shutil
 import site
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 #: The GPU architectures compiled when TORCH_CUDA_ARCH_LIST is not set and torch does not say which it
 #: was built for (torch >= 2.4 always says): Turing (7.5, the T4 of Kaggle and Colab) to Hopper, plus PTX.
@@ -96,21 +97,42 @@ def torch_arch_names(torch) -> list[str]:
     return names
 
 
-def parse_arch_list(text: str) -> list[tuple[int, int, bool]]:
-    """``"7.5;8.0 9.0+PTX"`` -> ``[(7, 5, False), (8, 0, False), (9, 0, True)]`` (the bool: PTX too).
-    Names and suffixed variants (``9.0a``) that are not plain numbers are left out."""
+class Arch(NamedTuple):
+    """One entry of a TORCH_CUDA_ARCH_LIST: ``9.0a+PTX`` is ``Arch(9, 0, True, "a")``."""
+    major: int
+    minor: int
+    ptx: bool  # PTX too (compiled for newer GPUs when first loaded)
+    variant: str = ""  # "a": architecture-specific (runs on this exact GPU only); "f": family-specific
+
+
+def parse_arch_list(text: str) -> list[Arch]:
+    """``"7.5;8.0 9.0a+PTX"`` -> ``[Arch(7, 5, False, ""), Arch(8, 0, False, ""), Arch(9, 0, True, "a")]``.
+    Names that are not versions (``Hopper``) are left out."""
     out = []
     for token in re.split(r"[;\s]+", text.strip()):
-        m = re.fullmatch(r"(\d+)\.(\d)(\+PTX)?", token)
+        m = re.fullmatch(r"(\d+)\.(\d)([af]?)(\+PTX)?", token)
         if m:
-            out.append((int(m.group(1)), int(m.group(2)), bool(m.group(3))))
+            out.append(Arch(int(m.group(1)), int(m.group(2)), bool(m.group(4)), m.group(3)))
     return out
 
 
-def covers(capability: tuple[int, int], arch_list: str) -> bool:
-    """Whether a library compiled for ``arch_list`` runs on a GPU of compute ``capability``: machine code
-    for the same major version and an equal or lower minor one (sm_80 runs on 8.6 and 8.9), or PTX of an
-    equal or lower version (compiled for the GPU when first loaded)."""
+def arch_covers(arch: Arch, capability: tuple[int, int]) -> bool:
+    """Whether code compiled for ``arch`` runs on a GPU of compute ``capability``: machine code for the same major
+    version and an equal or lower minor one (sm_80 runs on 8.6 and 8.9), or PTX of an equal or lower version
+    (compiled for the GPU when first loaded); architecture-specific code (``9.0a``) on that exact GPU only."""
+    if arch.variant == "a":
+        return (arch.major, arch.minor) == tuple(capability)
     major, minor = capability
-    return any((m == major and n <= minor) or (ptx and (m, n) <= (major, minor))
-               for m, n, ptx in parse_arch_list(arch_list))
+    return (arch.major == major and arch.minor <= minor) or (arch.ptx and (arch.major, arch.minor) <= (major, minor))
+
+
+def covers(capability: tuple[int, int], arch_list: str) -> bool:
+    """Whether a library compiled for ``arch_list`` runs on a GPU of compute ``capability`` (:func:`arch_covers`)."""
+    return any(arch_covers(arch, capability) for arch in parse_arch_list(arch_list))
+
+
+def ninja_folder() -> str | None:
+    """The folder of the ``ninja`` that builds would run: on PATH, else beside this interpreter (a venv's ``bin``
+    that is not on PATH, as on a machine whose python is called by its full path); None without one."""
+    found = shutil.which("ninja") or shutil.which("ninja", path=os.path.dirname(sys.executable))
+    return os.path.dirname(found) if found else None

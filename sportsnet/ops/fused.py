@@ -81,6 +81,9 @@ def _jit_build() -> None:
     if with_cuda and not os.environ.get("CUDA_HOME"):
         os.environ["CUDA_HOME"] = _build.cuda_home()
         cpp_extension.CUDA_HOME = os.environ["CUDA_HOME"]
+    ninja = _build.ninja_folder()  # cpp_extension runs `ninja` from PATH; a venv's bin/ may not be on it
+    if ninja and ninja not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = os.pathsep.join([ninja, os.environ.get("PATH", "")])
     if with_cuda:
         _CUDA_ARCHS, why = _build.cuda_arch_list(_build.torch_arch_names(torch))
         os.environ["TORCH_CUDA_ARCH_LIST"] = _CUDA_ARCHS

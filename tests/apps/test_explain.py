@@ -57,13 +57,12 @@ def test_explains_a_dataset_split_with_localisation_metrics(run, capsys):
     assert "pointing_game/gradcam" in capsys.readouterr().out
 
 
-def test_every_method_in_one_table(run, tmp_path, monkeypatch):
+def test_every_method_in_one_table(run, tmp_path, results_dir):
     """--method all: every method (or its reason for refusing the model), with the metrics and the time
     per image, written as a result file that benchmarks/tables.py renders."""
-    from sportsnet.apps.bench import common, tables
+    from benchmarks import tables
     from sportsnet.cam import EXPLAINERS
 
-    monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
     tmp, run_dir, _ = run
     report = explain.main(["--checkpoint", str(run_dir), "--data", "synthetic", "--split", "test", "--limit", "6",
                            "--method", "all", "--samples", "2", "--out", str(tmp_path / "out"), "--no-progress",
@@ -144,7 +143,7 @@ def test_explain_script_on_zero_shot_clip(name, tmp_path, monkeypatch):
 def test_explain_refuses_a_prompt_without_clip(tmp_path):
     from sportsnet.apps import explain
 
-    with pytest.raises(SystemExit, match="--prompt needs --clip"):
+    with pytest.raises(SystemExit, match="--prompt has no effect without --clip"):
         explain.main(["--checkpoint", "x", "--prompt", "a", "--images", str(tmp_path)])
     with pytest.raises(SystemExit, match="give --checkpoint .* or --clip"):
         explain.main(["--images", str(tmp_path)])

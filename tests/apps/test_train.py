@@ -90,7 +90,7 @@ def test_bad_command_lines_and_missing_weights_are_one_line(tmp_path, monkeypatc
     for extra, message in [(["--arch", "resnet5O"], r"--arch: arch='resnet5O' is not a torchvision or timm classifier; "
                                                      r"close matches: .*resnet50"),
                            (["--phase1-epochs", "0", "--phase2-epochs", "0"], "nothing to train"),
-                           (["--lr", "-0.1"], "--lr -0.1 and --phase2-lr-factor 1.0 must be > 0"),
+                           (["--lr", "-0.1"], "--lr -0.1: must be > 0"),
                            (["--data", str(tmp_path / "nowhere")], "no such dataset folder"),
                            (["--weights", str(tmp_path / "missing.pth")], "missing.pth: no such file")]:
         with pytest.raises(SystemExit, match=message):
@@ -113,11 +113,9 @@ def test_bad_command_lines_and_missing_weights_are_one_line(tmp_path, monkeypatc
     assert not (tmp_path / "runs").exists()
 
 
-def test_compare_backbones_explains_a_finished_run_and_tables_it(tmp_path, monkeypatch):
+def test_compare_backbones_explains_a_finished_run_and_tables_it(tmp_path, results_dir):
     from sportsnet.apps import compare_backbones
-    from sportsnet.apps.bench import common
 
-    monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
     out = tmp_path / "backbones"
     acc = train.main(tiny_args(tmp_path, "timm-convnext_atto", "timm:convnext_atto", "--out", str(out),
                                "--phase1-epochs", "0"))
@@ -126,7 +124,7 @@ def test_compare_backbones_explains_a_finished_run_and_tables_it(tmp_path, monke
     row, = payload["rows"]  # the finished run is reused, not trained again
     assert row["test_acc1"] == pytest.approx(acc) and row["epochs"] == 1 and row["target_layer"] == ["stages.3"]
     assert row["explained_images"] == 4 and 0 <= row["pointing_game_gradcam"] <= 1 and row["parameters"] > 3e6
-    saved = json.loads((tmp_path / "results" / "backbones_test.json").read_text())
+    saved = json.loads((results_dir / "backbones_test.json").read_text())
     assert saved["rows"] == payload["rows"] and "hardware" in saved["environment"]
     table = compare_backbones.backbones_table(saved)
     assert "| timm:convnext_atto |" in table and "pointing game (ablationcam)" in table

@@ -34,6 +34,10 @@ def test_the_default_list_is_the_architectures_torch_was_built_for(monkeypatch):
     ((9, 0), "8.0", False),  # nor on another major one without PTX
     ((10, 0), "8.0;9.0+PTX", True),  # PTX is compiled for newer GPUs when loaded
     ((6, 1), "7.5;8.0+PTX", False),
+    ((9, 0), "9.0a", True),  # architecture-specific: a preset TORCH_CUDA_ARCH_LIST on Hopper machines
+    ((9, 0), "8.0 9.0a+PTX", True),
+    ((10, 0), "9.0a+PTX", False),  # sm_90a code and compute_90a PTX run on 9.0 only
+    ((10, 3), "10.0f", True),  # family-specific: the family's later minor versions
 ])
 def test_which_gpus_a_build_covers(capability, archs, expected):
     assert _build.covers(capability, archs) is expected
@@ -61,6 +65,11 @@ def test_a_gpu_the_kernel_was_not_built_for_takes_the_reference_with_one_warning
         fused._kernel_for(torch.device("cuda", 0))
 
 
+def test_arch_lists_keep_their_suffixes():
+    assert _build.parse_arch_list("7.5;8.0 9.0a+PTX 10.0f Hopper") == [
+        (7, 5, False, ""), (8, 0, False, ""), (9, 0, True, "a"), (10, 0, False, "f")]
+
+
 def _cuobjdump() -> str | None:
     """The toolkit's cuobjdump, or the copy triton ships inside torch's CUDA wheels."""
     home = _build.cuda_home()
@@ -82,7 +91,7 @@ def test_the_built_library_holds_machine_code_for_every_architecture_in_its_reco
     library = Path(sportsnet._C.__file__)
     record = library.with_name(_build.ARCHS_RECORD)
     assert record.is_file(), f"setup.py writes {record.name} next to the library it builds with CUDA"
-    expected = {f"sm_{m}{n}" for m, n, _ in _build.parse_arch_list(record.read_text())}
+    expected = {f"sm_{a.major}{a.minor}{a.variant}" for a in _build.parse_arch_list(record.read_text())}
     listing = subprocess.run([_cuobjdump(), "--list-elf", str(library)], capture_output=True, text=True, timeout=120)
     assert listing.returncode == 0, listing.stderr
     built = set(re.findall(r"\.(sm_\d+)\.cubin", listing.stdout))

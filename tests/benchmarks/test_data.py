@@ -1,17 +1,15 @@
-"""sportsnet.apps.bench.data end to end on a tiny set: every path delivers ready batches, the JSON renders."""
-import json
-
-from sportsnet.apps.bench import common
-from sportsnet.apps.bench import data as bench_data
+"""benchmarks.bench_data end to end on a tiny set: every path delivers ready batches, the JSON renders."""
+from benchmarks import bench_data
+from sportsnet.results import read_result, use_results_dir
 
 
-def test_the_four_paths_run_and_the_table_renders(tmp_path, monkeypatch):
-    monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
-    bench_data.main(["--classes", "3", "--per-class", "12", "--size", "40", "--images", "32", "--batch-size", "8",
-                     "--reps", "2", "--workers", "1", "--device", "cpu", "--root", str(tmp_path / "set"),
-                     "--cache-dir", str(tmp_path / "cache")])
+def test_the_four_paths_run_and_the_table_renders(tmp_path):
+    with use_results_dir(tmp_path / "results"):
+        bench_data.main(["--classes", "3", "--per-class", "12", "--size", "40", "--images", "32", "--batch-size", "8",
+                         "--reps", "2", "--workers", "1", "--device", "cpu", "--root", str(tmp_path / "set"),
+                         "--cache-dir", str(tmp_path / "cache")])
     [path] = (tmp_path / "results").glob("data_cpu_*.json")  # named by the host class, e.g. data_cpu_avx2.json
-    payload = json.loads(path.read_text())
+    payload = read_result(path)  # the schema every result file has
     cpu = payload["environment"]["hardware"]["cpu"]  # every result says which hardware made it
     assert path.stem == f"data_cpu_{cpu['isa'].lower()}{'_bf16' if cpu['native_bf16'] else ''}"
     results = payload["results"]

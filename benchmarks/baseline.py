@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from ...ops import _build
+from sportsnet.ops import _build
 
 log = logging.getLogger(__name__)
 NAMESPACE = "sportsnet_baseline"

@@ -1,12 +1,17 @@
-"""sportsnet.apps.bench.tables: the READMEs' numbers are the committed JSON's; --update rewrites only marked text."""
+"""benchmarks.tables: the READMEs' numbers are the committed JSON's; --update rewrites only marked text."""
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from sportsnet.apps.bench import common, tables
+from benchmarks import tables
+from sportsnet import results
+from tests.support import ROOT
 
-ROOT = Path(__file__).resolve().parents[3]
+ENVIRONMENT = {"device": "cpu", "device_type": "cpu", "hardware": {}, "torch": "2.x", "cuda": None,
+               "python": "3.x", "time": "2026-12-01 00:00:00"}
 
 
 @pytest.mark.parametrize("page", tables.PAGES)
@@ -14,17 +19,17 @@ def test_committed_pages_match_the_committed_results(page):
     """Fails when a result file changed and its page was not re-rendered (or a number was edited by hand)."""
     path = ROOT / page
     assert "<!-- results: " in path.read_text(), f"{page} shows no rendered results"
-    assert tables.sync(path, check=True) == [], f"{page} is stale: run python benchmarks/tables.py --update {page}"
+    assert tables.sync(path, check=True) == [], f"{page} is stale: run python -m benchmarks.tables --update {page}"
 
 
 def test_results_are_the_repositorys_benchmarks_results():
-    """The package finds the committed result files wherever it is run from (it is installed editable)."""
-    assert common.RESULTS == ROOT / "benchmarks" / "results"
+    """The library finds the committed result files wherever it is run from (it is installed editable)."""
+    assert results.results_dir() == ROOT / "benchmarks" / "results" and tables.ROOT == ROOT
 
 
-def _result(results: Path, stem: str, payload: dict) -> None:
-    results.mkdir(exist_ok=True)
-    (results / f"{stem}.json").write_text(json.dumps(payload))
+def _result(folder: Path, stem: str, payload: dict) -> None:
+    folder.mkdir(exist_ok=True)
+    (folder / f"{stem}.json").write_text(json.dumps({"environment": ENVIRONMENT, **payload}))
 
 
 def _train(gain: float, wall_s: float = 10.0) -> dict:
@@ -33,9 +38,8 @@ def _train(gain: float, wall_s: float = 10.0) -> dict:
                      "gain_vs_fp32_nchw_eager": gain}}
 
 
-def test_update_rewrites_marked_text_only(tmp_path, monkeypatch):
-    monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
-    _result(common.RESULTS, "train_cpu", _train(2.04))
+def test_update_rewrites_marked_text_only(tmp_path, results_dir):
+    _result(results_dir, "train_cpu", _train(2.04))
     page = tmp_path / "page.md"
     before = ("Intro 9.9x stays.\nStep is <!-- results: train_cpu.best_gain -->9.9x"
               "<!-- /results: train_cpu.best_gain --> faster.\n\nOutro 9.9x.\n")
@@ -47,38 +51,35 @@ def test_update_rewrites_marked_text_only(tmp_path, monkeypatch):
     assert after == before.replace("-->9.9x<!--", "-->2.0x<!--")
     assert tables.sync(page, check=True) == []  # now in sync
     assert tables.main(["--check", str(page)]) == 0
-    _result(common.RESULTS, "train_cpu", _train(3.0))
+    _result(results_dir, "train_cpu", _train(3.0))
     assert tables.main(["--check", str(page)]) == 1
 
 
-def test_make_bench_total_against_the_target(tmp_path, monkeypatch):
-    monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
+def test_make_bench_total_against_the_target(results_dir):
     for bench in tables.MAKE_BENCH:
-        _result(common.RESULTS, f"{bench}_cpu_avx2", {"benchmark": "x", "wall_s": 100.0})
+        _result(results_dir, f"{bench}_cpu_avx2", {"benchmark": "x", "wall_s": 100.0})
     line = tables.render("make_bench_cpu_avx2")
     assert "6 min 40 s" in line and "**met**" in line and "data 100 s" in line
-    _result(common.RESULTS, "data_cpu_avx2", {"benchmark": "x", "wall_s": 700.0})
+    _result(results_dir, "data_cpu_avx2", {"benchmark": "x", "wall_s": 700.0})
     line = tables.render("make_bench_cpu_avx2")
     assert "16 min 40 s" in line and "**not met**" in line
-    _result(common.RESULTS, "data_cpu_avx2", {"benchmark": "x"})
-    with pytest.raises(SystemExit, match="data_cpu_avx2 record no wall_s"):
+    _result(results_dir, "data_cpu_avx2", {"benchmark": "x"})
+    with pytest.raises(SystemExit, match=r"data_cpu_avx2\.json is not a result file: no wall_s"):
         tables.render("make_bench_cpu_avx2")
     with pytest.raises(SystemExit, match=r"no result file .*gradcam_cpu_avx512_bf16\.json"):  # another host class
         tables.render("make_bench_cpu_avx512_bf16")
 
 
-def test_unknown_names_are_refused_clearly(tmp_path, monkeypatch):
-    monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
+def test_unknown_names_are_refused_clearly(results_dir):
     with pytest.raises(SystemExit, match=r"no result file .*train_cpu\.json"):
         tables.render("train_cpu")
-    _result(common.RESULTS, "train_cpu", _train(2.0))
+    _result(results_dir, "train_cpu", _train(2.0))
     with pytest.raises(SystemExit, match="unknown value 'speed' in 'train_cpu.speed'"):
         tables.render("train_cpu.speed")
 
 
-def test_markers_in_backticks_are_prose_and_unpaired_markers_are_refused(tmp_path, monkeypatch):
-    monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
-    _result(common.RESULTS, "train_cpu", _train(2.0))
+def test_markers_in_backticks_are_prose_and_unpaired_markers_are_refused(tmp_path, results_dir):
+    _result(results_dir, "train_cpu", _train(2.0))
     page = tmp_path / "page.md"
     example = "Add `<!-- results: train_cpu.best_gain -->` for a number.\n\n"
     block = "Gain <!-- results: train_cpu.best_gain -->9x<!-- /results: train_cpu.best_gain -->.\n"
@@ -96,3 +97,13 @@ def test_markers_in_backticks_are_prose_and_unpaired_markers_are_refused(tmp_pat
 
 def test_minutes_never_shows_60_seconds():
     assert tables.minutes(119.7) == "2 min 0 s" and tables.minutes(61.2) == "1 min 1 s"
+
+
+def test_the_tables_need_no_test_or_bench_extra():
+    """Rendering imports every benchmark module: none may import a package of an extra (threadpoolctl, the peers)
+    at import time, so the tables run with the library's dependencies alone; run as ``python -m benchmarks.tables``
+    from the repository root, as documented."""
+    code = ("import runpy, sys; sys.modules.update(threadpoolctl=None, pytorch_grad_cam=None, torchcam=None); "
+            "sys.argv = ['tables', '--check']; runpy.run_module('benchmarks.tables', run_name='__main__')")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]

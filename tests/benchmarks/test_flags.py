@@ -1,10 +1,9 @@
 """Every benchmark refuses a bad flag in one line that names the value and what is accepted."""
+import sys
+
 import pytest
 
-from sportsnet.apps.bench import data as bench_data
-from sportsnet.apps.bench import explain as bench_explain
-from sportsnet.apps.bench import gradcam as bench_gradcam
-from sportsnet.apps.bench import train as bench_train
+from benchmarks import bench_data, bench_explain, bench_gradcam, bench_methods, bench_train
 
 
 @pytest.mark.parametrize("module, args, message", [
@@ -23,3 +22,10 @@ from sportsnet.apps.bench import train as bench_train
 def test_bad_flags_are_one_line_errors(module, args, message):
     with pytest.raises(SystemExit, match=r"^error: " + message):
         module.main([*args, "--device", "cpu"])
+
+
+def test_bench_methods_names_the_extra_it_needs(monkeypatch):
+    monkeypatch.setitem(sys.modules, "threadpoolctl", None)  # not installed
+    with pytest.raises(SystemExit, match=r"^error: bench_methods needs threadpoolctl, in the bench extra: pip install "
+                                         r"-e '\.\[bench\]'"):
+        bench_methods.main(["--device", "cpu", "--methods", "gradcam", "--batches", "1", "--width", "0.05"])
