@@ -2,6 +2,7 @@
 features encoded once (cached on disk, keyed by model, weights, files and transform)."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from ..hardware import resolve_precision
 from ..models.clip import load_clip
 from ..models.download import WeightsUnavailable
 from ..serialization import WeightsFileError
-from .config import device_from_flag, option, precision_option
+from .config import device_from_flag, option, precision_option, refuse_inapplicable
 
 log = logging.getLogger("clip_data")
 DEFAULT_SPORTS = "data/sports100"
@@ -36,15 +37,17 @@ class ClipRunConfig:
     pretrained: str = option("openai", "pretrained tag, a local checkpoint file, or 'none' (random weights)")
     prompts: str = option("sports", "prompt set of the zero-shot head", ("single", "sports", "imagenet"))
     precision: str = precision_option()
-    batch_size: int = option(64, "images per batch")
-    workers: int = option(2, "data-loader workers")
+    batch_size: int = option(64, "images per batch", bounds=">=1")
+    workers: int = option(2, "data-loader workers", bounds=">=0")
     device: str = option("auto", "cpu, cuda, cuda:N or auto")
     out: str = option("runs", "folder for run folders")
     name: str = option("", "run folder name (default: from the script, model, weights, data and time)")
     cache_dir: str = option("data/cache/features", "image-feature cache ('' to disable)")
     progress: bool = option(True, "progress bars")
-    synthetic_classes: int = option(SYNTHETIC_DEFAULTS["num_classes"], "synthetic set: number of classes")
-    synthetic_size: int = option(SYNTHETIC_DEFAULTS["size"], "synthetic set: image side in pixels")
+    synthetic_classes: int = option(SYNTHETIC_DEFAULTS["num_classes"], "synthetic set: number of classes",
+                                    bounds="[2,100]", applies=("data", ("synthetic",)))
+    synthetic_size: int = option(SYNTHETIC_DEFAULTS["size"], "synthetic set: image side in pixels",
+                                 bounds=">=32", applies=("data", ("synthetic",)))
 
 
 def load_clip_or_exit(model: str, pretrained: str, device, *, unavailable_ok: bool = False):
@@ -59,12 +62,14 @@ def load_clip_or_exit(model: str, pretrained: str, device, *, unavailable_ok: bo
         raise SystemExit(f"error: {e}") from None
 
 
-def start(cfg: ClipRunConfig, *, offline_demo_ok: bool = False):
-    """What the CLIP scripts do first: ``(kind, root, device, precision, bundle)``. With
+def start(cfg: ClipRunConfig, given: set[str], *, offline_demo_ok: bool = False):
+    """What the CLIP scripts do first: ``(kind, root, device, precision, bundle)``; a flag in ``given`` that
+    has no effect on this data is refused first (:func:`~sportsnet.apps.config.refuse_inapplicable`). With
     ``offline_demo_ok``, weights that cannot be had for the synthetic set raise :class:`WeightsUnavailable`
     (zero_shot_clip.py then runs its offline demo and says why in one line); every other error is a
     one-line exit."""
     kind, root, fallback = resolve_data(cfg.data)
+    refuse_inapplicable(dataclasses.replace(cfg, data="synthetic" if kind == "synthetic" else str(root)), given)
     device = device_from_flag(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     bundle = load_clip_or_exit(cfg.model, cfg.pretrained, device,

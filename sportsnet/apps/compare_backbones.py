@@ -35,8 +35,8 @@ class CompareConfig:
     archs: str = option(DEFAULT_ARCHS, "comma-separated: 'vgg19' (train_vgg19.py's demo) and train.py --arch names")
     out: str = option("runs/backbones", "folder of the runs and their explanations")
     gradient_free: str = option("ablationcam", "the gradient-free method beside Grad-CAM")
-    explain_limit: int = option(0, "explain only the first N test images (0: all)")
-    epochs: int = option(0, "epochs per backbone (0: the demo's budget, 12); fewer for a quick look")
+    explain_limit: int = option(0, "explain only the first N test images (0: all)", bounds=">=0")
+    epochs: int = option(0, "epochs per backbone (0: the demo's budget, 12); fewer for a quick look", bounds=">=0")
     results: str = option("", "result file name under benchmarks/results/ (default: backbones_cpu_<ISA> or "
                               "backbones_<GPU>)")
     device: str = option("auto", "cpu, cuda, cuda:N or auto")
@@ -128,8 +128,6 @@ def backbones_table(p: dict) -> str:
 def main(argv=None) -> dict:
     setup_logging()
     cfg, _ = parse_config(CompareConfig, argv, CompareConfig(), __doc__)
-    if cfg.explain_limit < 0 or cfg.epochs < 0:
-        raise SystemExit(f"error: --explain-limit ({cfg.explain_limit}) and --epochs ({cfg.epochs}) must be >= 0")
     try:
         method_name(cfg.gradient_free)
     except ValueError as e:

@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import logging
 import os
+import re
 import sys
 import time
 from contextlib import contextmanager
@@ -29,10 +30,52 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
-def option(default: Any, help: str, choices: Sequence[Any] | None = None, *, switch: bool = False) -> Any:
+@dataclasses.dataclass(frozen=True)
+class Bounds:
+    """The values a numeric flag accepts, from a spec such as ``">0"``, ``">=-1"`` or ``"[0,1)"``."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    @classmethod
+    def parse(cls, spec: str) -> "Bounds":
+        spec = spec.replace(" ", "")
+        for op, open_ in ((">=", False), (">", True)):
+            if spec.startswith(op):
+                return cls(low=float(spec[len(op):]), low_open=open_)
+        if spec[:1] in "[(" and spec[-1:] in "])" and "," in spec:
+            low, high = spec[1:-1].split(",")
+            return cls(float(low), float(high), spec[0] == "(", spec[-1] == ")")
+        raise ValueError(f"bounds {spec!r}: expected '>X', '>=X' or an interval such as '[0,1)'")
+
+    def __contains__(self, value: float) -> bool:
+        if self.low is not None and not (value > self.low if self.low_open else value >= self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def __str__(self) -> str:
+        fmt = "{:g}".format
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {fmt(self.low)}"
+        return f"in {'(' if self.low_open else '['}{fmt(self.low)}, {fmt(self.high)}{')' if self.high_open else ']'}"
+
+
+#: ``applies=(FIELD, ANY)``: the flag applies when FIELD is set (non-empty, true).
+ANY = "any"
+
+
+def option(default: Any, help: str, choices: Sequence[Any] | None = None, *, switch: bool = False,
+           bounds: str | None = None, applies: tuple[str, Any] | None = None) -> Any:
     """A dataclass field with command-line help (and optional choices). ``switch``: an on/off flag
-    whose default is ``None`` ("auto": decided at run time), given as ``--name`` / ``--no-name``."""
-    return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "switch": switch})
+    whose default is ``None`` ("auto": decided at run time), given as ``--name`` / ``--no-name``.
+    ``bounds``: the numbers accepted (:class:`Bounds`; checked when the flags are parsed). ``applies``:
+    ``(field, values)``, the flag has an effect only while that field holds one of ``values`` (or, with
+    :data:`ANY`, is set); giving it otherwise is refused by :func:`refuse_inapplicable`."""
+    return dataclasses.field(default=default, metadata={
+        "help": help, "choices": choices, "switch": switch,
+        "bounds": Bounds.parse(bounds) if bounds else None, "applies": applies})
 
 
 def precision_option() -> Any:
@@ -46,14 +89,22 @@ def flag_name(field_name: str) -> str:
     return "--" + field_name.replace("_", "-")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's errors as one line (``<prog>: error: argument --lr: invalid float value: 'x'``), exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (--help lists the flags)\n")
+
+
 def build_parser(cls: type, defaults: Any, description: str = "") -> argparse.ArgumentParser:
     """Flags for every field of ``cls``; defaults shown from ``defaults`` but not filled in, so
     :func:`parse_config` can tell which flags were given."""
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                argument_default=argparse.SUPPRESS, allow_abbrev=False)
+    p = OneLineParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+                       argument_default=argparse.SUPPRESS, allow_abbrev=False)
     for f in dataclasses.fields(cls):
         meta, default = f.metadata, getattr(defaults, f.name)
-        help_text = f"{meta.get('help', '')} (default: {'auto' if default is None else repr(default)})"
+        accepted = f"; {meta['bounds']}" if meta.get("bounds") else ""
+        help_text = f"{meta.get('help', '')} (default: {'auto' if default is None else repr(default)}{accepted})"
         if isinstance(default, bool) or meta.get("switch"):
             p.add_argument(flag_name(f.name), action=argparse.BooleanOptionalAction, help=help_text)
         else:
@@ -62,10 +113,58 @@ def build_parser(cls: type, defaults: Any, description: str = "") -> argparse.Ar
     return p
 
 
+def flag_message(error: Exception) -> str:
+    """A library error about a keyword argument in the words of its flag: ``"num_classes=1 must be ..."`` ->
+    ``"--num-classes 1 must be ..."`` (other messages unchanged)."""
+    return re.sub(r"^(\w+)=", lambda m: f"{flag_name(m[1])} ", str(error))
+
+
+def out_of_bounds(cfg: Any) -> list[str]:
+    """One problem per field of ``cfg`` whose value is outside its :class:`Bounds` (NaN never is inside)."""
+    problems = []
+    for f in dataclasses.fields(cfg):
+        bounds, value = f.metadata.get("bounds"), getattr(cfg, f.name)
+        if bounds is not None and value not in bounds:
+            problems.append(f"{flag_name(f.name)} {value:g}: must be {bounds}")
+    return problems
+
+
 def parse_config(cls: type[T], argv: Sequence[str] | None, defaults: T, description: str = "") -> tuple[T, set[str]]:
-    """Parse ``argv`` into ``cls`` on top of ``defaults``; also return the names given explicitly."""
+    """Parse ``argv`` into ``cls`` on top of ``defaults``; also return the names given explicitly. A value out
+    of its bounds is a one-line exit naming every such flag, before any work."""
     ns = vars(build_parser(cls, defaults, description).parse_args(argv))
-    return dataclasses.replace(defaults, **ns), set(ns)
+    cfg = dataclasses.replace(defaults, **ns)
+    problems = out_of_bounds(cfg)
+    if problems:
+        raise SystemExit("error: " + "; ".join(problems))
+    return cfg, set(ns)
+
+
+def _holds(value: Any, values: Any) -> bool:
+    return bool(value) if values == ANY else value in values
+
+
+def refuse_inapplicable(cfg: Any, given: set[str]) -> None:
+    """A one-line exit for each flag in ``given`` that has no effect on ``cfg`` (its ``applies`` condition
+    does not hold), naming the condition and the flags of the same kind that do apply."""
+    fields = {f.name: f for f in dataclasses.fields(cfg)}
+    problems = []
+    for name in sorted(given):
+        applies = fields[name].metadata.get("applies") if name in fields else None
+        if applies is None or _holds(getattr(cfg, applies[0]), applies[1]):
+            continue
+        key, values = applies
+        current = getattr(cfg, key)
+        if values == ANY or isinstance(current, bool):
+            problems.append(f"{flag_name(name)} has no effect without {flag_name(key)}")
+            continue
+        instead = [flag_name(f.name) for f in fields.values() if (f.metadata.get("applies") or ("",))[0] == key
+                   and _holds(current, f.metadata["applies"][1])]
+        problems.append(f"{flag_name(name)} has no effect with {flag_name(key)} {current} (it applies with "
+                        f"{' or '.join(f'{flag_name(key)} {v}' for v in values)})"
+                        + (f"; with {flag_name(key)} {current} use {', '.join(instead)}" if instead else ""))
+    if problems:
+        raise SystemExit("error: " + "; ".join(problems))
 
 
 def _quiet_chatty_libraries(record: logging.LogRecord) -> bool:

@@ -49,7 +49,16 @@ from ..models.zero_shot import ZeroShotClassifier
 from ..results import caption, environment, table, write_result
 from ..serialization import write_json
 from .clip_data import load_clip_or_exit, open_split, resolve_data
-from .config import device_from_flag, option, parse_config, precision_option, setup_logging, timestamp
+from .config import (
+    ANY,
+    device_from_flag,
+    option,
+    parse_config,
+    precision_option,
+    refuse_inapplicable,
+    setup_logging,
+    timestamp,
+)
 from .runs import load_run
 
 log = logging.getLogger("explain")
@@ -59,34 +68,37 @@ log = logging.getLogger("explain")
 class ExplainConfig:
     checkpoint: str = option("", "a train_vgg19.py or train.py run folder (uses its best.pt) or a checkpoint file")
     clip: str = option("", "or an open_clip architecture to explain zero-shot (e.g. ViT-B-32, RN50)")
-    pretrained: str = option("openai", "--clip weights: a tag, a local checkpoint file, or 'none'")
-    prompts: str = option("sports", "--clip: prompt set of the class names", ("single", "sports", "imagenet"))
-    prompt: str = option("", "--clip: explain free-text prompts instead of class names (';' between several)")
+    pretrained: str = option("openai", "--clip weights: a tag, a local checkpoint file, or 'none'",
+                             applies=("clip", ANY))
+    prompts: str = option("sports", "--clip: prompt set of the class names", ("single", "sports", "imagenet"),
+                          applies=("clip", ANY))
+    prompt: str = option("", "--clip: explain free-text prompts instead of class names (';' between several)",
+                         applies=("clip", ANY))
     data: str = option("", "100-Sports-layout folder or 'synthetic' (the demo's set); use with --split")
-    split: str = option("test", "split of --data", ("train", "valid", "test"))
+    split: str = option("test", "split of --data", ("train", "valid", "test"), applies=("data", ANY))
     images: str = option("", "a folder of images (searched recursively) instead of --data")
     method: str = option("gradcam", f"one of {', '.join(EXPLAINERS)}, a comma list, or 'all' (overlays use the "
                                     f"first; methods that refuse the model, like CAM without its head, are left out)")
     samples: int = option(0, "noisy/scaled samples of SS-CAM, IS-CAM and SmoothGrad-CAM++ (0: their defaults, 35, 10 "
-                             "and 4)")
-    limit: int = option(0, "explain only the first N images (0: all)")
+                             "and 4)", bounds=">=0")
+    limit: int = option(0, "explain only the first N images (0: all)", bounds=">=0")
     cam_batch: int = option(0, "forwards per batch of the gradient-free methods (masked images, ablations); "
-                               "0: each method's choice for the device")
+                               "0: each method's choice for the device", bounds=">=0")
     results: str = option("", "also write the report to benchmarks/results/<NAME>.json, rendered by "
                               "benchmarks/tables.py (e.g. explain_methods_demo_cpu_avx2)")
-    top_k: int = option(1, "explain the k most likely classes of each image")
+    top_k: int = option(1, "explain the k most likely classes of each image", bounds=">=1")
     layer: str = option("", "target layer(s), dotted names, comma-separated (default: the model family's usual)")
     layout: str = option("auto", "how the target layer's output holds channels and positions: BCHW (maps), BHWC "
                                  "(channels-last maps, e.g. Swin), BND/NBD (tokens, batch or sequence first); auto: "
                                  "resolved from the model, or refused with this flag's name", ("auto", *LAYOUTS))
     prefix_tokens: int = option(-1, "tokens before the patch grid (class, distillation, registers) for a token "
-                                    "layout (-1: the model's own count)")
+                                    "layout (-1: the model's own count)", bounds=">=-1")
     pointing_tolerance: float = option(-1.0, "pointing-game tolerance in pixels (-1: the standard 15 px at 224 px, "
-                                             "scaled to the input size)")
+                                             "scaled to the input size)", bounds=">=-1")
     out: str = option("", "output folder (default: outputs/explain-<time>)")
-    batch_size: int = option(32, "images per batch")
-    overlays: int = option(-1, "write overlay PNGs for at most this many images (-1: all)")
-    deletion_steps: int = option(16, "steps of the deletion/insertion curves (0: skip those metrics)")
+    batch_size: int = option(32, "images per batch", bounds=">=1")
+    overlays: int = option(-1, "write overlay PNGs for at most this many images (-1: all)", bounds=">=-1")
+    deletion_steps: int = option(16, "steps of the deletion/insertion curves (0: skip those metrics)", bounds=">=0")
     road: bool = option(False, "also ROAD (most/least relevant first, combined; 8 linear-system solves per image "
                                "and method: slow on a CPU)")
     device: str = option("auto", "cpu, cuda, cuda:N or auto")
@@ -230,11 +242,10 @@ def methods_table(p: dict) -> str:
 
 def main(argv=None) -> dict:
     setup_logging()
-    cfg, _ = parse_config(ExplainConfig, argv, ExplainConfig(), __doc__)
+    cfg, given = parse_config(ExplainConfig, argv, ExplainConfig(), __doc__)
     if bool(cfg.checkpoint) == bool(cfg.clip):
         raise SystemExit("error: give --checkpoint (a train_vgg19 run) or --clip (an open_clip architecture)")
-    if cfg.prompt and not cfg.clip:
-        raise SystemExit("error: --prompt needs --clip (free-text targets come from CLIP's text encoder)")
+    refuse_inapplicable(cfg, given)
     if bool(cfg.images) == bool(cfg.data):
         raise SystemExit("error: give exactly one of --data (with --split) or --images")
     methods = list(EXPLAINERS) if cfg.method == "all" else [m.strip() for m in cfg.method.split(",")]
@@ -243,9 +254,6 @@ def main(argv=None) -> dict:
         raise SystemExit(f"error: unknown method(s) {unknown}; expected {', '.join(EXPLAINERS)}, a class name such "
                          f"as GradCAMPlusPlus, or 'all'")
     methods = [method_name(m) for m in methods]
-    if cfg.batch_size < 1 or cfg.top_k < 1 or cfg.cam_batch < 0 or cfg.samples < 0:
-        raise SystemExit(f"error: --batch-size ({cfg.batch_size}) and --top-k ({cfg.top_k}) must be >= 1, "
-                         f"--cam-batch ({cfg.cam_batch}) and --samples ({cfg.samples}) >= 0")
     device = device_from_flag(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     if cfg.checkpoint:
@@ -265,8 +273,6 @@ def main(argv=None) -> dict:
     model, classes, size = subject.model, subject.classes, subject.size
     if cfg.top_k > len(classes):
         raise SystemExit(f"error: --top-k {cfg.top_k} exceeds the model's {len(classes)} classes")
-    if cfg.limit < 0:
-        raise SystemExit(f"error: --limit ({cfg.limit}) must be >= 0")
     if cfg.limit:
         ds.samples = ds.samples[:cfg.limit]
     boxes_csv = root / "boxes.csv" if cfg.data and (root / "boxes.csv").is_file() else None

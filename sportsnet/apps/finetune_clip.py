@@ -51,12 +51,15 @@ class FinetuneConfig(ClipRunConfig):
     shots: str = option("1,2,4,8,16,all", "images per class used for training, comma-separated ('all': every image)")
     seeds: str = option("1,2,3", "seeds of the few-shot draws and of training")
     methods: str = option(",".join(METHODS), f"comma-separated subset of {', '.join(METHODS)}")
-    steps: int = option(300, "optimizer steps of each trained head (best validation step kept)")
+    steps: int = option(300, "optimizer steps of each trained head (best validation step kept)", bounds=">=1")
     full_finetune: bool = option(False, "also fine-tune the whole image tower on the k-shot images (slow)")
-    finetune_epochs: int = option(3, "epochs of --full-finetune")
-    finetune_lr: float = option(1e-5, "learning rate of --full-finetune")
-    synthetic_train_per_class: int = option(60, "synthetic set: training images per class")
-    synthetic_eval_per_class: int = option(10, "synthetic set: images per class in valid and in test")
+    finetune_epochs: int = option(3, "epochs of --full-finetune", bounds=">=1", applies=("full_finetune", (True,)))
+    finetune_lr: float = option(1e-5, "learning rate of --full-finetune",
+                                bounds=">0", applies=("full_finetune", (True,)))
+    synthetic_train_per_class: int = option(60, "synthetic set: training images per class",
+                                            bounds=">=1", applies=("data", ("synthetic",)))
+    synthetic_eval_per_class: int = option(10, "synthetic set: images per class in valid and in test",
+                                           bounds=">=1", applies=("data", ("synthetic",)))
 
 
 def parse_shots(text: str) -> list[int | str]:
@@ -145,7 +148,7 @@ def accuracy_plot(summary: dict, shots: list, title: str):
 
 def main(argv=None) -> dict:
     setup_logging()
-    cfg, _ = parse_config(FinetuneConfig, argv, FinetuneConfig(), __doc__)
+    cfg, given = parse_config(FinetuneConfig, argv, FinetuneConfig(), __doc__)
     shots = parse_shots(cfg.shots)
     try:
         seeds = [int(s) for s in cfg.seeds.split(",") if s.strip()]
@@ -156,9 +159,7 @@ def main(argv=None) -> dict:
     if bad or not methods or not seeds or not shots:
         raise SystemExit(f"error: --methods must be a non-empty subset of {', '.join(METHODS)} (got {bad or methods}); "
                          f"--seeds and --shots must not be empty")
-    if cfg.steps < 1 or cfg.batch_size < 1:
-        raise SystemExit(f"error: --steps ({cfg.steps}) and --batch-size ({cfg.batch_size}) must be >= 1")
-    kind, root, device, precision, bundle = start(cfg)
+    kind, root, device, precision, bundle = start(cfg, given)
     synthetic = dict(num_classes=cfg.synthetic_classes, train_per_class=cfg.synthetic_train_per_class,
                      eval_per_class=cfg.synthetic_eval_per_class, size=cfg.synthetic_size)
     train_split = "train"

@@ -13,6 +13,7 @@ import argparse
 import time
 
 from ..data import SYNTHETIC_SETS, Sports100, synthetic_set
+from .config import OneLineParser, flag_message
 
 FLAGS = {"root": str, "num_classes": int, "train_per_class": int, "eval_per_class": int, "size": int}
 HELP = {"root": "output folder", "num_classes": "2..100, real class names",
@@ -21,7 +22,7 @@ HELP = {"root": "output folder", "num_classes": "2..100, real class names",
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="vgg-demo", choices=sorted(SYNTHETIC_SETS),
                    help="which program's set (default: %(default)s)")
     for name, kind in FLAGS.items():
@@ -34,7 +35,7 @@ def main(argv=None) -> None:
     try:
         root = synthetic_set(a.preset, seed=a.seed, **overrides)
     except (ValueError, FileExistsError) as e:
-        p.error(str(e))
+        p.error(flag_message(e))
     spec = {**SYNTHETIC_SETS[a.preset], **overrides}
     counts = {s: len(Sports100(root, s)) for s in ("train", "valid", "test")}
     print(f"synthetic sports set at {root}: {spec['num_classes']} classes, {spec['size']}px, {counts} "

@@ -42,6 +42,7 @@ from .config import (
     option,
     parse_config,
     precision_option,
+    refuse_inapplicable,
     resume_config,
     run_folder,
     setup_logging,
@@ -60,25 +61,28 @@ class PretrainConfig:
     model: str = option("ViT-B-32", "open_clip architecture")
     pretrained: str = option("openai", "start from a pretrained tag, a local weights file, or 'none' (from scratch)")
     lock_image: bool = option(False, "freeze the image tower (LiT-style: only the text tower learns)")
-    unlocked_image_groups: int = option(0, "with --lock-image: leave this many last layer groups trainable")
+    unlocked_image_groups: int = option(0, "with --lock-image: leave this many last layer groups trainable",
+                                        bounds=">=0", applies=("lock_image", (True,)))
     lock_text: bool = option(False, "freeze the text tower")
-    epochs: int = option(5, "passes over the train split")
-    batch_size: int = option(64, "pairs per micro-batch and process")
-    accum_steps: int = option(1, "micro-batches per optimizer step (exact: the loss sees all of them)")
-    lr: float = option(1e-5, "peak learning rate (fine-tuning; from scratch use ~5e-4)")
-    weight_decay: float = option(0.1, "AdamW weight decay of matrices (not of biases, norms, temperature)")
-    warmup_steps: int = option(50, "linear warmup steps before cosine decay")
-    grad_clip: float = option(0.0, "clip the gradient norm (0: off)")
+    epochs: int = option(5, "passes over the train split", bounds=">=1")
+    batch_size: int = option(64, "pairs per micro-batch and process", bounds=">=1")
+    accum_steps: int = option(1, "micro-batches per optimizer step (exact: the loss sees all of them)", bounds=">=1")
+    lr: float = option(1e-5, "peak learning rate (fine-tuning; from scratch use ~5e-4)", bounds=">0")
+    weight_decay: float = option(0.1, "AdamW weight decay of matrices (not of biases, norms, temperature)",
+                                 bounds=">=0")
+    warmup_steps: int = option(50, "linear warmup steps before cosine decay", bounds=">=0")
+    grad_clip: float = option(0.0, "clip the gradient norm (0: off)", bounds=">=0")
     precision: str = precision_option()
     seed: int = option(0, "seed of initialisation, shuffling and caption choice")
-    workers: int = option(2, "data-loader workers")
+    workers: int = option(2, "data-loader workers", bounds=">=0")
     device: str = option("auto", "cpu, cuda, cuda:N or auto (under torchrun: cuda:LOCAL_RANK)")
     out: str = option("runs", "folder for run folders")
     name: str = option("", "run folder name (default: pretrain-<model>-<weights>-<data>-<time>)")
-    log_every: int = option(20, "optimizer steps between logged losses")
+    log_every: int = option(20, "optimizer steps between logged losses", bounds=">=1")
     progress: bool = option(True, "progress bars")
     resume: str = option("", "run folder (or its last.pt) to continue with its saved config")
-    synthetic_size: int = option(SYNTHETIC_DEFAULTS["size"], "synthetic set: image side in pixels")
+    synthetic_size: int = option(SYNTHETIC_DEFAULTS["size"], "synthetic set: image side in pixels",
+                                 bounds=">=32", applies=("data", ("synthetic",)))
 
 
 def resolve_captions(data: str) -> tuple[str, Path]:
@@ -118,14 +122,10 @@ def main(argv=None) -> dict:
     ckpt = None
     if cfg.resume:
         cfg, ckpt = resume_config(PretrainConfig, cfg, given, RUNTIME_FLAGS)
-    for flag in ("epochs", "batch_size", "accum_steps"):
-        if getattr(cfg, flag) < 1:
-            raise SystemExit(f"error: --{flag.replace('_', '-')} {getattr(cfg, flag)} must be >= 1")
-    if not cfg.lr > 0:
-        raise SystemExit(f"error: --lr {cfg.lr} must be > 0")
     if cfg.lock_image and cfg.lock_text:
         raise SystemExit("error: --lock-image and --lock-text together leave nothing to train but the temperature")
     kind, root = resolve_captions(cfg.data)
+    refuse_inapplicable(dataclasses.replace(cfg, data=kind if kind == "synthetic" else str(root)), given)
     device = training_device(cfg.device)
     try:
         return _run(cfg, kind, root, device, ckpt)

@@ -22,6 +22,7 @@ from ..cam.overlay import grid_figure
 from ..data import SYNTHETIC_SETS, Sports100, build_transforms, denormalize, make_synthetic_sports, summarize_skipped
 from ..data.batch_aug import collate_channels_last
 from ..data.cache import DecodedImages, one_size
+from ..data.classnames import SPORTS100_CLASSES
 from ..data.images import UnreadableImageError
 from ..data.normalization import IMAGENET_MEAN, IMAGENET_STD
 from ..engine import FitOptions, Phase, evaluate, fit, load_checkpoint, write_report
@@ -38,6 +39,7 @@ from .config import (
     option,
     parse_config,
     precision_option,
+    refuse_inapplicable,
     resume_config,
     run_folder,
     setup_logging,
@@ -57,6 +59,10 @@ DEMO_BUDGET = dict(data="synthetic", weights="none", image_size=DEMO_SET["size"]
 RUNTIME_FLAGS = {"resume", "workers", "progress", "device", "log_every", "data_path", "cache_dir"}
 
 
+#: ``applies=`` of the flags that shape the synthetic set: they mean nothing for a dataset folder.
+SYNTHETIC = ("data", ("synthetic",))
+
+
 @dataclass
 class RunConfig:
     """The flags of every classifier run. A program's config adds the model's and implements the methods
@@ -68,30 +74,32 @@ class RunConfig:
     out: str = option("runs", "folder for run folders")
     name: str = option("", "run folder name (default: <model>-<data>-<time>)")
     resume: str = option("", "run folder or checkpoint to continue with its saved config")
-    image_size: int = option(224, "training and evaluation resolution in pixels")
-    crop_scale: float = option(0.25, "smallest area fraction of the random resized crop")
-    eval_resize_ratio: float = option(1.0, "eval: resize to size*ratio, centre-crop size (100-Sports is 224 px)")
-    phase1_epochs: int = option(3, "epochs training only the new layers on the frozen base")
-    phase2_epochs: int = option(7, "epochs fine-tuning everything")
-    phase2_lr_factor: float = option(0.1, "learning-rate factor of phase 2")
+    image_size: int = option(224, "training and evaluation resolution in pixels", bounds=">=16")
+    crop_scale: float = option(0.25, "smallest area fraction of the random resized crop", bounds="(0,1]")
+    eval_resize_ratio: float = option(1.0, "eval: resize to size*ratio, centre-crop size (100-Sports is 224 px)",
+                                      bounds=">=1")
+    phase1_epochs: int = option(3, "epochs training only the new layers on the frozen base", bounds=">=0")
+    phase2_epochs: int = option(7, "epochs fine-tuning everything", bounds=">=0")
+    phase2_lr_factor: float = option(0.1, "learning-rate factor of phase 2", bounds=">0")
     optimizer: str = option("adamw", "optimizer", OPTIMIZERS)
-    lr: float = option(1e-3, "peak learning rate")
-    weight_decay: float = option(1e-4, "weight decay")
-    momentum: float = option(0.9, "SGD momentum")
-    warmup_epochs: float = option(0.5, "linear warmup at the start of each phase, in epochs")
-    min_lr_ratio: float = option(0.01, "cosine schedule ends at lr * this")
-    label_smoothing: float = option(0.1, "cross-entropy label smoothing")
-    grad_clip: float = option(0.0, "clip the gradient norm to this (0: off)")
-    batch_size: int = option(32, "training batch size (evaluation uses twice this)")
-    workers: int = option(-1, "data-loader workers (-1: auto)")
+    lr: float = option(1e-3, "peak learning rate", bounds=">0")
+    weight_decay: float = option(1e-4, "weight decay", bounds=">=0")
+    momentum: float = option(0.9, "SGD momentum", bounds="[0,1)", applies=("optimizer", ("sgd",)))
+    warmup_epochs: float = option(0.5, "linear warmup at the start of each phase, in epochs", bounds=">=0")
+    min_lr_ratio: float = option(0.01, "cosine schedule ends at lr * this", bounds="[0,1]")
+    label_smoothing: float = option(0.1, "cross-entropy label smoothing", bounds="[0,1)")
+    grad_clip: float = option(0.0, "clip the gradient norm to this (0: off)", bounds=">=0")
+    batch_size: int = option(32, "training batch size (evaluation uses twice this)", bounds=">=1")
+    workers: int = option(-1, "data-loader workers (-1: auto)", bounds=">=-1")
     precision: str = precision_option()
     channels_last: bool | None = option(None, "channels-last model and inputs (auto: where this hardware's conv "
                                               "kernels are faster with it; the choice is logged)", switch=True)
     compile: bool = option(False, "torch.compile the model")
     device: str = option("auto", "cpu, cuda, cuda:N or auto")
     seed: int = option(0, "seed of initialisation, data order and augmentation")
-    log_every: int = option(20, "steps between progress/TensorBoard updates (each is a host sync)")
-    gradcam_images: int = option(16, "validation images in the Grad-CAM grid logged every epoch (0: none)")
+    log_every: int = option(20, "steps between progress/TensorBoard updates (each is a host sync)", bounds=">=1")
+    gradcam_images: int = option(16, "validation images in the Grad-CAM grid logged every epoch (0: none)",
+                                 bounds=">=0")
     verify_images: bool = option(True, "decode every image once up front; report and drop unreadable ones")
     strict: bool = option(False, "stop at the first unreadable image instead of skipping it")
     data_path: str = option("auto", "cache: decode every image once into a memory-mapped uint8 file and augment "
@@ -100,12 +108,16 @@ class RunConfig:
                             "where a split's images share one size", ("auto", "cache", "plain"))
     cache_dir: str = option("data/cache/decoded", "folder of the decoded-image caches")
     progress: bool = option(True, "tqdm progress bars")
-    synthetic_classes: int = option(DEMO_SET["num_classes"], "synthetic set: number of classes")
-    synthetic_train_per_class: int = option(DEMO_SET["train_per_class"], "synthetic set: training images per class")
+    synthetic_classes: int = option(DEMO_SET["num_classes"], "synthetic set: number of classes",
+                                    bounds=f"[2,{len(SPORTS100_CLASSES)}]", applies=SYNTHETIC)
+    synthetic_train_per_class: int = option(DEMO_SET["train_per_class"], "synthetic set: training images per class",
+                                            bounds=">=1", applies=SYNTHETIC)
     synthetic_eval_per_class: int = option(DEMO_SET["eval_per_class"], "synthetic set: images per class in valid "
-                                                                       "and in test")
-    synthetic_size: int = option(DEMO_SET["size"], "synthetic set: image side in pixels")
-    synthetic_root: str = option(DEMO_SET["root"], "where the synthetic set is written (and reused)")
+                                           "and in test", bounds=">=1", applies=SYNTHETIC)
+    synthetic_size: int = option(DEMO_SET["size"], "synthetic set: image side in pixels", bounds=">=32",
+                                 applies=SYNTHETIC)
+    synthetic_root: str = option(DEMO_SET["root"], "where the synthetic set is written (and reused)",
+                                 applies=SYNTHETIC)
 
     # What a program's config says about its model.
     def build_model(self, num_classes: int, weights: Path | None = None) -> nn.Module:
@@ -158,13 +170,20 @@ def resolve_config(cls: type[RunConfig], argv, demo: dict, description: str) -> 
     if cfg.resume:
         return resume_config(cls, cfg, given, RUNTIME_FLAGS)
     cfg = cfg.canonical()
+    demo_note = ""
     if not cfg.data:
         if (Path(DEFAULT_DATA) / "train").is_dir():
             cfg = dataclasses.replace(cfg, data=DEFAULT_DATA)
         else:
-            print(f"no dataset at {DEFAULT_DATA} (pass --data PATH to use 100-Sports): running the offline demo "
-                  f"on the synthetic set", flush=True)
+            demo_note = (f"no dataset at {DEFAULT_DATA} (pass --data PATH to use 100-Sports): running the offline "
+                         f"demo on the synthetic set")
             cfg = dataclasses.replace(cfg, data="synthetic")
+    if cfg.data != "synthetic" and not (Path(cfg.data) / "train").is_dir():  # first: what the user meant to say
+        raise SystemExit(f"error: --data {cfg.data}: no such dataset folder (expected train/, valid/ and test/ in "
+                         f"it, the 100-Sports layout; or --data synthetic)")
+    refuse_inapplicable(cfg, given)
+    if demo_note:
+        print(demo_note, flush=True)
     if cfg.data == "synthetic":
         cfg = dataclasses.replace(cfg, **{k: v for k, v in demo.items() if k not in given})
     return cfg, None
@@ -181,21 +200,6 @@ def main_of(script: str, resolve, check, argv) -> float:
         return run(cfg, ckpt, device, script)
     finally:
         shutdown()
-
-
-def data_problems(cfg: RunConfig) -> list[str]:
-    """The shared flags' one-line problems (empty when they are fine)."""
-    problems = []
-    if cfg.batch_size < 1:
-        problems.append(f"--batch-size {cfg.batch_size} must be >= 1")
-    if cfg.gradcam_images < 0:
-        problems.append(f"--gradcam-images {cfg.gradcam_images} must be >= 0")
-    if not 0 < cfg.crop_scale <= 1:
-        problems.append(f"--crop-scale {cfg.crop_scale} must be in (0, 1]")
-    if cfg.data != "synthetic" and not cfg.resume and not (Path(cfg.data) / "train").is_dir():
-        problems.append(f"--data {cfg.data}: no such dataset folder (expected train/, valid/ and test/ in it, the "
-                        f"100-Sports layout; or --data synthetic)")
-    return problems
 
 
 def build_data(cfg: RunConfig):

@@ -22,9 +22,10 @@ from torch import nn
 
 from ..engine import Phase
 from ..models import RECIPE_ALIASES, RECIPES, canonical_recipe, load_imagenet_weights, recipe_phases, sports_vgg19
+from ..models.sports_vgg import FROZEN_BN_HEAD, REDUCE256_TWO_PHASE
 from ..models.weights import resolve_weights_file
-from .config import option
-from .supervised import DEMO_BUDGET, RunConfig, data_problems, main_of
+from .config import flag_message, option
+from .supervised import DEMO_BUDGET, RunConfig, main_of
 from .supervised import resolve_config as supervised_config
 
 log = logging.getLogger("train_vgg19")
@@ -39,14 +40,24 @@ class TrainConfig(RunConfig):
                          "trained on a frozen base, then everything (old names seed000 / seed001 accepted)",
                          (*RECIPES, *RECIPE_ALIASES))
     weights: str = option("imagenet", "'imagenet' (hub cache / download), 'none', or a path to vgg19-dcbb9e9d.pth")
-    width: float = option(1.0, "scales every conv and hidden width (1.0 = real VGG19)")
+    width: float = option(1.0, "scales every conv and hidden width (1.0 = real VGG19)", bounds=">0")
     batch_norm: bool = option(False, "VGG19-BN conv base")
     grayscale: bool = option(False, "one-channel stem (pretrained RGB kernels summed) and grayscale input")
-    freeze_layers: int = option(-1, "freeze the first N modules of features (-1: recipe default, 15 / 0)")
-    dropout: float = option(0.5, "dropout before each Linear layer of the head")
-    hidden: int = option(1024, "hidden width of the head (scaled by --width)")
-    pool: int = option(7, "adaptive pool side before the head: 7 as in the seeds, 1 = global average pooling")
-    epochs: int = option(10, "epochs of frozen-bn-head's single phase")
+    freeze_layers: int = option(-1, "freeze the first N modules of features (-1: recipe default, 15 / 0)",
+                                bounds=">=-1")
+    dropout: float = option(0.5, "dropout before each Linear layer of the head", bounds="[0,1)")
+    hidden: int = option(1024, "hidden width of the head (scaled by --width)", bounds=">=1")
+    pool: int = option(7, "adaptive pool side before the head: 7 as in the seeds, 1 = global average pooling",
+                       bounds=">=1")
+    epochs: int = option(10, "epochs of frozen-bn-head's single phase", bounds=">=1",
+                         applies=("recipe", (FROZEN_BN_HEAD,)))
+    # The shared phase flags, which only the two-phase recipe has.
+    phase1_epochs: int = option(3, "reduce256-two-phase: epochs training only the new layers on the frozen base",
+                                bounds=">=0", applies=("recipe", (REDUCE256_TWO_PHASE,)))
+    phase2_epochs: int = option(7, "reduce256-two-phase: epochs fine-tuning everything", bounds=">=0",
+                                applies=("recipe", (REDUCE256_TWO_PHASE,)))
+    phase2_lr_factor: float = option(0.1, "reduce256-two-phase: learning-rate factor of phase 2", bounds=">0",
+                                     applies=("recipe", (REDUCE256_TWO_PHASE,)))
 
     def build_model(self, num_classes: int, weights: Path | None = None) -> nn.Module:
         model = sports_vgg19(self.recipe, num_classes, width=self.width, batch_norm=self.batch_norm,
@@ -106,7 +117,7 @@ def resolve_config(argv=None) -> tuple[TrainConfig, dict | None]:
 
 def check_config(cfg: TrainConfig) -> None:
     """One-line errors before any heavy work."""
-    problems = data_problems(cfg)
+    problems = []
     if cfg.image_size < 32:
         problems.append(f"--image-size {cfg.image_size} must be >= 32 (VGG halves it 5 times)")
     if cfg.weights != "none" and cfg.width != 1.0:
@@ -118,7 +129,7 @@ def check_config(cfg: TrainConfig) -> None:
         try:
             cfg.build_phases(cfg.build_model(num_classes=2))
         except ValueError as e:
-            raise SystemExit(f"error: {e}") from None
+            raise SystemExit(f"error: {flag_message(e)}") from None
 
 
 def main(argv=None) -> float:

@@ -86,10 +86,8 @@ def offline_demo_checkpoint(cfg: ZeroShotConfig, workers: int) -> Path:
 def main(argv=None) -> dict:
     setup_logging()
     cfg, given = parse_config(ZeroShotConfig, argv, ZeroShotConfig(), __doc__)
-    if cfg.batch_size < 1:
-        raise SystemExit(f"error: --batch-size {cfg.batch_size} must be >= 1")
     try:
-        kind, root, device, precision, bundle = start(cfg, offline_demo_ok=not (given & {"model", "pretrained"}))
+        kind, root, device, precision, bundle = start(cfg, given, offline_demo_ok=not (given & {"model", "pretrained"}))
     except WeightsUnavailable as e:
         device = device_from_flag(cfg.device)
         no_data = "" if cfg.data else f" and no dataset at {DEFAULT_SPORTS}"
@@ -100,7 +98,7 @@ def main(argv=None) -> dict:
         workers = cfg.workers if "workers" in given or device.type == "cuda" else 0
         cfg = dataclasses.replace(cfg, model=DEMO_PRETRAIN[DEMO_PRETRAIN.index("--model") + 1], data="synthetic",
                                   pretrained=str(offline_demo_checkpoint(cfg, workers)))
-        kind, root, device, precision, bundle = start(cfg)
+        kind, root, device, precision, bundle = start(cfg, given)
     if bundle.pretrained == "none":
         print("no pretrained weights (--pretrained none): random weights, accuracy will be near chance", flush=True)
     ds = open_split(kind, root, cfg.split, bundle.transforms(False),

@@ -32,4 +32,5 @@ def test_presets_are_the_programs_defaults():
 def test_a_bad_value_is_a_one_line_usage_error(tmp_path, capsys):
     with pytest.raises(SystemExit):
         make_synthetic.main(["--root", str(tmp_path / "x"), "--size", "8"])
-    assert "size=8 must be an integer >= 32" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "error: --size 8 must be an integer >= 32" in err[0]
