@@ -53,7 +53,7 @@ def test_pretrain_script_lifts_retrieval_and_its_checkpoint_loads_in_zero_shot(t
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--batch-size", "0"], "--batch-size 0 must be >= 1"),
+    (["--batch-size", "0"], "--batch-size 0: must be >= 1"),
     (["--lock-image", "--lock-text"], "leave nothing to train"),
     (["--batch-size", "700"], "the train split has 600 pairs, fewer than one step's 700"),
 ])
@@ -112,16 +112,16 @@ def test_pretrain_killed_after_an_epoch_resumes_to_the_same_weights(tmp_path, pr
                 os.kill(pid, signal.SIGKILL)
             break
     victim.communicate(timeout=60)
-    out, _ = full.communicate(timeout=600)
-    assert full.returncode == 0, out
     ckpt = load_checkpoint(tmp_path / "runs" / "killed" / "checkpoints" / "last.pt")
+    resumed = start("--resume", "runs/killed", "--no-progress")  # while the uninterrupted run finishes
     assert ckpt["epoch"] == 1
     if procs > 1:
         assert len(ckpt["rng_ranks"]) == procs and torch.equal(ckpt["rng_ranks"][0]["torch"], ckpt["rng"]["torch"])
         assert not torch.equal(ckpt["rng_ranks"][1]["torch"], ckpt["rng"]["torch"])  # ranks draw apart
     else:
         assert "rng_ranks" not in ckpt
-    resumed = start("--resume", "runs/killed", "--no-progress")
+    out, _ = full.communicate(timeout=600)
+    assert full.returncode == 0, out
     out, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, out
     assert "resuming after epoch 1 of 2" in out
