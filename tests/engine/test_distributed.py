@@ -73,8 +73,13 @@ def _run(run_dir, resume=None, stop_at=None):
 
 
 def _worker(rank, world, port, out_dir):
+    import multiprocessing
+
     import torch.distributed as dist
 
+    # As under torchrun, whose ranks are plain interpreters: loader workers fork. (mp.spawn's children inherit
+    # "spawn", and every loader worker would then import torch and this module again, seconds each.)
+    multiprocessing.set_start_method("fork", force=True)
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:

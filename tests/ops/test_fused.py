@@ -187,7 +187,10 @@ def test_deterministic_and_batch_independent():
     whole = fused_gradcam(A, G, (224, 224), method="gradcam++")
     assert torch.equal(whole, fused_gradcam(A, G, (224, 224), method="gradcam++"))
     single = fused_gradcam(A[1:2], G[1:2], (224, 224), method="gradcam++")
-    torch.testing.assert_close(single[0], whole[1], atol=5e-6, rtol=0)
+    # How the work is split (by batch or by channel blocks) depends on the batch size and the thread count, and
+    # with it the order of the float32 sum over the 512 channels: up to K * eps apart on maps in [0, 1] (5e-6
+    # held on 2 threads, not on 1).
+    torch.testing.assert_close(single[0], whole[1], atol=A.shape[1] * torch.finfo(torch.float32).eps, rtol=0)
 
 
 def test_empty_batch():

@@ -77,8 +77,11 @@ def _finish(raw_error: torch.Tensor, terms: torch.Tensor, exact_raw: torch.Tenso
     if not normalize:
         return error
     span = exact_raw.amax((1, 2)) - exact_raw.amin((1, 2))
-    # A constant exact map (all zeros after the ReLU, say) normalises to zeros: the op must give them too.
-    return torch.where(span > 0, 2 * error / span.clamp_min(torch.finfo(torch.float64).tiny) + 8 * u, 8 * u)
+    # A constant exact map (all zeros after the ReLU, say): the computed map is that constant plus rounding
+    # noise up to `error`, and the scale-invariant normalisation (a relative eps) stretches noise to [0, 1], so
+    # nothing tighter than 1 holds; without noise (error 0) the op must give the normalised constant, zeros.
+    flat = torch.where(error > 0, torch.ones_like(error), torch.zeros_like(error)) + 8 * u
+    return torch.where(span > 0, 2 * error / span.clamp_min(torch.finfo(torch.float64).tiny) + 8 * u, flat)
 
 
 def weighted_error_bound(A: torch.Tensor, weights: torch.Tensor, size, bias: torch.Tensor | None = None,
