@@ -14,7 +14,7 @@ batch is transformed where it will be used:
   ``Grayscale``, ``Normalize``): the same ``v2.functional`` calls, or the same arithmetic.
 
 So the output is what the per-image pipeline gives for the same crops and flips, to the bit on the
-CPU (``tests/test_data_batch_aug.py``); only where the random draws come from changes (the main
+CPU (``tests/data/test_batch_aug.py``); only where the random draws come from changes (the main
 process's torch generator, or ``generator``, instead of each worker's), so the augmentation
 *distribution* is the per-image pipeline's. On CUDA, ``resize_image`` resamples uint8 in float and
 rounds, as ``v2`` does on CUDA; pixels can differ from the CPU kernel's by a level.
