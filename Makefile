@@ -1,7 +1,8 @@
 # sportsnet: the README's commands.
 #   make demo       - install (once) into .venv, then train VGG19 on the offline synthetic set
 #   make demo-clip  - the offline CLIP demo: zero_shot_clip.py with no weights to download
-#   make test       - install (once) into .venv, then ruff check and the whole test suite
+#   make test       - install (once) into .venv, then ruff check and the whole test suite (two pytest-xdist
+#                     workers: TEST_WORKERS)
 #   make bench      - the CPU benchmarks (GPU ones too where CUDA is present); JSON in benchmarks/results/,
 #                     then the tables of the README and docs re-rendered from it. On a CPU with native bf16, the tables of
 #                     a CPU without it come from
@@ -25,6 +26,7 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0 torchvision==0.28.0
 PYTEST_ARGS ?=
+TEST_WORKERS ?= 2
 DEMO_ARGS ?=
 BENCH_ENV ?=
 GPU_PY ?= $(if $(wildcard $(VENV)/bin/python),$(VENV)/bin/python,python3)
@@ -59,9 +61,13 @@ demo-clip: install
 
 # Lint and import order first (ruff, configured in pyproject.toml); then the suite, which must exercise
 # the compiled operator: no silent fallback to the reference.
+# TEST_WORKERS pytest-xdist processes, whole test files each (a file's shared fixtures run once): much of the
+# suite is single-threaded (fresh interpreters importing torch, torchrun ranks), so two workers keep two cores
+# busy. OMP_WAIT_POLICY=PASSIVE: OpenMP threads that wait sleep instead of spinning, so the two workers' thread
+# pools share the cores instead of fighting for them. TEST_WORKERS=0 runs the suite in one process.
 test: install
 	$(VENV)/bin/ruff check .
-	SPORTSNET_REQUIRE_EXT=1 $(PY) -m pytest $(PYTEST_ARGS)
+	SPORTSNET_REQUIRE_EXT=1 OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # The benchmarks and the tables are packages of the repository (benchmarks/, tools/), not of the install: they
 # run with python -m from the repository root.
