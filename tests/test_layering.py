@@ -108,6 +108,35 @@ def test_models_cam_and_engine_do_not_import_one_another():
     assert across == []
 
 
+#: The programs: what experiments/*.py run. A program never imports another to share its code (that lives in a
+#: module for both: config, supervised, clip_data, runs); the ones that run others, listed here, import them
+#: inside a function and call only their main.
+PROGRAMS = {f"sportsnet.apps.{p}" for p in ("train_vgg19", "train", "explain", "zero_shot_clip", "finetune_clip",
+                                             "pretrain_clip", "compare_backbones", "make_synthetic")}
+RUNS_OTHERS = {"sportsnet.apps.compare_backbones": {"sportsnet.apps.train", "sportsnet.apps.train_vgg19",
+                                                    "sportsnet.apps.explain"},
+               "sportsnet.apps.zero_shot_clip": {"sportsnet.apps.pretrain_clip"}}
+
+
+def test_programs_share_code_through_modules_for_both_not_through_each_other():
+    wrong = []
+    for name in sorted(PROGRAMS):
+        tree = ast.parse(MODULES[name].read_text())
+        top_level = {n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))}
+        for target in sorted(GRAPH[name] & PROGRAMS):
+            if target not in RUNS_OTHERS.get(name, set()):
+                wrong.append(f"{name} imports the program {target}")
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level and node.module is None and node in top_level:
+                ran = {f"sportsnet.apps.{a.name}" for a in node.names} & PROGRAMS
+                wrong += [f"{name} imports {p} at the top (import it where it runs it)" for p in sorted(ran)]
+            short = {p.rpartition(".")[2] for p in RUNS_OTHERS.get(name, ())}
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in short \
+                    and node.attr != "main":
+                wrong.append(f"{name} uses {node.value.id}.{node.attr} (only main: run it, share the rest)")
+    assert wrong == []
+
+
 #: The repository's tooling, run with python -m from the checkout and never installed: the library and its
 #: programs cannot depend on it.
 TOOLING = ("benchmarks", "tools")
