@@ -78,6 +78,13 @@ def option(default: Any, help: str, choices: Sequence[Any] | None = None, *, swi
         "bounds": Bounds.parse(bounds) if bounds else None, "applies": applies})
 
 
+def only_when(inherited: dataclasses.Field, applies: tuple[str, Any], why: str) -> Any:
+    """A subclass's copy of an ``inherited`` option (the same default, help, bounds) that applies only when
+    ``applies`` holds; ``why`` prefixes its help."""
+    return dataclasses.field(default=inherited.default, metadata={
+        **inherited.metadata, "help": f"{why}: {inherited.metadata['help']}", "applies": applies})
+
+
 def precision_option() -> Any:
     """The ``--precision`` flag every script shares (``auto`` is decided by :mod:`sportsnet.hardware`)."""
     return option("auto", "autocast precision; auto: bf16 where this hardware runs it natively, else fp32 on a "

@@ -24,11 +24,15 @@ from ..engine import Phase
 from ..models import RECIPE_ALIASES, RECIPES, canonical_recipe, load_imagenet_weights, recipe_phases, sports_vgg19
 from ..models.sports_vgg import FROZEN_BN_HEAD, REDUCE256_TWO_PHASE
 from ..models.weights import resolve_weights_file
-from .config import flag_message, option
+from .config import flag_message, only_when, option
 from .supervised import DEMO_BUDGET, RunConfig, main_of
 from .supervised import resolve_config as supervised_config
 
 log = logging.getLogger("train_vgg19")
+
+
+_SHARED = {f.name: f for f in dataclasses.fields(RunConfig)}
+_TWO_PHASE = ("recipe", (REDUCE256_TWO_PHASE,))
 
 
 @dataclass
@@ -52,12 +56,9 @@ class TrainConfig(RunConfig):
     epochs: int = option(10, "epochs of frozen-bn-head's single phase", bounds=">=1",
                          applies=("recipe", (FROZEN_BN_HEAD,)))
     # The shared phase flags, which only the two-phase recipe has.
-    phase1_epochs: int = option(3, "reduce256-two-phase: epochs training only the new layers on the frozen base",
-                                bounds=">=0", applies=("recipe", (REDUCE256_TWO_PHASE,)))
-    phase2_epochs: int = option(7, "reduce256-two-phase: epochs fine-tuning everything", bounds=">=0",
-                                applies=("recipe", (REDUCE256_TWO_PHASE,)))
-    phase2_lr_factor: float = option(0.1, "reduce256-two-phase: learning-rate factor of phase 2", bounds=">0",
-                                     applies=("recipe", (REDUCE256_TWO_PHASE,)))
+    phase1_epochs: int = only_when(_SHARED["phase1_epochs"], _TWO_PHASE, REDUCE256_TWO_PHASE)
+    phase2_epochs: int = only_when(_SHARED["phase2_epochs"], _TWO_PHASE, REDUCE256_TWO_PHASE)
+    phase2_lr_factor: float = only_when(_SHARED["phase2_lr_factor"], _TWO_PHASE, REDUCE256_TWO_PHASE)
 
     def build_model(self, num_classes: int, weights: Path | None = None) -> nn.Module:
         model = sports_vgg19(self.recipe, num_classes, width=self.width, batch_norm=self.batch_norm,
