@@ -100,8 +100,10 @@ def resolve_data(data: str) -> tuple[str, Path, str]:
 
 
 def open_split(kind: str, root: Path, split: str, transform, synthetic: dict | None = None):
-    """A labelled split of the dataset. Logical Rhythm has labels only for ``train``. ``synthetic``
-    overrides :data:`SYNTHETIC_DEFAULTS` (so every CLIP script sees the same set unless told otherwise)."""
+    """A labelled split of the dataset. Logical Rhythm has labels only for ``train``; a 100-Sports-layout
+    folder has train, valid and test, and a synthetic set also :data:`~sportsnet.data.OFFCENTRE_SPLIT`
+    (a split the folder lacks is a one-line exit naming the splits it has). ``synthetic`` overrides
+    :data:`SYNTHETIC_DEFAULTS` (so every CLIP script sees the same set unless told otherwise)."""
     if kind == "synthetic":
         make_synthetic_sports(root, **{**SYNTHETIC_DEFAULTS, **(synthetic or {})})
     if kind == "logical_rhythm":
@@ -109,7 +111,10 @@ def open_split(kind: str, root: Path, split: str, transform, synthetic: dict | N
             raise SystemExit(f"error: Logical Rhythm has labels only for --split train (got {split!r})")
         ds = LogicalRhythm(root, "train", transform=transform)
     else:
-        ds = Sports100(root, split, transform=transform)
+        try:
+            ds = Sports100(root, split, transform=transform)
+        except (FileNotFoundError, ValueError) as e:
+            raise SystemExit(f"error: {e}") from None
     ds.verify()
     return ds
 

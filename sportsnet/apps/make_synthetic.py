@@ -12,12 +12,13 @@ from __future__ import annotations
 import argparse
 import time
 
-from ..data import SYNTHETIC_SETS, Sports100, synthetic_set
+from ..data import OFFCENTRE_SPLIT, SYNTHETIC_SETS, Sports100, synthetic_set
 from .config import OneLineParser, flag_message
 
 FLAGS = {"root": str, "num_classes": int, "train_per_class": int, "eval_per_class": int, "size": int}
 HELP = {"root": "output folder", "num_classes": "2..100, real class names",
-        "train_per_class": "training images per class", "eval_per_class": "images per class in valid and in test",
+        "train_per_class": "training images per class",
+        "eval_per_class": f"images per class in valid, test and {OFFCENTRE_SPLIT}",
         "size": "image side in pixels, >= 32"}
 
 
@@ -37,7 +38,7 @@ def main(argv=None) -> None:
     except (ValueError, FileExistsError) as e:
         p.error(flag_message(e))
     spec = {**SYNTHETIC_SETS[a.preset], **overrides}
-    counts = {s: len(Sports100(root, s)) for s in ("train", "valid", "test")}
+    counts = {s: len(Sports100(root, s)) for s in ("train", "valid", "test", OFFCENTRE_SPLIT)}
     print(f"synthetic sports set at {root}: {spec['num_classes']} classes, {spec['size']}px, {counts} "
           f"({time.perf_counter() - t0:.1f}s)")
 

@@ -1,8 +1,10 @@
-"""Stratified, seeded subsets: k-shot, a fraction per class, and a train/holdout split.
+"""Stratified, seeded subsets: k-shot, a fraction per class, a train/holdout split, and N images spread
+evenly over the classes.
 
 Each takes a dataset with ``targets`` (class index per sample) and ``classes``, and returns
 :class:`LabeledSubset` views that keep both, so subsets of subsets work and evaluation still knows
-the class names. The same seed gives the same indices on every machine.
+the class names; :func:`few_shot_indices` and :func:`stratified_sample_indices` work on a plain label list
+(or a ``(path, label)`` sample list). The same seed gives the same indices on every machine.
 """
 from __future__ import annotations
 
@@ -88,3 +90,41 @@ def stratified_split(dataset: Dataset, fraction: float, seed: int = 0) -> tuple[
 def fraction_subset(dataset: Dataset, fraction: float, seed: int = 0) -> LabeledSubset:
     """``round(fraction * n_c)`` samples of each class (at least 1), chosen with ``seed``."""
     return stratified_split(dataset, fraction, seed)[1]
+
+
+def stratified_sample_indices(labels: Sequence[int] | Sequence[tuple[object, int]], n: int,
+                              seed: int = 0) -> list[int]:
+    """Indices of ``n`` samples spread over the classes as evenly as they allow, in the original order.
+
+    ``labels`` is one label per sample, or a dataset's ``samples`` list of ``(path, label)``; every
+    distinct label is a class (``-1``, unlabelled, too). Each class gets ``floor`` or ``ceil`` of its
+    share; a class with fewer samples gives all it has, and what it lacks goes to the others (so
+    the counts differ by at most one among the classes not exhausted). Which classes get the extra
+    one, and which samples within each class, are drawn with ``seed``. ``n >= len(labels)`` returns
+    every index. E.g. ``explain.py --limit`` with 10 classes: ``n=200`` takes 20 of each.
+    """
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"n={n!r} must be a positive integer (samples to keep)")
+    labels = [int(x[1]) if isinstance(x, (tuple, list)) else int(x) for x in labels]
+    if n >= len(labels):
+        return list(range(len(labels)))
+    by_class: dict[int, list[int]] = {}
+    for i, c in enumerate(labels):
+        by_class.setdefault(c, []).append(i)
+    sizes = {c: len(ix) for c, ix in by_class.items()}
+    # The level q: every class gives min(size, q), the most that fits in n (n < len(labels), so q < the largest
+    # class); the rest, fewer than the classes larger than q, is one more from each of some of those.
+    lo, hi = 0, max(sizes.values())
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if sum(min(k, mid) for k in sizes.values()) <= n else (lo, mid - 1)
+    take = {c: min(k, lo) for c, k in sizes.items()}
+    g = torch.Generator().manual_seed(seed)
+    larger = [c for c in sorted(sizes) if sizes[c] > lo]
+    for j in torch.randperm(len(larger), generator=g)[:n - sum(take.values())].tolist():
+        take[larger[j]] += 1
+    picked = []
+    for c in sorted(by_class):
+        ix = by_class[c]
+        picked += [ix[j] for j in torch.randperm(len(ix), generator=g)[:take[c]].tolist()]
+    return sorted(picked)

@@ -4,11 +4,19 @@
 (:class:`~sportsnet.data.Sports100`) is what reads it::
 
     ROOT/{train,valid,test}/<class name>/<nnn>.jpg
+    ROOT/offcentre/<class name>/<nnn>.jpg   an evaluation split whose objects lie away from the centre
     ROOT/sports.csv                  class id,filepaths,labels,data set   (the newer Kaggle release)
     ROOT/boxes.csv                   filepaths,labels,x0,y0,x1,y1         (the deciding object, pixels)
     ROOT/captions.txt                image,caption                        (Flickr8k's Kaggle layout)
     ROOT/Flickr_8k.{trainImages,devImages,testImages}.txt                 (so Captions reads the splits)
     ROOT/synthetic.json              the generation parameters
+
+The ``offcentre`` split (:data:`~sportsnet.data.sports100.OFFCENTRE_SPLIT`; ``eval_per_class`` images per
+class, in sports.csv, boxes.csv and captions.txt but in no Flickr list, so caption training and its
+valid/test never see it) places each object's box wholly on one side of the image centre
+(:data:`~sportsnet.data.synthetic_scene.OFFCENTRE_GAP`): there a map that always peaks at the centre
+misses, whereas the other splits' objects cluster around the centre, where such a map scores high on
+the pointing game.
 
 Class names are the real dataset's (the first ``num_classes`` in class-id order). Each class is one
 object (shape x colour x pattern, see :func:`~sportsnet.data.synthetic_scene.class_objects`); the
@@ -25,11 +33,15 @@ import numpy as np
 
 from ..serialization import atomic_path
 from .classnames import SPORTS100_CLASSES, SPORTS100_PROMPT_NAMES
+from .sports100 import OFFCENTRE_SPLIT
 from .synthetic_scene import class_objects, render_scene
 
-FORMAT_VERSION = 2  # 2: captions that name the sport alone
+# 2: captions that name the sport alone. 3: the offcentre split (a set written before lacks it, so it is
+# rewritten; the train/valid/test files come out byte for byte as before: each image's generator is unchanged).
+FORMAT_VERSION = 3
 MANIFEST = "synthetic.json"
-SPLIT_IDS = {"train": 0, "valid": 1, "test": 2}
+# Each split's id seeds its images' generators: a new split takes a new id and leaves the others' images as they were.
+SPLIT_IDS = {"train": 0, "valid": 1, "test": 2, OFFCENTRE_SPLIT: 3}
 CAPTION_SPLIT_FILES = {"train": "Flickr_8k.trainImages.txt", "valid": "Flickr_8k.devImages.txt",
                        "test": "Flickr_8k.testImages.txt"}
 GRAYSCALE_FRACTION = 0.01  # like the real set's handful of grayscale JPEGs
@@ -89,6 +101,8 @@ def make_synthetic_sports(
 ) -> Path:
     """Write the synthetic set under ``root`` (deterministic for the arguments) and return ``root``.
 
+    ``eval_per_class`` images of each class go to each of valid, test and the offcentre split.
+
     If ``root`` already holds a set made with the same arguments, nothing is rewritten. A set made
     with other arguments is replaced; a non-empty folder that is not a synthetic set is refused.
     The tree is written to a temporary sibling folder and moved into place when complete.
@@ -115,16 +129,18 @@ def make_synthetic_sports(
 def _write_tree(root: Path, p: dict) -> None:
     classes = SPORTS100_CLASSES[: p["num_classes"]]
     objects = class_objects(p["num_classes"])
-    counts = {"train": p["train_per_class"], "valid": p["eval_per_class"], "test": p["eval_per_class"]}
+    counts = {"train": p["train_per_class"], "valid": p["eval_per_class"], "test": p["eval_per_class"],
+              OFFCENTRE_SPLIT: p["eval_per_class"]}
     csv_rows, box_rows, caption_rows = [], [], []
-    split_lists: dict[str, list[str]] = {s: [] for s in counts}
+    split_lists: dict[str, list[str]] = {s: [] for s in CAPTION_SPLIT_FILES}  # not offcentre: see the docstring
     for split, n in counts.items():
         for c, (name, spec) in enumerate(zip(classes, objects)):
             (root / split / name).mkdir(parents=True)
             for i in range(n):
                 # One generator per image: a split's images do not change when another split grows.
                 rng = np.random.default_rng([p["seed"], SPLIT_IDS[split], c, i])
-                scene = render_scene(spec, p["size"], rng, grayscale=bool(rng.random() < GRAYSCALE_FRACTION))
+                scene = render_scene(spec, p["size"], rng, grayscale=bool(rng.random() < GRAYSCALE_FRACTION),
+                                     placement="offcentre" if split == OFFCENTRE_SPLIT else "anywhere")
                 rel = f"{split}/{name}/{i + 1:03d}.jpg"
                 scene.image.save(root / rel, quality=90)
                 csv_rows.append([c, rel, name, split])
@@ -133,7 +149,8 @@ def _write_tree(root: Path, p: dict) -> None:
                 caption = template.format(cls=SPORTS100_PROMPT_NAMES.get(name, name), obj=spec.describe(),
                                           bg=_BACKGROUND_WORDS[scene.background])
                 caption_rows.append([rel, caption])
-                split_lists[split].append(rel)
+                if split in split_lists:
+                    split_lists[split].append(rel)
     _write_csv(root / "sports.csv", ["class id", "filepaths", "labels", "data set"], csv_rows)
     _write_csv(root / "boxes.csv", ["filepaths", "labels", "x0", "y0", "x1", "y1"], box_rows)
     _write_csv(root / "captions.txt", ["image", "caption"], caption_rows)

@@ -3,7 +3,8 @@
 A scene is a background texture (grass, court, ice, ...) and distractor shapes, both drawn
 *independently of the class*, and one object whose shape, colour and pattern *are* the class. So a
 classifier can only be right by looking at the object, and the object's box is where a faithful
-explanation must point.
+explanation must point. ``placement="offcentre"`` puts the object's box wholly on one side of the
+image centre (:data:`OFFCENTRE_GAP`), for the evaluation split where a map peaking at the centre misses.
 """
 from __future__ import annotations
 
@@ -24,6 +25,11 @@ PATTERNS = ("plain", "striped", "dotted", "stitched")
 BACKGROUNDS = ("grass", "court", "ice", "water", "track", "sand", "clay", "parquet")
 DISTRACTORS = ("cone", "line", "square", "person")
 SUPERSAMPLE = 2  # draw at 2x and downscale, for anti-aliased edges
+# placement="offcentre": the box's near edge lies at least this fraction of the side beyond the centre line, on a
+# side drawn at random. Above the pointing game's standard tolerance (15 px at 224 px: 0.067 of the side) with
+# room for rounding, so a map that peaks at the centre misses every such box at that tolerance.
+OFFCENTRE_GAP = 0.08
+PLACEMENTS = ("anywhere", "offcentre")
 
 
 @dataclass(frozen=True)
@@ -200,6 +206,41 @@ def _draw_distractor(d: ImageDraw.ImageDraw, kind: str, n: int, rng: np.random.G
         d.line([(cx, cy + r * 0.4), (cx + r * 0.4, cy + r)], fill=colour, width=w)
 
 
+def _boxes(obj: Image.Image) -> tuple[tuple[int, int, int, int], tuple[int, int, int, int]]:
+    """The object's box as the scene reports it (alpha > 64) and every pixel it covers at all (alpha > 0)."""
+    alpha = obj.getchannel("A")
+    return alpha.point(lambda v: 255 if v > 64 else 0).getbbox(), alpha.getbbox()
+
+
+def _place_offcentre(obj: Image.Image, size: int, rng: np.random.Generator) -> tuple[Image.Image, int, int]:
+    """``(object, x, y)``: a paste position (supersampled pixels, may be negative: the canvas's transparent
+    margin may leave the frame) that puts the object's box wholly on one side of the image centre, at least
+    ``ceil(OFFCENTRE_GAP * size)`` output pixels past the centre line, with every pixel of the object inside
+    the frame. The side is drawn at random; along the other axis the object may be anywhere. An object too
+    large to fit on that side is shrunk until it fits."""
+    n = size * SUPERSAMPLE
+    gap = math.ceil(OFFCENTRE_GAP * size)
+    near = SUPERSAMPLE * math.ceil(size / 2 + gap)  # "after": the box starts at or beyond this (supersampled)
+    far = SUPERSAMPLE * math.floor(size / 2 - gap)  # "before": the box ends at or before this
+    axis, after = int(rng.integers(2)), bool(rng.integers(2))
+    while True:
+        box, cover = _boxes(obj)
+        lo, hi = box[axis], box[axis + 2]
+        c_lo, c_hi = cover[axis], cover[axis + 2]
+        # The range of the canvas offset along the axis: the box past the gap, every pixel in the frame.
+        first, last = (max(near - lo, -c_lo), n - c_hi) if after else (-c_lo, min(far - hi, n - c_hi))
+        if first <= last:
+            break
+        room = (n - near) if after else far
+        extent = (c_hi - lo) if after else (hi - c_lo)
+        scale = min(room / extent, 0.97)
+        obj = obj.resize((max(1, int(obj.width * scale)), max(1, int(obj.height * scale))), Image.BICUBIC)
+    along = int(rng.integers(first, last + 1))
+    other = 1 - axis
+    across = int(rng.integers(-cover[other], n - cover[other + 2] + 1))
+    return (obj, along, across) if axis == 0 else (obj, across, along)
+
+
 @dataclass
 class Scene:
     image: Image.Image  # RGB (or L when drawn as grayscale), size x size
@@ -208,8 +249,15 @@ class Scene:
     distractors: list[str]
 
 
-def render_scene(spec: ObjectSpec, size: int, rng: np.random.Generator, grayscale: bool = False) -> Scene:
-    """Draw one scene: class-independent background and distractors, then the class object."""
+def render_scene(spec: ObjectSpec, size: int, rng: np.random.Generator, grayscale: bool = False,
+                 placement: str = "anywhere") -> Scene:
+    """Draw one scene: class-independent background and distractors, then the class object.
+
+    ``placement="anywhere"``: the object anywhere inside the frame. ``"offcentre"``: see
+    :func:`_place_offcentre` (the draws before the placement are the same, so only the object's
+    placement, and what is drawn from ``rng`` after it, differ)."""
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement={placement!r} is not one of {PLACEMENTS}")
     n = size * SUPERSAMPLE
     background = BACKGROUNDS[rng.integers(len(BACKGROUNDS))]
     img = Image.fromarray(_background(background, n, rng).astype(np.uint8), "RGB")
@@ -222,10 +270,13 @@ def render_scene(spec: ObjectSpec, size: int, rng: np.random.Generator, grayscal
     obj = _render_object(spec, s, rng).rotate(rng.uniform(0, 360), resample=Image.BICUBIC, expand=True)
     if obj.width > n:  # a large object rotated near 45 degrees: shrink it back inside the frame
         obj = obj.resize((n, n), Image.BICUBIC)
-    x = int(rng.integers(0, n - obj.width + 1))
-    y = int(rng.integers(0, n - obj.height + 1))
+    if placement == "anywhere":
+        x = int(rng.integers(0, n - obj.width + 1))
+        y = int(rng.integers(0, n - obj.height + 1))
+    else:
+        obj, x, y = _place_offcentre(obj, size, rng)
     img.paste(obj, (x, y), mask=obj)
-    bx0, by0, bx1, by1 = obj.getchannel("A").point(lambda v: 255 if v > 64 else 0).getbbox()
+    (bx0, by0, bx1, by1), _ = _boxes(obj)
 
     img = img.reduce(SUPERSAMPLE)
     # Global lighting and sensor noise, again independent of the class.

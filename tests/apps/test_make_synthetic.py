@@ -9,7 +9,7 @@ def test_flags_override_the_preset_and_a_program_reuses_the_set(tmp_path, capsys
     root = tmp_path / "syn"
     make_synthetic.main(["--preset", "clip-demo", "--root", str(root), "--num-classes", "3", "--train-per-class", "4",
                          "--eval-per-class", "2", "--size", "40"])
-    assert "3 classes, 40px, {'train': 12, 'valid': 6, 'test': 6}" in capsys.readouterr().out
+    assert "3 classes, 40px, {'train': 12, 'valid': 6, 'test': 6, 'offcentre': 6}" in capsys.readouterr().out
     first = {p: p.stat().st_mtime_ns for p in root.rglob("*.jpg")}
     assert len(Sports100(root, "train").classes) == 3
     # The same arguments through the library: nothing is rewritten.

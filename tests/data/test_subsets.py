@@ -3,7 +3,7 @@ from collections import Counter
 import pytest
 from torch.utils.data import Dataset
 
-from sportsnet.data import LabeledSubset, few_shot_subset, fraction_subset, stratified_split
+from sportsnet.data import LabeledSubset, few_shot_subset, fraction_subset, stratified_sample_indices, stratified_split
 
 
 class Labels(Dataset):
@@ -64,3 +64,52 @@ def test_unlabeled_datasets_are_refused():
 
     with pytest.raises(TypeError, match="NoTargets has no 'targets'"):
         few_shot_subset(NoTargets(), 1)
+
+
+def _counts(labels, indices):
+    return Counter(labels[i] for i in indices)
+
+
+def test_stratified_sample_spreads_over_the_classes_in_the_original_order():
+    labels = [c for c in range(10) for _ in range(50)]  # sorted by class, like a split's samples
+    ix = stratified_sample_indices(labels, 200, seed=0)
+    assert _counts(labels, ix) == {c: 20 for c in range(10)} and ix == sorted(ix) and len(set(ix)) == 200
+    odd = _counts(labels, stratified_sample_indices(labels, 205, seed=0))
+    assert sum(odd.values()) == 205 and max(odd.values()) - min(odd.values()) <= 1
+    # The (path, label) samples of a dataset give the same pick as their labels.
+    samples = [(f"{c}/{i:03d}.jpg", c) for i, c in enumerate(labels)]
+    assert stratified_sample_indices(samples, 205, seed=0) == stratified_sample_indices(labels, 205, seed=0)
+
+
+def test_stratified_sample_is_seeded():
+    labels = [c for c in range(4) for _ in range(30)]
+    first = stratified_sample_indices(labels, 10, seed=3)
+    assert stratified_sample_indices(labels, 10, seed=3) == first
+    assert stratified_sample_indices(labels, 10, seed=4) != first
+    # Which classes get the one extra (10 = 3 + 3 + 2 + 2) follows the seed too.
+    assert sorted(_counts(labels, first).values()) == [2, 2, 3, 3]
+    assert len({tuple(sorted(_counts(labels, stratified_sample_indices(labels, 10, seed=s)).items()))
+                for s in range(20)}) > 1
+
+
+def test_stratified_sample_of_more_than_the_set_is_everything():
+    labels = [0, 0, 1, 2, 2, 2]
+    assert stratified_sample_indices(labels, 6) == stratified_sample_indices(labels, 100) == list(range(6))
+    assert stratified_sample_indices([], 5) == []
+
+
+def test_a_small_class_gives_what_it_has_and_the_others_make_up_the_rest():
+    labels = [c for c, n in enumerate([3, 10, 10, 10]) for _ in range(n)]
+    counts = _counts(labels, stratified_sample_indices(labels, 20, seed=1))  # share 5: class 0 has 3
+    assert counts[0] == 3 and sum(counts.values()) == 20
+    assert sorted(counts[c] for c in (1, 2, 3)) == [5, 6, 6]
+    # Two short classes, exhausted at different levels; the rest stay within one of each other.
+    labels = [c for c, n in enumerate([1, 4, 9, 9, 9]) for _ in range(n)]
+    counts = _counts(labels, stratified_sample_indices(labels, 25, seed=0))
+    assert (counts[0], counts[1]) == (1, 4) and sorted(counts[c] for c in (2, 3, 4)) == [6, 7, 7]
+
+
+@pytest.mark.parametrize("n", [0, -3, 2.5, True, "10"])
+def test_stratified_sample_names_a_bad_n(n):
+    with pytest.raises(ValueError, match=f"n={n!r} must be a positive integer"):
+        stratified_sample_indices([0, 1, 1], n)

@@ -1,13 +1,17 @@
 import hashlib
 import json
+import math
 
 import numpy as np
 import pytest
 import torch
 
-from sportsnet.data import SPORTS100_CLASSES, Captions, Sports100, make_synthetic_sports, read_boxes
+from sportsnet.cam.metrics import center_maps, pointing_game
+from sportsnet.data import OFFCENTRE_SPLIT, SPORTS100_CLASSES, Captions, Sports100, make_synthetic_sports, read_boxes
+from sportsnet.data.captions import read_kaggle_captions
 from sportsnet.data.classnames import SPORTS100_PROMPT_NAMES
-from sportsnet.data.synthetic_scene import class_objects
+from sportsnet.data.synthetic_scene import OFFCENTRE_GAP, class_objects
+from sportsnet.data.transforms import eval_box
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +43,7 @@ def test_tree_is_the_real_layout_and_the_real_reader_reads_it(default_set):
 
 def test_boxes_cover_one_object_inside_the_image(default_set):
     boxes = read_boxes(default_set)
-    assert len(boxes) == 800
+    assert len(boxes) == 900  # train, valid, test and offcentre: 60 + 3 x 10 per class
     areas = []
     for (x0, y0, x1, y1) in boxes.values():
         assert 0 <= x0 < x1 <= 64 and 0 <= y0 < y1 <= 64
@@ -148,3 +152,91 @@ def test_hundred_classes_use_the_real_names_and_distinct_objects(tmp_path):
 def test_bad_arguments_are_named(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
         make_synthetic_sports(tmp_path / "x", **kwargs)
+
+
+SMALL = dict(num_classes=4, train_per_class=8, eval_per_class=8, size=64, seed=0)
+
+
+@pytest.fixture(scope="module")
+def small_set(tmp_path_factory):
+    return make_synthetic_sports(tmp_path_factory.mktemp("syn") / "small", **SMALL)
+
+
+def test_offcentre_split_has_the_same_classes_exact_boxes_and_captions(small_set):
+    off, test = Sports100(small_set, OFFCENTRE_SPLIT), Sports100(small_set, "test")
+    assert off.source == "csv" and off.skipped == [] and off.classes == test.classes == SPORTS100_CLASSES[:4]
+    assert np.bincount(off.targets).tolist() == [8] * 4
+    assert sorted(off.samples) == sorted(Sports100(small_set, OFFCENTRE_SPLIT, source="folders").samples)
+    rels = [off.relpath(p) for p, _ in off.samples]
+    assert all(r.startswith(f"{OFFCENTRE_SPLIT}/") for r in rels)
+    boxes, size = read_boxes(small_set), SMALL["size"]
+    half, gap = size / 2, math.ceil(OFFCENTRE_GAP * size)
+    for rel in rels:
+        x0, y0, x1, y1 = boxes[rel]
+        assert 0 <= x0 < x1 <= size and 0 <= y0 < y1 <= size
+        # Wholly on one side of the centre, past the gap, in x or in y.
+        assert x0 >= half + gap or x1 <= half - gap or y0 >= half + gap or y1 <= half - gap
+    # Captions like the other evaluation splits', in captions.txt but in none of the Flickr lists.
+    captions = read_kaggle_captions(small_set / "captions.txt")
+    for (path, label), rel in zip(off.samples, rels):
+        sport = off.classes[label]
+        assert len(captions[rel]) == 1 and SPORTS100_PROMPT_NAMES.get(sport, sport) in captions[rel][0]
+    assert len(Captions(small_set, "test")) == len(Captions(small_set, "valid")) == 32
+    assert not any(OFFCENTRE_SPLIT in p.read_text() for p in small_set.glob("Flickr_8k.*.txt"))
+
+
+def _rows(root, name):
+    lines = (root / name).read_text().splitlines()[1:]
+    return hashlib.sha256("\n".join(ln for ln in lines if OFFCENTRE_SPLIT not in ln).encode()).hexdigest()
+
+
+def test_the_other_splits_are_as_before_the_offcentre_split(small_set):
+    # Recorded from the code before the offcentre split (FORMAT_VERSION 2) with SMALL: the train/valid/test rows of
+    # the CSVs. The boxes pin each object's geometry and the captions each image's generator (the template is its
+    # last draw). We also found every train/valid/test JPEG byte for byte the same, for SMALL, the default arguments
+    # and the vgg-demo set (not asserted here: JPEG bytes follow the Pillow build). A changed dependency (numpy's
+    # generator, Pillow's drawing) could change these too: then re-record them from a checkout of that version.
+    assert _rows(small_set, "boxes.csv") == "df09c07374e32ea3c7b326184ac9dd158769bdf6dd765fd712a3d62615351927"
+    assert _rows(small_set, "captions.txt") == "49471e94b17f2345b82d2050adb86fc65a7402f5d26dd29d55f8662245ab4567"
+    assert _rows(small_set, "sports.csv") == "c0b94bd107430cf26cf05e6b3856001cf8c48642971ffc2dc6227726ef6c6800"
+
+
+def _centre_prior_pointing(root, split, size, resize):
+    """The pointing game of a map that always peaks at the centre, as explain.py scores it: boxes through the eval
+    transform (attach_boxes), the standard tolerance (15 px at 224 px)."""
+    ds, boxes = Sports100(root, split), read_boxes(root)
+    rows = []
+    for i, (path, _) in enumerate(ds.samples):
+        rows.append(eval_box(boxes[ds.relpath(path)], ds.load(i).size, size, resize))
+    b = torch.tensor(rows)
+    return pointing_game(center_maps((len(b), size, size)), b, tolerance=round(15 * size / 224)).float().mean().item()
+
+
+@pytest.mark.parametrize("resize_ratio", [1.0, 256 / 224])  # the demo's eval transform; build_transforms' default
+def test_the_centre_prior_misses_on_the_offcentre_split_and_not_on_test(default_set, resize_ratio):
+    size = 64
+    resize = round(size * resize_ratio)
+    assert len(read_boxes(default_set)) == 900  # 800 + 10 classes x 10 offcentre
+    assert _centre_prior_pointing(default_set, "test", size, resize) > 0.6  # measured 0.77-0.81 at 64-224 px
+    assert _centre_prior_pointing(default_set, OFFCENTRE_SPLIT, size, resize) < 0.35  # 0 by construction
+
+
+def test_a_folder_without_the_offcentre_split_refuses_it_naming_the_splits_it_has(small_set, tmp_path):
+    import shutil
+
+    from sportsnet.apps.clip_data import open_split
+
+    real = tmp_path / "real"  # a 100-Sports folder: the synthetic set less its offcentre split
+    for split in ("train", "valid", "test"):
+        shutil.copytree(small_set / split, real / split)
+    lines = (small_set / "sports.csv").read_text().splitlines()
+    (real / "sports.csv").write_text("\n".join(ln for ln in lines if OFFCENTRE_SPLIT not in ln) + "\n")
+    with pytest.raises(ValueError, match=r"no rows with 'data set' == 'offcentre'; found \['test', 'train', "
+                                         r"'valid'\]; only the synthetic set"):
+        Sports100(real, OFFCENTRE_SPLIT)
+    with pytest.raises(FileNotFoundError, match=r"found split folders: train, valid, test\); only the synthetic set"):
+        Sports100(real, OFFCENTRE_SPLIT, source="folders")
+    with pytest.raises(SystemExit) as e:
+        open_split("sports100", real, OFFCENTRE_SPLIT, None)
+    assert str(e.value).startswith("error: ") and "\n" not in str(e.value) and "'offcentre'" in str(e.value)
+    assert len(open_split("sports100", small_set, OFFCENTRE_SPLIT, None)) == 32
