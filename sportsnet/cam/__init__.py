@@ -1,4 +1,5 @@
-"""Explanations: batched CAM methods (gradient-weighted and gradient-free), overlays, and
+"""Explanations: batched CAM methods (gradient-weighted and gradient-free), transformer-native methods
+(LeGrad, attention rollout, gradient-weighted rollout: :mod:`sportsnet.cam.attention`), overlays, and
 faithfulness metrics.
 
 Knows nothing of datasets: boxes and labels come in as tensors. Each method is a class with its own
@@ -20,6 +21,7 @@ from typing import Any
 from torch import nn
 
 from .ablationcam import AblationCAM
+from .attention import AttentionRollout, GradientRollout, LeGrad
 from .class_activation import CAM
 from .eigencam import KPCACAM, EigenCAM, EigenGradCAM
 from .explainer import (
@@ -36,7 +38,7 @@ from .explainer import (
 from .finercam import FinerCAM
 from .fullgrad import FullGrad
 from .gradient_free import GradientFreeCAM
-from .guided import GuidedGradCAM, guided_backprop
+from .guided import GuidedBackprop, GuidedGradCAM, guided_backprop
 from .hooks import resolve_layer
 from .layouts import LAYOUTS, LayoutError
 from .scorecam import ISCAM, SSCAM, ScoreCAM
@@ -44,10 +46,13 @@ from .shapleycam import ShapleyCAM
 from .smoothgrad import SmoothGradCAMpp
 from .targets import default_target_layer
 
-#: Every method's class, in the order tables list them: the gradient-weighted ones, then the others.
+#: Every method's class, in the order tables list them: the gradient-weighted ones, then the others, then the
+#: transformer-native ones (:attr:`CamExplainer.transformer_only`: they read a ViT's attention, and refuse other
+#: models when built).
 METHOD_CLASSES: tuple[type[CamExplainer], ...] = (
     GradCAM, GradCAMPlusPlus, XGradCAM, HiResCAM, LayerCAM, GradCAMElementWise, EigenGradCAM, SmoothGradCAMpp,
-    FinerCAM, GuidedGradCAM, FullGrad, ShapleyCAM, CAM, ScoreCAM, SSCAM, ISCAM, AblationCAM, EigenCAM, KPCACAM,
+    FinerCAM, GuidedGradCAM, GuidedBackprop, FullGrad, ShapleyCAM, CAM, ScoreCAM, SSCAM, ISCAM, AblationCAM, EigenCAM,
+    KPCACAM, LeGrad, AttentionRollout, GradientRollout,
 )
 
 
@@ -89,8 +94,9 @@ def make_explainer(model: nn.Module, method: str, target_layer=None, **options: 
     return EXPLAINERS[method_name(method)](model, target_layer, **options)
 
 
-__all__ = ["ALIASES", "EXPLAINERS", "LAYOUTS", "METHOD_CLASSES", "AblationCAM", "CAM", "CamExplainer", "CamOutput",
+__all__ = ["ALIASES", "AblationCAM", "AttentionRollout", "CAM", "CamExplainer", "CamOutput", "EXPLAINERS",
            "EigenCAM", "EigenGradCAM", "FinerCAM", "FullGrad", "GradCAM", "GradCAMElementWise", "GradCAMPlusPlus",
-           "GradientFreeCAM", "GradientWeightedCAM", "GuidedGradCAM", "HiResCAM", "ISCAM", "KPCACAM", "LayerCAM",
-           "LayoutError", "SSCAM", "ScoreCAM", "ShapleyCAM", "SmoothGradCAMpp", "XGradCAM", "default_target_layer",
-           "guided_backprop", "make_explainer", "method_name", "resolve_layer"]
+           "GradientFreeCAM", "GradientRollout", "GradientWeightedCAM", "GuidedBackprop", "GuidedGradCAM",
+           "HiResCAM", "ISCAM", "KPCACAM", "LAYOUTS", "LayerCAM", "LayoutError", "LeGrad", "METHOD_CLASSES", "SSCAM",
+           "ScoreCAM", "ShapleyCAM", "SmoothGradCAMpp", "XGradCAM", "default_target_layer", "guided_backprop",
+           "make_explainer", "method_name", "resolve_layer"]

@@ -83,6 +83,9 @@ class CamExplainer:
     needs_gradients = True
     #: Whether the maps come from the target layers (FullGrad's do not: it ignores them).
     uses_target_layers = True
+    #: Whether the method reads a vision transformer's attention (:mod:`sportsnet.cam.attention`), and so
+    #: refuses, when built, a model without one.
+    transformer_only = False
     #: The method's one spelling (``make_explainer``, ``explain.py --method``, result files).
     name = ""
     #: Other libraries' names for the method that :func:`sportsnet.cam.method_name` accepts, besides the

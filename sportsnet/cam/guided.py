@@ -9,6 +9,8 @@ in pytorch-grad-cam.
 
 Guided Grad-CAM's map: the Grad-CAM map (any gradient method) times the guided gradient's magnitude
 summed over the colour channels, then ReLU, resizing and normalisation as every map (the fused op).
+Guided backpropagation's own map (:class:`GuidedBackprop`, the saliency map Adebayo et al.'s sanity checks
+found nearly unchanged by randomising the model): that magnitude alone, normalised.
 ``guided_backprop`` gives the raw (B, 3, H, W) gradients for pictures in colour.
 """
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch
 from torch import nn
 
 from ..ops import fused_weighted_cam
-from .explainer import GradientWeightedCAM, check_op_method
+from .explainer import CamExplainer, GradientWeightedCAM, check_op_method
 
 
 class _GuidedReLU(torch.autograd.Function):
@@ -51,6 +53,31 @@ def guided_backprop(model: nn.Module, images: torch.Tensor, classes: torch.Tenso
             h.remove()
 
 
+def guided_saliency(model: nn.Module, images: torch.Tensor, classes: torch.Tensor, size) -> torch.Tensor:
+    """``(B, K, H, W)`` at ``size``: the guided gradients' magnitude summed over the colour channels."""
+    saliency = guided_backprop(model, images, classes).abs().sum(2).float()  # (B, K, H, W)
+    if tuple(saliency.shape[-2:]) != tuple(size):
+        saliency = nn.functional.interpolate(saliency, size=size, mode="bilinear", align_corners=False)
+    return saliency
+
+
+def normalised(maps: torch.Tensor, size) -> torch.Tensor:
+    """``(B, K, H, W)`` maps through the fused epilogue (ReLU, normalisation) as every method's."""
+    B, K = maps.shape[:2]
+    return fused_weighted_cam(maps.flatten(0, 1)[:, None], torch.ones(B * K, 1, device=maps.device), size
+                              ).view(B, K, *size)
+
+
+class GuidedBackprop(CamExplainer):
+    """Guided backpropagation as a map (module docstring); the target layer is ignored."""
+
+    name, aliases = "guided-backprop", ("GuidedBackpropReLUModel",)
+    uses_target_layers = False
+
+    def _maps(self, images, logits, classes, acts, size):
+        return normalised(guided_saliency(self.model, images, classes, size), size)
+
+
 class GuidedGradCAM(GradientWeightedCAM):
     """Guided Grad-CAM; ``method`` picks the Grad-CAM map (default ``gradcam``, one of
     ``sportsnet.ops.METHODS``)."""
@@ -63,10 +90,4 @@ class GuidedGradCAM(GradientWeightedCAM):
 
     def _maps(self, images, logits, classes, acts, size):
         cams = super()._maps(images, logits, classes, acts, size)
-        saliency = guided_backprop(self.model, images, classes).abs().sum(2).float()  # (B, K, H, W)
-        if tuple(saliency.shape[-2:]) != tuple(size):
-            saliency = nn.functional.interpolate(saliency, size=size, mode="bilinear", align_corners=False)
-        B, K = classes.shape
-        product = (cams * saliency).flatten(0, 1)[:, None]  # (B*K, 1, H, W)
-        ones = torch.ones(B * K, 1, device=product.device)
-        return fused_weighted_cam(product, ones, size).view(B, K, *size)
+        return normalised(cams * guided_saliency(self.model, images, classes, size), size)

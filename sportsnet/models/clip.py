@@ -45,7 +45,8 @@ class ClipBundle:
 
 
 # Our own architectures (JSON in open_clip's format), registered with open_clip on first use:
-# sportsnet-demo-rn is the small ResNet CLIP of zero_shot_clip.py's offline demo.
+# sportsnet-demo-rn is the small ResNet CLIP of zero_shot_clip.py's offline demo; sportsnet-demo-vit a small ViT CLIP
+# trained by the same recipe, the transformer of the trust tables (benchmarks/trust.py).
 CONFIGS = Path(__file__).with_name("clip_configs")
 DEMO_ARCH = "sportsnet-demo-rn"
 

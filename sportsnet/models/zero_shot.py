@@ -75,6 +75,11 @@ class ZeroShotClassifier(nn.Module):
         """``(B, D)`` unit-norm image features."""
         return F.normalize(self.visual(images), dim=-1)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        feats = self.encode(images)
+    def logits_from_features(self, features: torch.Tensor) -> torch.Tensor:
+        """``(B, C)`` logits from the image tower's ``(B, D)`` output (not yet normalised): what
+        :meth:`forward` does after the tower, so explainers can read a class score from any layer."""
+        feats = F.normalize(features, dim=-1)
         return self.logit_scale * feats @ self.text_classifier.to(feats.dtype)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.logits_from_features(self.visual(images))

@@ -305,7 +305,11 @@ def test_cam_refuses_a_head_that_is_not_pooling_and_one_linear_layer():
 
 def test_every_method_by_name_and_bad_names():
     model, images = SameResolution().eval(), torch.rand(1, 3, 12, 12)
-    for method in EXPLAINERS:
+    for method, cls in EXPLAINERS.items():
+        if cls.transformer_only:  # tested in tests/cam/test_attention.py; a CNN is refused when built
+            with pytest.raises(ValueError, match="holds no vision transformer"):
+                make_explainer(model, method)
+            continue
         with make_explainer(model, method, target_layer="features.3") as cam:
             out = cam(images, top_k=2)
         assert out.maps.shape == (1, 2, 12, 12) and torch.isfinite(out.maps).all(), method
@@ -381,8 +385,8 @@ def test_every_method_on_open_clip_towers(name, fast):
             options = {"precision": "bf16" if fast else "fp32", "channels_last": fast, "batch_size": 64}
         if method in ("sscam", "iscam", "smoothgradcam++"):
             options["num_samples"] = 2
-        if method == "cam":
-            with pytest.raises(ValueError, match="CAM"):
+        if method == "cam" or (EXPLAINERS[method].transformer_only and name == "tiny-rn-test"):
+            with pytest.raises(ValueError, match="CAM|holds no vision transformer"):
                 with make_explainer(clf, method, **options) as cam:
                     cam(images)
             continue
@@ -446,6 +450,11 @@ def test_guided_backprop_matches_pytorch_grad_cam_and_leaves_the_model_alone(sma
     expected = ours(model, "gradcam", images, torch.tensor([2, 2])) * mine.abs().sum(1)
     expected = expected / expected.flatten(1).amax(1)[:, None, None]
     torch.testing.assert_close(out.maps[:, 0], expected, atol=5e-5, rtol=0)  # the epilogue's eps, rounding
+    with make_explainer(model, "GuidedBackpropReLUModel") as cam:  # guided backpropagation's own map
+        out = cam(images, targets=torch.tensor([2, 2]))
+    saliency = mine.abs().sum(1)
+    lo, hi = saliency.flatten(1).amin(1)[:, None, None], saliency.flatten(1).amax(1)[:, None, None]
+    torch.testing.assert_close(out.maps[:, 0], (saliency - lo) / (hi - lo), atol=5e-5, rtol=0)
 
 
 class CurvedHead(SameResolution):
