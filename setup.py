@@ -100,6 +100,8 @@ setup(
     ],
     # PEERS: the test extra's parity tests of the CAM methods, and the bench extra's peers of
     # benchmarks/bench_methods.py, which also keeps numpy's BLAS (pytorch-grad-cam's) to one thread with
-    # threadpoolctl. Neither extra is needed by the library or its programs; make install installs both.
-    extras_require={"test": ["pytest", "pytest-xdist", "ruff==0.17.6", *PEERS], "bench": [*PEERS, "threadpoolctl"]},
+    # threadpoolctl. Quantus: the reference of the metric families and similarities (tests/cam/test_quality.py);
+    # it pins no torch. Neither extra is needed by the library or its programs; make install installs both.
+    extras_require={"test": ["pytest", "pytest-xdist", "ruff==0.17.6", "quantus==0.6.0", *PEERS],
+                    "bench": [*PEERS, "threadpoolctl"]},
 )
