@@ -14,7 +14,9 @@ predictions.csv (file, true class when known, top-k classes and scores) and metr
 the pointing game (with the standard tolerance, 15 px at 224 px, and strict) and energy-in-box per
 method next to two baselines, random smooth maps and a map peaking at the image centre (when the
 data has object boxes, like the synthetic set's boxes.csv), deletion/insertion AUC, Average Drop and
-Increase in Confidence, and the files skipped as unreadable.
+Increase in Confidence, sparseness and complexity, and the files skipped as unreadable. --road adds ROAD,
+--robustness max/avg sensitivity and faithfulness correlation, --sanity the sanity checks (cascading
+model-parameter randomisation, random logit; sanity.png and TensorBoard curves under tensorboard/).
 """
 from __future__ import annotations
 
@@ -34,11 +36,21 @@ from ..cam import EXPLAINERS, LAYOUTS, LayoutError, make_explainer, method_name
 from ..cam.gradient_free import GradientFreeCAM
 from ..cam.metrics import RunningMeans, score_explanations
 from ..cam.overlay import overlay, save_grid
+from ..cam.quality import score_quality
+from ..cam.sanity import (
+    RANDOM_LOGIT_THRESHOLD,
+    RANDOMISATION_THRESHOLD,
+    cascading_randomisation,
+    flags,
+    random_logit,
+)
 from ..data import (
+    OFFCENTRE_SPLIT,
     SPORTS100_CLASSES,
     ImageListDataset,
     denormalize,
     read_boxes,
+    stratified_sample_indices,
     summarize_skipped,
 )
 from ..data.images import is_image_file
@@ -46,6 +58,7 @@ from ..data.transforms import eval_box
 from ..hardware import autocast, resolve_precision
 from ..models.prompts import prompt_names, prompt_sets
 from ..models.zero_shot import ZeroShotClassifier
+from ..plotting import save_figure
 from ..results import caption, environment, table, write_result
 from ..serialization import write_json
 from .clip_data import load_clip_or_exit, open_split, resolve_data
@@ -75,13 +88,15 @@ class ExplainConfig:
     prompt: str = option("", "--clip: explain free-text prompts instead of class names (';' between several)",
                          applies=("clip", ANY))
     data: str = option("", "100-Sports-layout folder or 'synthetic' (the demo's set); use with --split")
-    split: str = option("test", "split of --data", ("train", "valid", "test"), applies=("data", ANY))
+    split: str = option("test", f"split of --data ({OFFCENTRE_SPLIT}: the synthetic set's objects placed away from the "
+                                f"centre, where always pointing at the centre scores 0)",
+                        ("train", "valid", "test", OFFCENTRE_SPLIT), applies=("data", ANY))
     images: str = option("", "a folder of images (searched recursively) instead of --data")
     method: str = option("gradcam", f"one of {', '.join(EXPLAINERS)}, a comma list, or 'all' (overlays use the "
                                     f"first; methods that refuse the model, like CAM without its head, are left out)")
     samples: int = option(0, "noisy/scaled samples of SS-CAM, IS-CAM and SmoothGrad-CAM++ (0: their defaults, 35, 10 "
                              "and 4)", bounds=">=0")
-    limit: int = option(0, "explain only the first N images (0: all)", bounds=">=0")
+    limit: int = option(0, "explain N images drawn evenly from the classes, seeded by --seed (0: all)", bounds=">=0")
     cam_batch: int = option(0, "forwards per batch of the gradient-free methods (masked images, ablations); "
                                "0: each method's choice for the device", bounds=">=0")
     results: str = option("", "also write the report to benchmarks/results/<NAME>.json, rendered by "
@@ -101,9 +116,19 @@ class ExplainConfig:
     deletion_steps: int = option(16, "steps of the deletion/insertion curves (0: skip those metrics)", bounds=">=0")
     road: bool = option(False, "also ROAD (most/least relevant first, combined; 8 linear-system solves per image "
                                "and method: slow on a CPU)")
+    robustness: bool = option(False, "also max/avg sensitivity (each method's maps of noisy copies of the images) "
+                                     "and faithfulness correlation (forwards of randomly masked images)")
+    sensitivity_samples: int = option(10, "noisy copies per image of max/avg sensitivity (each one more call of every "
+                                          "method)", bounds=">=1", applies=("robustness", (True,)))
+    sanity: bool = option(False, "also the sanity checks (sportsnet.cam.sanity): cascading model-parameter "
+                                 "randomisation and the random-logit test, on the first --sanity-images images; "
+                                 "columns, flags, sanity.png and TensorBoard curves")
+    sanity_images: int = option(32, "images of the sanity checks", bounds=">=1", applies=("sanity", (True,)))
+    sanity_steps: int = option(5, "randomisation steps, log-spaced from the top layer to the whole model",
+                               bounds=">=2", applies=("sanity", (True,)))
     device: str = option("auto", "cpu, cuda, cuda:N or auto")
     precision: str = precision_option()
-    seed: int = option(0, "seed of the random-map baseline")
+    seed: int = option(0, "seed of the --limit sample, the random-map baseline and the checks' draws")
     progress: bool = option(True, "progress bar")
 
 
@@ -214,11 +239,106 @@ def method_options(method: str, cfg: ExplainConfig) -> dict:
     return options
 
 
+def explain_function(method: str, cfg: ExplainConfig, layers, device, precision: str):
+    """``explain(model, images, classes) -> (B, H, W)`` maps of ``method`` as this program makes them: what the
+    sanity checks call on the trained model and on its randomised copies."""
+
+    def explain(model, images, classes):
+        with autocast(device, precision), make_explainer(model, method, target_layer=layers,
+                                                         **method_options(method, cfg)) as cam:
+            return cam(images, targets=classes).maps[:, 0]
+
+    return explain
+
+
+def run_sanity(cfg: ExplainConfig, model, methods: list[str], layers, images: torch.Tensor, classes: torch.Tensor,
+               num_classes: int, device, precision: str, out_dir: Path) -> tuple[dict, dict[str, float]]:
+    """The sanity checks on ``images`` (their explained ``classes``): the report's ``sanity`` entry, the
+    metrics' columns, sanity.png and TensorBoard curves in ``out_dir``."""
+    explainers = {m: explain_function(m, cfg, layers, device, precision) for m in methods}
+    original = {m: explain(model, images, classes) for m, explain in explainers.items()}
+    cascade = cascading_randomisation(model, explainers, images, classes, steps=cfg.sanity_steps, seed=cfg.seed,
+                                      original=original)
+    logit = random_logit(model, explainers, images, classes, num_classes, seed=cfg.seed, original=original)
+    curves = {kind: {m: v.float().mean(dim=1).tolist() for m, v in cascade[kind].items()}
+              for kind in ("spearman", "ssim")}
+    metrics = {}
+    for m in methods:  # means over the cascade's steps (sportsnet.cam.sanity.flags)
+        metrics[f"sanity_spearman/{m}"] = sum(curves["spearman"][m]) / len(cascade["steps"])
+        metrics[f"sanity_ssim/{m}"] = sum(curves["ssim"][m]) / len(cascade["steps"])
+        metrics[f"random_logit_ssim/{m}"] = float(logit[m].float().mean())
+    failed = flags({m: metrics[f"sanity_spearman/{m}"] for m in methods},
+                   {m: metrics[f"random_logit_ssim/{m}"] for m in methods})
+    report = {"images": len(images), "steps": cascade["steps"], **curves, "flags": failed,
+              "thresholds": {"randomisation_spearman": RANDOMISATION_THRESHOLD,
+                             "random_logit_ssim": RANDOM_LOGIT_THRESHOLD}}
+    fig = sanity_figure(report)
+    save_figure(fig, out_dir / "sanity.png")
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(log_dir=str(out_dir / "tensorboard")) as writer:
+        for kind in ("spearman", "ssim"):
+            for m, values in curves[kind].items():
+                for step, value in enumerate(values):
+                    writer.add_scalar(f"sanity/{kind}/{m}", value, step)
+        writer.add_figure("sanity/randomisation", fig)
+    for m, why in failed.items():
+        log.warning("explain: %s fails the sanity checks: %s", m, "; ".join(why))
+    return report, metrics
+
+
+def sanity_figure(report: dict):
+    """Similarity of each method's maps to the trained model's against how much of the model is randomised."""
+    import matplotlib
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4))
+    labels = [str(s["units"]) if s["units"] < s["of"] else f"all {s['of']}" for s in report["steps"]]
+    colours = matplotlib.colormaps["tab20"].colors
+    for ax, kind, title in zip(fig.subplots(1, 2), ("spearman", "ssim"), ("Spearman rank correlation", "SSIM")):
+        for i, (m, values) in enumerate(report[kind].items()):  # 20 colours x 3 markers: no two methods alike
+            ax.plot(range(len(values)), values, marker="osD"[i // 20 % 3], color=colours[i % 20], label=m,
+                    linestyle="--" if m in report["flags"] else "-")
+        ax.set_xticks(range(len(labels)), labels)
+        ax.set_xlabel("layers and parameters randomised, from the output down")
+        ax.set_ylabel(title)
+        ax.set_ylim(-0.2, 1.05)
+        if kind == "spearman":
+            ax.axhline(report["thresholds"]["randomisation_spearman"], color="grey", linewidth=0.8)
+    fig.axes[-1].legend(fontsize=6, ncol=2, loc="upper right")
+    fig.suptitle(f"Cascading randomisation on {report['images']} images (dashed: flagged)")
+    fig.tight_layout()
+    return fig
+
+
 #: The columns of the methods table: (metric key in metrics.json, header, format).
 TABLE_COLUMNS = [("pointing_game", "pointing game", "{:.1%}"), ("pointing_game_strict", "strict", "{:.1%}"),
                  ("energy_in_box", "energy in box", "{:.2f}"), ("deletion_auc", "deletion AUC", "{:.3f}"),
                  ("insertion_auc", "insertion AUC", "{:.3f}"), ("road_combined", "ROAD combined", "{:.3f}"),
+                 ("faithfulness_correlation", "faithfulness corr.", "{:.2f}"), ("sparseness", "Gini", "{:.2f}"),
+                 ("complexity", "entropy", "{:.2f}"), ("max_sensitivity", "max sens.", "{:.3f}"),
+                 ("avg_sensitivity", "avg sens.", "{:.3f}"), ("sanity_spearman", "randomisation: Spearman", "{:.2f}"),
+                 ("sanity_ssim", "randomisation: SSIM", "{:.2f}"), ("random_logit_ssim", "random logit: SSIM",
+                                                                    "{:.2f}"),
                  ("seconds_per_image", "s / image", "{:.3f}")]
+
+
+def sanity_summary(p: dict) -> str:
+    """The sanity checks' verdict in words, from an ``explain.py --sanity`` report."""
+    sanity, metrics = p["sanity"], p["metrics"]
+    passed = [m for m in p["methods"] if m not in sanity["flags"]]
+    failed = [f"{m} ({'; '.join(why)})" for m, why in sanity["flags"].items()]
+    rho = sorted(p["methods"], key=lambda m: metrics[f"sanity_spearman/{m}"])
+    steps = sanity["steps"]
+    return (f"Sanity checks on {sanity['images']} of the images, the model randomised from the output down in "
+            f"{len(steps)} steps ({', '.join(str(s['units']) for s in steps)} of its {steps[-1]['of']} layers and "
+            f"parameters): the maps' Spearman correlation with the trained model's, averaged over the steps, ranges "
+            f"from {metrics[f'sanity_spearman/{rho[0]}']:.2f} ({rho[0]}) to "
+            f"{metrics[f'sanity_spearman/{rho[-1]}']:.2f} ({rho[-1]}). Pass ({len(passed)}): "
+            f"{', '.join(passed) or 'none'}. Fail ({len(failed)}): {'; '.join(failed) or 'none'}. A method fails at "
+            f"a mean Spearman correlation of {sanity['thresholds']['randomisation_spearman']} or more, or when its "
+            f"maps of a random other class have a mean SSIM of {sanity['thresholds']['random_logit_ssim']} or more "
+            f"with the explained class's (sportsnet.cam.sanity).")
 
 
 def methods_table(p: dict) -> str:
@@ -226,17 +346,30 @@ def methods_table(p: dict) -> str:
     metrics = p["metrics"]
     names = list(p["methods"]) + [b for b in ("random", "center") if f"pointing_game/{b}" in metrics]
     columns = [c for c in TABLE_COLUMNS if any(f"{c[0]}/{n}" in metrics for n in names)]
+    sanity = p.get("sanity")
     rows = []
     for n in names:
         label = {"random": "random smooth maps", "center": "always the centre"}.get(n, n)
-        rows.append([label] + [fmt.format(metrics[f"{key}/{n}"]) if f"{key}/{n}" in metrics else "" for key, _, fmt
-                               in columns])
-    text = (f"{p['model']}, {p['images']} images, target layer {', '.join(p['target_layer'])}, {p['precision']}; "
-            f"{caption(p['environment'])}, torch {p['environment']['torch']}, {p['environment']['time'][:10]}.\n\n"
-            + table(rows, ["maps"] + [header for _, header, _ in columns]))
+        row = [label] + [fmt.format(metrics[f"{key}/{n}"]) if f"{key}/{n}" in metrics else "" for key, _, fmt
+                         in columns]
+        if sanity:
+            row.append("" if n not in p["methods"] else "**fails**" if n in sanity["flags"] else "passes")
+        rows.append(row)
+    headers = ["maps"] + [header for _, header, _ in columns] + (["sanity"] if sanity else [])
+    split = f" ({p['split']} split)" if p.get("split") else ""
+    if "accuracy" in metrics:
+        split += f", top-1 accuracy {metrics['accuracy']:.1%}"
+    text = (f"{p['model']}, {p['images']} images{split}, target layer {', '.join(p['target_layer'])}, "
+            f"{p['precision']}; {caption(p['environment'])}, torch {p['environment']['torch']}, "
+            f"{p['environment']['time'][:10]}.\n\n" + table(rows, headers))
+    if sanity:
+        text += "\n\n" + sanity_summary(p)
     if p.get("refused_methods"):
+        reasons: dict[str, list[str]] = {}
+        for m, why in p["refused_methods"].items():
+            reasons.setdefault(why.split(";")[0], []).append(m)
         text += "\n\nLeft out (they refuse this model): " + "; ".join(
-            f"{m} ({why.split(';')[0]})" for m, why in p["refused_methods"].items()) + "."
+            f"{', '.join(ms)} ({why})" for why, ms in reasons.items()) + "."
     return text
 
 
@@ -273,8 +406,8 @@ def main(argv=None) -> dict:
     model, classes, size = subject.model, subject.classes, subject.size
     if cfg.top_k > len(classes):
         raise SystemExit(f"error: --top-k {cfg.top_k} exceeds the model's {len(classes)} classes")
-    if cfg.limit:
-        ds.samples = ds.samples[:cfg.limit]
+    if cfg.limit:  # an even spread over the classes (the samples are sorted by class)
+        ds.samples = [ds.samples[i] for i in stratified_sample_indices(ds.samples, cfg.limit, cfg.seed)]
     boxes_csv = root / "boxes.csv" if cfg.data and (root / "boxes.csv").is_file() else None
     boxes = attach_boxes(ds, boxes_csv, size, subject.resize) if boxes_csv is not None else None
     out_dir = Path(cfg.out or f"outputs/explain-{timestamp()}")
@@ -282,16 +415,22 @@ def main(argv=None) -> dict:
     labelled = bool(ds.samples) and ds.samples[0][1] >= 0 and not cfg.prompt
 
     layers = [x.strip() for x in cfg.layer.split(",") if x.strip()] or None
-    try:
-        cams = {m: make_explainer(model, m, target_layer=layers, **method_options(m, cfg)) for m in methods}
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
-    refused: dict[str, str] = {}
+    cams, refused = {}, {}
+    for m in methods:
+        try:
+            cams[m] = make_explainer(model, m, target_layer=layers, **method_options(m, cfg))
+        except ValueError as e:  # with --method all, a method that cannot read this model is left out
+            if cfg.method != "all" or not EXPLAINERS[m].transformer_only:
+                raise SystemExit(f"error: {e}") from None
+            refused[m] = str(e)
+    methods = [m for m in methods if m in cams]
     # Zhang et al.'s pointing game counts a hit within 15 px of the box at 224 px.
     tolerance = round(15 * size / 224) if cfg.pointing_tolerance < 0 else cfg.pointing_tolerance
     gen = torch.Generator().manual_seed(cfg.seed)
     means = RunningMeans()
     rows, grid = [], None
+    sanity_images: list[torch.Tensor] = []
+    sanity_classes: list[torch.Tensor] = []
     loader = DataLoader(Indexed(ds), batch_size=cfg.batch_size, num_workers=0)
     for images, labels, idx in tqdm(loader, desc="explain", disable=not cfg.progress):
         images = images.to(device)
@@ -319,10 +458,19 @@ def main(argv=None) -> dict:
             if labelled:
                 means.add("accuracy", pred == labels)
             # Each method's maps explain its own top-1 class (the methods agree on it: the same forward).
-            scores = score_explanations(model, images, {m: o.maps[:, 0] for m, o in outs.items()}, first.classes[:, 0],
+            maps = {m: o.maps[:, 0] for m, o in outs.items()}
+            explained = first.classes[:, 0]
+            scores = score_explanations(model, images, maps, explained,
                                         boxes[idx].to(device) if boxes is not None else None, tolerance=tolerance,
                                         deletion_steps=cfg.deletion_steps, generator=gen, road=cfg.road)
             means.update(scores)
+            means.update(score_quality(model, images, maps, explained, generator=gen, explainers={
+                m: (lambda x, c, m=m: cams[m](x, targets=c).maps[:, 0]) for m in outs} if cfg.robustness else None,
+                faithfulness=cfg.robustness, samples=cfg.sensitivity_samples))
+        need = cfg.sanity_images - sum(len(x) for x in sanity_images)
+        if cfg.sanity and need > 0:
+            sanity_images.append(images[:need])
+            sanity_classes.append(explained[:need])
         pictures = denormalize(images, subject.mean, subject.std)
         for j, i in enumerate(idx.tolist()):
             name = ds.relpath(ds.samples[i][0])
@@ -349,7 +497,13 @@ def main(argv=None) -> dict:
         writer.writeheader()
         writer.writerows(rows)
     metrics = means.means()
+    sanity = None
+    if cfg.sanity and methods:
+        sanity, columns = run_sanity(cfg, model, methods, layers, torch.cat(sanity_images), torch.cat(sanity_classes),
+                                     len(classes), device, precision, out_dir)
+        metrics.update(columns)
     report = {"model": subject.name, "checkpoint": cfg.checkpoint, "images": len(ds), "methods": methods,
+              "split": cfg.split if cfg.data else None, "sanity": sanity,
               "target_layer": cams[methods[0]].target_layers,
               "pointing_tolerance_px": tolerance if boxes is not None else None, "precision": precision,
               "metrics": metrics, "refused_methods": refused, "skipped": summarize_skipped(ds.skipped),

@@ -58,12 +58,16 @@ class ZeroShotConfig(ClipRunConfig):
     split: str = option("test", "split to evaluate (Logical Rhythm: train, the only labelled one)")
 
 
-def offline_demo_checkpoint(cfg: ZeroShotConfig, workers: int) -> Path:
+def offline_demo_checkpoint(cfg: ZeroShotConfig, workers: int, arch: str | None = None) -> Path:
     """The demo CLIP's best checkpoint: trained by pretrain_clip.py on the synthetic set's training
-    captions the first time (a run killed midway is resumed), reused afterwards."""
+    captions the first time (a run killed midway is resumed), reused afterwards. ``arch``: another of our
+    architectures (``sportsnet/models/clip_configs``) trained by the same recipe instead of the demo's
+    (the trust tables' ViT: ``sportsnet-demo-vit``)."""
     from . import pretrain_clip
 
     recipe = [*DEMO_PRETRAIN, "--synthetic-size", str(cfg.synthetic_size), "--precision", cfg.precision]
+    if arch is not None:
+        recipe[recipe.index("--model") + 1] = arch
     # The folder is named by everything the model depends on: the recipe, the synthetic set's format
     # (its captions) and the architecture's definition, so a change to any of them trains anew.
     arch_file = CLIP_CONFIGS / f"{recipe[recipe.index('--model') + 1]}.json"
