@@ -13,3 +13,30 @@ def results_dir(tmp_path):
 
     with use_results_dir(tmp_path / "results") as folder:
         yield folder
+
+
+# The files that take longest under `make test` (its --durations, docs/testing.md), longest first. pytest-xdist
+# (--dist loadfile) hands whole files to the workers in collection order, so starting with these keeps one worker
+# from running a long file alone at the end while the other idles (longest-processing-time-first). A stale list
+# changes only the order, never what runs.
+LONGEST_FIRST = (
+    "tests/apps/test_pretrain_clip.py",
+    "tests/apps/test_train_vgg19.py",
+    "tests/ops/test_fused_loading.py",
+    "tests/apps/test_zero_shot_clip.py",
+    "tests/apps/test_explain.py",
+    "tests/cam/test_methods.py",
+    "tests/benchmarks/test_tables.py",
+    "tests/apps/test_finetune_clip.py",
+    "tests/engine/test_contrastive.py",
+    "tests/data/test_worker_skips.py",
+    "tests/test_layering.py",
+    "tests/tools/test_gpu_check.py",
+    "tests/engine/test_distributed.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {path: i for i, path in enumerate(LONGEST_FIRST)}
+    root = config.rootpath
+    items.sort(key=lambda item: rank.get(item.path.relative_to(root).as_posix(), len(rank)))  # stable: others keep

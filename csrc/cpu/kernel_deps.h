@@ -2,7 +2,7 @@
 // target pragma, so no inline function from these headers is compiled for a wider ISA than baseline.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
