@@ -37,13 +37,7 @@ from ..cam.gradient_free import GradientFreeCAM
 from ..cam.metrics import RunningMeans, score_explanations
 from ..cam.overlay import overlay, save_grid
 from ..cam.quality import score_quality
-from ..cam.sanity import (
-    RANDOM_LOGIT_THRESHOLD,
-    RANDOMISATION_THRESHOLD,
-    cascading_randomisation,
-    flags,
-    random_logit,
-)
+from ..cam.trust import sanity_report
 from ..data import (
     OFFCENTRE_SPLIT,
     SPORTS100_CLASSES,
@@ -256,33 +250,19 @@ def run_sanity(cfg: ExplainConfig, model, methods: list[str], layers, images: to
     """The sanity checks on ``images`` (their explained ``classes``): the report's ``sanity`` entry, the
     metrics' columns, sanity.png and TensorBoard curves in ``out_dir``."""
     explainers = {m: explain_function(m, cfg, layers, device, precision) for m in methods}
-    original = {m: explain(model, images, classes) for m, explain in explainers.items()}
-    cascade = cascading_randomisation(model, explainers, images, classes, steps=cfg.sanity_steps, seed=cfg.seed,
-                                      original=original)
-    logit = random_logit(model, explainers, images, classes, num_classes, seed=cfg.seed, original=original)
-    curves = {kind: {m: v.float().mean(dim=1).tolist() for m, v in cascade[kind].items()}
-              for kind in ("spearman", "ssim")}
-    metrics = {}
-    for m in methods:  # means over the cascade's steps (sportsnet.cam.sanity.flags)
-        metrics[f"sanity_spearman/{m}"] = sum(curves["spearman"][m]) / len(cascade["steps"])
-        metrics[f"sanity_ssim/{m}"] = sum(curves["ssim"][m]) / len(cascade["steps"])
-        metrics[f"random_logit_ssim/{m}"] = float(logit[m].float().mean())
-    failed = flags({m: metrics[f"sanity_spearman/{m}"] for m in methods},
-                   {m: metrics[f"random_logit_ssim/{m}"] for m in methods})
-    report = {"images": len(images), "steps": cascade["steps"], **curves, "flags": failed,
-              "thresholds": {"randomisation_spearman": RANDOMISATION_THRESHOLD,
-                             "random_logit_ssim": RANDOM_LOGIT_THRESHOLD}}
+    report, metrics = sanity_report(model, explainers, images, classes, num_classes, steps=cfg.sanity_steps,
+                                    seed=cfg.seed)
     fig = sanity_figure(report)
     save_figure(fig, out_dir / "sanity.png")
     from torch.utils.tensorboard import SummaryWriter
 
     with SummaryWriter(log_dir=str(out_dir / "tensorboard")) as writer:
         for kind in ("spearman", "ssim"):
-            for m, values in curves[kind].items():
+            for m, values in report[kind].items():
                 for step, value in enumerate(values):
                     writer.add_scalar(f"sanity/{kind}/{m}", value, step)
         writer.add_figure("sanity/randomisation", fig)
-    for m, why in failed.items():
+    for m, why in report["flags"].items():
         log.warning("explain: %s fails the sanity checks: %s", m, "; ".join(why))
     return report, metrics
 

@@ -96,3 +96,33 @@ def test_random_logit_flags_maps_that_ignore_the_class():
                                                             f"{RANDOM_LOGIT_THRESHOLD})"]}
     with pytest.raises(ValueError, match="num_classes=1 leaves no other class"):
         other_classes(classes, 1, torch.Generator())
+
+
+def test_trust_report_on_models_no_one_here_wrote():
+    """The API's one call: a torchvision CNN and a timm ViT, the methods that cannot read a model refused with
+    their reason, every metric per method, the sanity checks and flags that follow their thresholds."""
+    from torchvision.models import resnet18
+
+    from sportsnet.cam.trust import trust_report
+
+    timm = pytest.importorskip("timm", reason="timm comes with open_clip")
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, num_classes=4,
+                            depth=2).eval()
+    cnn = resnet18(num_classes=4).eval()
+    images, boxes = torch.rand(2, 3, 32, 32), torch.tensor([[0, 0, 16, 16], [8, 8, 32, 32]])
+    methods = ["gradcam", "eigencam", "legrad", "gradient-rollout"]
+    for model, refused in ((cnn, {"legrad", "gradient-rollout"}), (vit, set())):
+        report = trust_report(model, images, boxes=boxes, methods=methods, deletion_steps=2, sensitivity_samples=2,
+                              sanity_steps=2)
+        assert set(report["refused"]) == refused and set(report["methods"]) == set(methods) - refused
+        assert all("holds no vision transformer" in why for why in report["refused"].values())
+        m = report["metrics"]
+        for method in report["methods"]:
+            for key in ("pointing_game", "deletion_auc", "sparseness", "faithfulness_correlation", "max_sensitivity",
+                        "sanity_spearman", "random_logit_ssim"):
+                assert f"{key}/{method}" in m, (key, method)
+            fails = (m[f"sanity_spearman/{method}"] >= RANDOMISATION_THRESHOLD
+                     or m[f"random_logit_ssim/{method}"] >= RANDOM_LOGIT_THRESHOLD)
+            assert (method in report["sanity"]["flags"]) == fails, (method, m)
+        assert "eigencam" in report["sanity"]["flags"]  # the same map for every class
