@@ -5,7 +5,7 @@ docs/explanations.md.
     python -m benchmarks.trust                          # both models (trains what is missing first)
     python -m benchmarks.trust --models vgg --images 100
 
-- ``vgg``: the offline demo's VGG19 (``make demo``'s recipe; ``--vgg-run`` names a trained run, else
+- ``vgg``: the offline demo's VGG19 (``make demo``'s recipe, in fp32; ``--vgg-run`` names a trained run, else
   runs/trust-vgg-demo is trained once and reused);
 - ``clip-vit``: a small ViT CLIP (``sportsnet-demo-vit``) pre-trained on the synthetic set's training captions
   by the offline CLIP demo's recipe (reused once trained), explained zero-shot over the class names: the
