@@ -37,7 +37,7 @@ from ..cam.gradient_free import GradientFreeCAM
 from ..cam.metrics import RunningMeans, score_explanations
 from ..cam.overlay import overlay, save_grid
 from ..cam.quality import score_quality
-from ..cam.trust import sanity_report
+from ..cam.trust import explain_function, map_functions, sanity_report
 from ..data import (
     OFFCENTRE_SPLIT,
     SPORTS100_CLASSES,
@@ -233,14 +233,14 @@ def method_options(method: str, cfg: ExplainConfig) -> dict:
     return options
 
 
-def explain_function(method: str, cfg: ExplainConfig, layers, device, precision: str):
-    """``explain(model, images, classes) -> (B, H, W)`` maps of ``method`` as this program makes them: what the
-    sanity checks call on the trained model and on its randomised copies."""
+def explain_under_autocast(method: str, cfg: ExplainConfig, layers, device, precision: str):
+    """:func:`sportsnet.cam.trust.explain_function` of ``method`` with this program's options and precision:
+    what the sanity checks call on the trained model and on its randomised copies."""
+    inner = explain_function(method, layers, **method_options(method, cfg))
 
     def explain(model, images, classes):
-        with autocast(device, precision), make_explainer(model, method, target_layer=layers,
-                                                         **method_options(method, cfg)) as cam:
-            return cam(images, targets=classes).maps[:, 0]
+        with autocast(device, precision):
+            return inner(model, images, classes)
 
     return explain
 
@@ -249,7 +249,7 @@ def run_sanity(cfg: ExplainConfig, model, methods: list[str], layers, images: to
                num_classes: int, device, precision: str, out_dir: Path) -> tuple[dict, dict[str, float]]:
     """The sanity checks on ``images`` (their explained ``classes``): the report's ``sanity`` entry, the
     metrics' columns, sanity.png and TensorBoard curves in ``out_dir``."""
-    explainers = {m: explain_function(m, cfg, layers, device, precision) for m in methods}
+    explainers = {m: explain_under_autocast(m, cfg, layers, device, precision) for m in methods}
     report, metrics = sanity_report(model, explainers, images, classes, num_classes, steps=cfg.sanity_steps,
                                     seed=cfg.seed)
     fig = sanity_figure(report)
@@ -444,9 +444,9 @@ def main(argv=None) -> dict:
                                         boxes[idx].to(device) if boxes is not None else None, tolerance=tolerance,
                                         deletion_steps=cfg.deletion_steps, generator=gen, road=cfg.road)
             means.update(scores)
-            means.update(score_quality(model, images, maps, explained, generator=gen, explainers={
-                m: (lambda x, c, m=m: cams[m](x, targets=c).maps[:, 0]) for m in outs} if cfg.robustness else None,
-                faithfulness=cfg.robustness, samples=cfg.sensitivity_samples))
+            means.update(score_quality(model, images, maps, explained, generator=gen, faithfulness=cfg.robustness,
+                                       explainers=map_functions({m: cams[m] for m in outs}) if cfg.robustness
+                                       else None, samples=cfg.sensitivity_samples))
         need = cfg.sanity_images - sum(len(x) for x in sanity_images)
         if cfg.sanity and need > 0:
             sanity_images.append(images[:need])

@@ -180,6 +180,7 @@ class AttentionTap:
         self.tokens: list[torch.Tensor | None] = [None] * len(self.blocks)
         self._handles: list = []
         self._flags: list[tuple[nn.Module, bool]] = []
+        self._asked: dict[int, tuple[bool, bool]] = {}  # block -> the caller's (need_weights, average_attn_weights)
         for name, attn in zip(self.blocks, self.attentions):
             if isinstance(attn, nn.MultiheadAttention):
                 if attn.bias_k is not None or attn.add_zero_attn:
@@ -222,7 +223,7 @@ class AttentionTap:
 
     def _tap(self, i: int, attn: nn.Module) -> None:
         if isinstance(attn, nn.MultiheadAttention):
-            self._handles.append(attn.register_forward_pre_hook(self._ask_weights, with_kwargs=True))
+            self._handles.append(attn.register_forward_pre_hook(self._ask_weights(i), with_kwargs=True))
             self._handles.append(attn.register_forward_hook(self._mha_output(i), with_kwargs=True))
         elif _library(attn) == "open_clip":
             self._handles.append(attn.register_forward_hook(self._open_clip_output(i), with_kwargs=True))
@@ -231,17 +232,25 @@ class AttentionTap:
             attn.fused_attn = False
             self._handles.append(attn.attn_drop.register_forward_hook(self._keep(i)))
 
-    @staticmethod
-    def _ask_weights(module, args, kwargs):
-        args, kwargs = list(args), dict(kwargs)
-        # nn.MultiheadAttention.forward(query, key, value, key_padding_mask, need_weights, attn_mask,
-        # average_attn_weights, is_causal): positional or keyword.
-        for position, key, value in ((4, "need_weights", True), (6, "average_attn_weights", False)):
-            if len(args) > position:
-                args[position] = value
-            else:
-                kwargs[key] = value
-        return tuple(args), kwargs
+    def _ask_weights(self, i: int):
+        def hook(module, args, kwargs):
+            args, kwargs = list(args), dict(kwargs)
+            # nn.MultiheadAttention.forward(query, key, value, key_padding_mask, need_weights, attn_mask,
+            # average_attn_weights, is_causal): positional or keyword. The caller's choice is kept, to be
+            # answered as asked.
+            caller = []
+            for position, key, value, default in ((4, "need_weights", True, True),
+                                                  (6, "average_attn_weights", False, True)):
+                if len(args) > position:
+                    caller.append(bool(args[position]))
+                    args[position] = value
+                else:
+                    caller.append(bool(kwargs.get(key, default)))
+                    kwargs[key] = value
+            self._asked[i] = tuple(caller)
+            return tuple(args), kwargs
+
+        return hook
 
     def _mha_output(self, i: int):
         def hook(module, args, kwargs, output):
@@ -250,7 +259,9 @@ class AttentionTap:
                 raise ValueError(f"block {self.blocks[i]!r}: not self-attention (query, key and value differ)")
             weights = output[1]  # (B, h, Nq, Nk): asked for by the pre-hook
             self.probs[i] = weights
-            return _mha_values(module, value, weights), None
+            wanted, averaged = self._asked[i]
+            returned = (weights.mean(dim=1) if averaged else weights) if wanted else None
+            return _mha_values(module, value, weights), returned
 
         return hook
 

@@ -102,13 +102,13 @@ def cascade_points(units: int, steps: int) -> list[int]:
     return sorted({max(1, round(math.exp(i * math.log(units) / (steps - 1)))) for i in range(steps)})
 
 
-def _randomise(model: nn.Module, unit: tuple[str, list[str]], generator: torch.Generator) -> None:
-    name, params = unit
-    modules = dict(model.named_modules())
+def _randomise(modules: dict[str, nn.Module], params: dict[str, nn.Parameter], unit: tuple[str, list[str]],
+               generator: torch.Generator) -> None:
+    name, names = unit
     if name in modules:  # its own initialisation, drawn from the global generator (seeded by the caller)
         modules[name].reset_parameters()
         return
-    p = dict(model.named_parameters())[params[0]]  # a lone parameter: its values kept, their arrangement lost
+    p = params[names[0]]  # a lone parameter: its values kept, their arrangement lost
     with torch.no_grad():
         p.copy_(p.flatten()[torch.randperm(p.numel(), generator=generator).to(p.device)].view_as(p))
 
@@ -129,6 +129,7 @@ def cascading_randomisation(model: nn.Module, explainers: dict[str, Explain], im
     if original is None:
         original = {m: explain(model, images, classes) for m, explain in explainers.items()}
     twin = copy.deepcopy(model)
+    modules, params = dict(twin.named_modules()), dict(twin.named_parameters())
     generator = torch.Generator().manual_seed(seed)
     rows: list[dict] = []
     spear: dict[str, list[torch.Tensor]] = {m: [] for m in explainers}
@@ -138,7 +139,7 @@ def cascading_randomisation(model: nn.Module, explainers: dict[str, Explain], im
         torch.manual_seed(seed)
         for n in points:
             for unit in units[done:n]:
-                _randomise(twin, unit, generator)
+                _randomise(modules, params, unit, generator)
             done = n
             rows.append({"units": n, "of": len(units), "unit": units[n - 1][0]})
             twin.eval()

@@ -12,7 +12,7 @@ The metrics are :func:`sportsnet.cam.metrics.score_explanations`' and
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -27,6 +27,23 @@ from .sanity import (
     flags,
     random_logit,
 )
+
+
+def explain_function(method: str, target_layer=None, **options: Any) -> Explain:
+    """``explain(model, images, classes) -> (B, H, W)``: ``method``'s maps of ``classes`` from an explainer
+    built for the model it is given (the sanity checks call it on each randomised copy)."""
+    from . import make_explainer
+
+    def explain(model: nn.Module, images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        with make_explainer(model, method, target_layer=target_layer, **options) as cam:
+            return cam(images, targets=classes).maps[:, 0]
+
+    return explain
+
+
+def map_functions(cams: dict[str, Any]) -> dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
+    """Each built explainer as ``(images, classes) -> (B, H, W)`` maps (the sensitivities' explainers)."""
+    return {m: (lambda x, c, cam=cam: cam(x, targets=c).maps[:, 0]) for m, cam in cams.items()}
 
 
 def sanity_report(model: nn.Module, explainers: dict[str, Explain], images: torch.Tensor, classes: torch.Tensor,
@@ -91,18 +108,11 @@ def trust_report(model: nn.Module, images: torch.Tensor, classes: torch.Tensor |
         means.update(score_explanations(model, images, maps, classes, boxes, tolerance=tolerance,
                                         deletion_steps=deletion_steps, generator=generator, road=road))
         means.update(score_quality(model, images, maps, classes, generator=generator, faithfulness=robustness,
-                                   samples=sensitivity_samples, explainers={
-                                       m: (lambda x, c, m=m: cams[m](x, targets=c).maps[:, 0]) for m in cams}
-                                   if robustness else None))
+                                   samples=sensitivity_samples, explainers=map_functions(cams) if robustness else None))
     report = {"methods": list(cams), "refused": refused, "metrics": means.means(), "sanity": None}
     if sanity and cams:
-        def remade(m: str) -> Explain:
-            def explain(net, x, c):
-                with make_explainer(net, m, target_layer=target_layer, **options.get(m, {})) as cam:
-                    return cam(x, targets=c).maps[:, 0]
-            return explain
-
-        report["sanity"], columns = sanity_report(model, {m: remade(m) for m in cams}, images, classes,
+        explainers = {m: explain_function(m, target_layer, **options.get(m, {})) for m in cams}
+        report["sanity"], columns = sanity_report(model, explainers, images, classes,
                                                   logits.shape[1], steps=sanity_steps, seed=seed)
         report["metrics"].update(columns)
     for cam in cams.values():

@@ -134,19 +134,25 @@ def test_the_taps_change_no_output_and_leave_the_model_as_it_was():
 
 
 def test_only_the_blocks_a_method_reads_give_up_their_fused_attention():
-    model, asked = tiny_vit(layers=4), []
-    handles = [b.self_attention.register_forward_pre_hook(
-        lambda m, args, kwargs, i=i: asked.append((i, kwargs.get("need_weights"))), with_kwargs=True)
-        for i, b in enumerate(model.encoder.layers)]
+    model, computed = tiny_vit(layers=4), []
+    # Registered before the explainer's taps, these hooks see each block's attention output as computed:
+    # per-head weights where a tap asked for them (the unfused path), None where the block stayed fused.
+    handles = [b.self_attention.register_forward_hook(
+        lambda m, args, out, i=i: computed.append((i, out[1] is not None))) for i, b in enumerate(model.encoder.layers)]
     with LeGrad(model) as cam:
         cam(torch.randn(1, 3, 32, 32))
+    # The first forward picks the classes (every block fused); LeGrad's own taps the last two blocks only.
+    assert computed == [(0, False), (1, False), (2, False), (3, False), (0, False), (1, False), (2, True), (3, True)]
     for h in handles:
         h.remove()
-    # The first forward picks the classes (every block fused); LeGrad's own asks the last two for weights.
-    # Our pre-hook runs after the spy (registered later), so the spy sees the caller's need_weights=False.
-    assert [i for i, _ in asked] == [0, 1, 2, 3, 0, 1, 2, 3]
+    block = model.encoder.layers[3].self_attention
+    x = torch.randn(1, 17, 32)
     with AttentionTap(model, ["encoder.layers.encoder_layer_3"], True) as tap:
-        model(torch.randn(1, 3, 32, 32))
+        out, weights = block(x, x, x)  # a caller asking for averaged weights gets them, as without the tap
+        assert block(x, x, x, need_weights=False)[1] is None
+    expected_out, expected_weights = block(x, x, x)
+    torch.testing.assert_close(weights, expected_weights)
+    torch.testing.assert_close(out, expected_out)
     assert tap.probs[0].shape == (1, 2, 17, 17)
 
 
