@@ -49,7 +49,7 @@ install:
 	  set -e; \
 	  $(PY) -m pip install --quiet --disable-pip-version-check uv; \
 	  $(UV) pip install --python $(PY) $(TORCH) setuptools wheel ninja; \
-	  $(UV) pip install --python $(PY) --no-build-isolation $(TORCH) -e ".[test,bench]"; \
+	  $(UV) pip install --python $(PY) --no-build-isolation $(TORCH) -e ".[test,bench,app]"; \
 	  echo "$(INSTALL_KEY)" > $(STAMP); \
 	fi
 

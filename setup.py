@@ -74,6 +74,7 @@ ext_modules, cmdclass = extensions()
 # pytorch-grad-cam and torchcam, the peers our CAM methods are compared with: pinned, and installed with the
 # pinned torch pair by the Makefile, so they cannot pull another torch.
 PEERS = ["grad-cam==1.5.7", "torchcam==0.5.0"]
+APP = ["gradio>=5,<7"]
 
 setup(
     name="sportsnet",
@@ -98,10 +99,15 @@ setup(
         "open-clip-torch>=3.2,<4",
         "matplotlib",
     ],
+    # app: the interactive explorer (python -m sportsnet.apps.explore), Gradio.
     # PEERS: the test extra's parity tests of the CAM methods, and the bench extra's peers of
     # benchmarks/bench_methods.py, which also keeps numpy's BLAS (pytorch-grad-cam's) to one thread with
     # threadpoolctl. Quantus: the reference of the metric families and similarities (tests/cam/test_quality.py);
-    # it pins no torch. Neither extra is needed by the library or its programs; make install installs both.
-    extras_require={"test": ["pytest", "pytest-xdist", "ruff==0.17.6", "quantus==0.6.0", *PEERS],
+    # it pins no torch. nbclient, nbformat and ipykernel execute the notebooks (tools/run_notebooks.py);
+    # websocket-client drives the headless browser of the explorer's test. None of the extras is needed by the
+    # library or its other programs; make install installs all three.
+    extras_require={"app": APP,
+                    "test": ["pytest", "pytest-xdist", "ruff==0.17.6", "quantus==0.6.0", *PEERS, *APP,
+                             "nbclient", "nbformat", "ipykernel", "websocket-client"],
                     "bench": [*PEERS, "threadpoolctl"]},
 )

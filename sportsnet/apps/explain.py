@@ -488,10 +488,10 @@ def main(argv=None) -> dict:
               "pointing_tolerance_px": tolerance if boxes is not None else None, "precision": precision,
               "metrics": metrics, "refused_methods": refused, "skipped": summarize_skipped(ds.skipped),
               "skipped_files": [dataclasses.asdict(s) for s in ds.skipped],
-              "boxes": boxes_csv is not None, "config": dataclasses.asdict(cfg)}
+              "boxes": boxes_csv is not None, "config": dataclasses.asdict(cfg), "environment": environment(device)}
     write_json(out_dir / "metrics.json", report)
     if cfg.results:
-        path = write_result(cfg.results, {"benchmark": "explain_methods", "environment": environment(device), **report})
+        path = write_result(cfg.results, {"benchmark": "explain_methods", **report})
         print(f"wrote {path}")
     if ds.skipped:
         print(f"skipped {len(ds.skipped)} unreadable file(s): {summarize_skipped(ds.skipped)}")
