@@ -1,5 +1,6 @@
-"""The explorer: its answers against explain.py's for the same files, CLIP with edited class names and prompts, and
-the Gradio app answering a real request through its client API (the browser test: test_explore_browser.py)."""
+"""The explorer: its answers against explain.py's for the same files, CLIP with edited class names and prompts, the
+Gradio app answering a real request through its client API, and the page rendered in a real headless browser
+(Debian's chromium): it opens with its first image explained, and the overlay region holds the overlay."""
 import csv
 import json
 import shutil
@@ -15,9 +16,20 @@ from sportsnet.apps.explore import Explorer
 from sportsnet.data import load_rgb
 from sportsnet.models.prompts import prompt_sets
 from sportsnet.models.zero_shot import ZeroShotClassifier
+from tests.support.browser import Browser, find_chromium, region_stats
 from tests.support.clip_tiny import needs_open_clip, register
 
 gradio = pytest.importorskip("gradio", reason="the explorer's extra is not installed (pip install 'sportsnet[app]')")
+
+
+# The first overlay of the gallery, once its image has loaded: its box on the page, scrolled into view.
+FIRST_OVERLAY = """(() => {
+  const img = [...document.querySelectorAll('#overlays img')].find(i => i.complete && i.naturalWidth > 0);
+  if (!img) return null;
+  img.scrollIntoView({block: 'center'});
+  const r = img.getBoundingClientRect();
+  return JSON.stringify({x: r.x + window.scrollX, y: r.y + window.scrollY, width: r.width, height: r.height});
+})()"""
 
 
 def train_tiny_run(tmp: Path) -> Path:
@@ -151,3 +163,30 @@ def test_app_answers_a_real_request_through_its_client(explorer):
             client.predict(None, ["gradcam"], 2, "", "", api_name="/explain")
     finally:
         app.close()
+
+
+def test_the_page_opens_with_an_overlay_in_a_headless_browser(explorer, tmp_path):
+    pytest.importorskip("websocket", reason="websocket-client (the test extra) drives the browser")
+    chromium, why = find_chromium()
+    if chromium is None:
+        pytest.skip(why)
+    app = explore.build_app(explorer, methods=["gradcam"])
+    app.launch(prevent_thread_lock=True, quiet=True)
+    browser = Browser(chromium)
+    try:
+        browser.send("Page.enable")
+        browser.send("Page.navigate", url=app.local_url)
+        box = json.loads(browser.wait_for(FIRST_OVERLAY))
+        assert box["width"] >= 32 and box["height"] >= 32, box
+        shot = browser.screenshot(box)
+        browser.screenshot().save(tmp_path / "page.png")  # for a human when this fails
+        shot.save(tmp_path / "overlay.png")
+    finally:
+        browser.close()
+        app.close()
+    want = explorer.explain(explorer.examples[0], ["gradcam"]).overlays["gradcam"]
+    mean, spread = region_stats(shot)
+    want_mean, want_spread = region_stats(want)
+    assert spread > 10, f"the overlay region is blank (pixel deviation {spread:.1f}); see {tmp_path}"
+    # The thumbnail is the overlay scaled (and maybe cropped) by the page: its colours, not its pixels.
+    assert np.abs(mean - want_mean).max() < 40, (mean, want_mean, tmp_path)
