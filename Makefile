@@ -3,6 +3,8 @@
 #   make demo-clip  - the offline CLIP demo: zero_shot_clip.py with no weights to download
 #   make test       - install (once) into .venv, then ruff check and the whole test suite (two pytest-xdist
 #                     workers: TEST_WORKERS)
+#   make check-notebooks - every notebook in notebooks/ executed end to end on the synthetic set (CI's second step)
+#   make check-install - pip install into a second environment reusing the installed torch, per build case (CI's third)
 #   make bench      - the CPU benchmarks (GPU ones too where CUDA is present); JSON in benchmarks/results/,
 #                     then the tables of the README and docs re-rendered from it. On a CPU with native bf16, the tables of
 #                     a CPU without it come from
@@ -39,7 +41,7 @@ STAMP := $(VENV)/.sportsnet-install
 # reinstalls (and rebuilds sportsnet._C), otherwise install is a no-op.
 INSTALL_KEY = $(shell cat setup.py pyproject.toml sportsnet/ops/_build.py $$(find csrc -type f | sort) | sha256sum | cut -c1-16)|$(TORCH)
 
-.PHONY: install demo demo-clip test bench gpu-check clean
+.PHONY: install demo demo-clip test check-notebooks check-install bench gpu-check clean
 
 install:
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -49,7 +51,7 @@ install:
 	  set -e; \
 	  $(PY) -m pip install --quiet --disable-pip-version-check uv; \
 	  $(UV) pip install --python $(PY) $(TORCH) setuptools wheel ninja; \
-	  $(UV) pip install --python $(PY) --no-build-isolation $(TORCH) -e ".[test,bench,app]"; \
+	  SPORTSNET_REQUIRE_EXT=1 $(UV) pip install --python $(PY) --no-build-isolation $(TORCH) -e ".[test,bench,app]"; \
 	  echo "$(INSTALL_KEY)" > $(STAMP); \
 	fi
 
@@ -68,6 +70,18 @@ demo-clip: install
 test: install
 	$(VENV)/bin/ruff check .
 	SPORTSNET_REQUIRE_EXT=1 OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+
+# Every notebook executed end to end with its CI parameters (toy sizes; the real-data one on a synthetic tree),
+# within 3 minutes together (tools/run_notebooks.py): a CI step of its own (.ci/run), outside the suite's budget.
+check-notebooks: install
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m tools.run_notebooks
+
+# pip install of this checkout into a second environment that reuses this one's torch (no index: nothing can be
+# downloaded), with nvcc hidden (the C++ kernel only), without a compiler (no extension; the reference) and
+# without one under SPORTSNET_REQUIRE_EXT=1 (the install must fail), each followed by a smoke test
+# (tools/check_install.py; docs/install.md). CI's third step.
+check-install: install
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m tools.check_install
 
 # The benchmarks and the tables are packages of the repository (benchmarks/, tools/), not of the install: they
 # run with python -m from the repository root.

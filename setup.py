@@ -1,13 +1,23 @@
 """Build script for sportsnet.
 
 Package metadata lives here (not in pyproject.toml) because building the fused Grad-CAM extension
-``sportsnet._C`` from csrc/ needs code: C++ always; CUDA as well when nvcc and a CUDA build of torch
-are present (or FORCE_CUDA=1). TORCH_CUDA_ARCH_LIST defaults to the architectures the installed torch
-was built for (sportsnet/ops/_build.py). SPORTSNET_BUILD_EXT=0
-skips the extension (sportsnet.ops then builds it just in time or uses the pure-PyTorch reference).
+``sportsnet._C`` from csrc/ needs code. It is built against the torch that is already installed (install with
+--no-build-isolation; nothing here asks for another torch), and it is optional: sportsnet.ops uses the
+pure-PyTorch reference without it. What gets built:
 
-Install through the Makefile (`make test` / `make demo`): it pins the torch/torchvision pair and installs
-with --no-build-isolation, so the extension is compiled against that torch.
+- CUDA and C++ where a CUDA build of torch and a CUDA toolkit (nvcc) are present (FORCE_CUDA=1 forces CUDA),
+  for TORCH_CUDA_ARCH_LIST if set, else for the visible GPU's architecture only, else (no GPU visible) for every
+  architecture the installed torch was built for (sportsnet/ops/_build.py: cuda_arch_list). The list is recorded
+  in sportsnet/_C_cuda_archs.txt, which sportsnet.ops checks a GPU against at run time.
+- C++ only without nvcc, or with SPORTSNET_BUILD_CUDA=0.
+- Nothing without a working C++ compiler ($CXX, else c++, g++ or clang++ on PATH), when torch is not importable
+  (an isolated build), or with SPORTSNET_BUILD_EXT=0. The reason is printed (pip shows it with -v) and recorded
+  in sportsnet/_C_not_built.txt, which sportsnet.ops names when it falls back to the reference (a source checkout
+  first tries to build just in time).
+
+A compile that fails leaves the install without the extension, for the same fallback, unless
+SPORTSNET_REQUIRE_EXT=1: then a missing compiler or a failed build fails the install, as for the Makefile's own
+install, whose tests require the extension. Users: pip install --no-build-isolation . (docs/install.md).
 """
 import importlib.util
 import os
@@ -33,32 +43,68 @@ def build_helpers():
     return module
 
 
+BUILD = build_helpers()
+
+
+def strict() -> bool:
+    """SPORTSNET_REQUIRE_EXT=1: the extension must be built (an error otherwise), as sportsnet.ops then requires it."""
+    return os.environ.get("SPORTSNET_REQUIRE_EXT") == "1"
+
+
+def not_built(reason: str, folders: list[Path]) -> None:
+    """Record why the extension is not installed, for sportsnet.ops's fallback message, or fail under strict()."""
+    if strict():
+        raise SystemExit(f"sportsnet: sportsnet._C was not built: {reason}; SPORTSNET_REQUIRE_EXT=1 requires it")
+    print(f"sportsnet: installing without sportsnet._C: {reason}. sportsnet.ops will use the pure-PyTorch reference.")
+    for folder in folders:
+        (folder / BUILD.ARCHS_RECORD).unlink(missing_ok=True)
+        (folder / BUILD.NOT_BUILT_RECORD).write_text(reason + "\n")
+
+
 def extensions():
+    b = BUILD
+    package = ROOT / "sportsnet"
+    (package / b.NOT_BUILT_RECORD).unlink(missing_ok=True)
     if os.environ.get("SPORTSNET_BUILD_EXT", "1") == "0":
         print("sportsnet: SPORTSNET_BUILD_EXT=0, not building sportsnet._C")
+        (package / b.NOT_BUILT_RECORD).write_text("SPORTSNET_BUILD_EXT=0 at install\n")
+        return [], {}
+    compiler = b.find_cxx_compiler()  # up front: torch's build would fail on it with a long trace
+    if compiler.command is None:
+        not_built(compiler.problem, [package])
         return [], {}
     try:
         import torch
     except ImportError:
-        print("sportsnet: torch is not importable in this build environment; not building sportsnet._C "
-              "(install with --no-build-isolation against your torch to build it)")
+        not_built("torch is not importable in this build environment (install with --no-build-isolation into the "
+                  "environment that has torch to build it)", [package])
         return [], {}
-    b = build_helpers()
     cuda_home = b.cuda_home()
     if cuda_home and not os.environ.get("CUDA_HOME"):
         os.environ["CUDA_HOME"] = cuda_home  # before cpp_extension reads it at import
+    ninja = b.ninja_folder()  # BuildExtension compiles in parallel with ninja, one file at a time without it
+    if ninja and ninja not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = os.pathsep.join([ninja, os.environ.get("PATH", "")])
     from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
-    with_cuda = os.environ.get("FORCE_CUDA") == "1" or (torch.version.cuda is not None and cuda_home is not None)
-    record = ROOT / "sportsnet" / b.ARCHS_RECORD
+    if b.cuda_build_disabled():
+        with_cuda, no_cuda = False, "SPORTSNET_BUILD_CUDA=0"
+    elif os.environ.get("FORCE_CUDA") == "1":
+        with_cuda, no_cuda = True, ""
+    else:
+        with_cuda = torch.version.cuda is not None and cuda_home is not None
+        no_cuda = "torch is a CPU-only build" if torch.version.cuda is None else "no CUDA toolkit with nvcc found"
+    record = package / b.ARCHS_RECORD
     record.unlink(missing_ok=True)
-    cuda_note = ""
     if with_cuda:
-        archs, why = b.cuda_arch_list(b.torch_arch_names(torch))
+        archs, why = b.cuda_arch_list(b.torch_arch_names(torch), b.visible_gpu_capabilities(torch))
         os.environ["TORCH_CUDA_ARCH_LIST"] = archs
         record.write_text(archs + "\n")  # what sportsnet.ops checks a GPU against at run time
-        cuda_note = f" and CUDA ({archs}: {why})"
-    print(f"sportsnet: building sportsnet._C for CPU{cuda_note} against torch {torch.__version__}")
+        note = f" and CUDA ({archs}: {why})"
+    else:
+        note = f" only ({no_cuda})"
+    print(f"sportsnet: building sportsnet._C for CPU{note} against torch {torch.__version__} with "
+          f"{' '.join(compiler.command)}")
     ext = (CUDAExtension if with_cuda else CppExtension)(
         "sportsnet._C",
         sources=b.sources(ROOT, with_cuda),
@@ -66,7 +112,23 @@ def extensions():
         extra_compile_args={"cxx": b.CXX_FLAGS, "nvcc": b.NVCC_FLAGS},
         extra_link_args=b.LINK_FLAGS,
     )
-    return [ext], {"build_ext": BuildExtension}
+
+    class OptionalBuildExtension(BuildExtension):
+        """A failed build installs the package without the extension (not under SPORTSNET_REQUIRE_EXT=1)."""
+
+        def run(self):
+            try:
+                super().run()
+            except Exception as e:  # a compile or link error, nvcc and torch of different CUDA majors...
+                if strict():
+                    raise
+                first = next((line for line in str(e).splitlines() if line.strip()), "")
+                hint = "; SPORTSNET_BUILD_CUDA=0 builds the C++ kernel alone" if with_cuda else ""
+                built = Path(self.build_lib) / "sportsnet"
+                not_built(f"its build failed ({type(e).__name__}: {first[:300]}){hint}",
+                          [package, *([built] if built.is_dir() else [])])
+
+    return [ext], {"build_ext": OptionalBuildExtension}
 
 
 ext_modules, cmdclass = extensions()
@@ -84,7 +146,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["sportsnet", "sportsnet.*"]),
-    package_data={"sportsnet": [build_helpers().ARCHS_RECORD], "sportsnet.data": ["*.json"],
+    package_data={"sportsnet": [BUILD.ARCHS_RECORD, BUILD.NOT_BUILT_RECORD],
+                  "sportsnet.data": ["*.json"],
                   "sportsnet.models": ["clip_configs/*.json"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,

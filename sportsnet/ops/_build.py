@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import glob
+import importlib.metadata
 import os
 import re
+import shlex
 import shutil
 import site
+import subprocess
 import sys
 from pathlib import Path
 from typing import NamedTuple
@@ -16,6 +19,10 @@ from typing import NamedTuple
 FALLBACK_CUDA_ARCH_LIST = "7.5;8.0;8.6;9.0+PTX"
 #: Written next to the package by setup.py: the architecture list the prebuilt library was compiled for.
 ARCHS_RECORD = "_C_cuda_archs.txt"
+#: Written next to the package by setup.py when it installs without the library: why (sportsnet.ops says so).
+NOT_BUILT_RECORD = "_C_not_built.txt"
+#: The C++ compilers looked for on PATH when $CXX is not set, in this order.
+CXX_CANDIDATES = ("c++", "g++", "clang++")
 # -fopenmp: at::parallel_for is serial without it. -fno-wrapv: setup.py builds get Python's own CFLAGS
 # first, which include -fwrapv; with it GCC may not assume `p + L <= n` loops end, and leaves them scalar
 # (Grad-CAM++'s weight pass measured 2x slower). -DNDEBUG: as those CFLAGS have it, so every build (setup.py,
@@ -79,14 +86,41 @@ def arch_list_from_torch(torch_archs: list[str]) -> str:
     return ";".join(f"{major}.{minor}" for major, minor in caps) + "+PTX"
 
 
-def cuda_arch_list(torch_archs: list[str] | None = None) -> tuple[str, str]:
-    """``(list, why)``: TORCH_CUDA_ARCH_LIST if the user set it, else the architectures the installed torch
-    was built for (the GPUs torch itself runs on), else :data:`FALLBACK_CUDA_ARCH_LIST`."""
-    if os.environ.get("TORCH_CUDA_ARCH_LIST"):
-        return os.environ["TORCH_CUDA_ARCH_LIST"], "TORCH_CUDA_ARCH_LIST"
+def arch_list_for_gpus(capabilities: list[tuple[int, int]], torch_archs: list[str] | None = None) -> str:
+    """The TORCH_CUDA_ARCH_LIST for the visible GPUs only, as torch's own just-in-time builds choose it: each GPU's
+    compute capability (capped at the newest architecture torch was built for, which nvcc then knows), PTX of the
+    newest. A T4 gives ``7.5+PTX``; a T4 and an A100 ``7.5;8.0+PTX``."""
+    caps = sorted({(int(c[0]), int(c[1])) for c in capabilities})
+    supported = [(int(a[3:-1]), int(a[-1])) for a in torch_archs or [] if re.fullmatch(r"sm_\d\d+", a)]
+    if supported:
+        caps = sorted({min(c, max(supported)) for c in caps})
+    return ";".join(f"{major}.{minor}" for major, minor in caps) + "+PTX"
+
+
+def cuda_arch_list(torch_archs: list[str] | None = None,
+                   gpu_capabilities: list[tuple[int, int]] | None = None) -> tuple[str, str]:
+    """``(list, why)``: TORCH_CUDA_ARCH_LIST if the user set it; else, where GPUs are visible
+    (``gpu_capabilities``, from :func:`visible_gpu_capabilities`), theirs only (:func:`arch_list_for_gpus`: one
+    architecture compiles in a fraction of the time of torch's whole list); else the architectures the installed
+    torch was built for (the GPUs torch itself runs on); else :data:`FALLBACK_CUDA_ARCH_LIST`. ``native`` (torch's
+    word for the visible GPUs) is taken as not set."""
+    user = os.environ.get("TORCH_CUDA_ARCH_LIST", "").strip()
+    if user and user != "native":
+        return user, "TORCH_CUDA_ARCH_LIST"
+    if gpu_capabilities:
+        caps = sorted({(int(c[0]), int(c[1])) for c in gpu_capabilities})
+        shown = ", ".join(f"{major}.{minor}" for major, minor in caps)
+        return arch_list_for_gpus(caps, torch_archs), f"the visible GPU{'s' if len(caps) > 1 else ''} ({shown})"
     if torch_archs:
-        return arch_list_from_torch(torch_archs), "the architectures torch was built for"
-    return FALLBACK_CUDA_ARCH_LIST, "the fallback list (torch named no architectures)"
+        return arch_list_from_torch(torch_archs), "the architectures torch was built for (no GPU visible)"
+    return FALLBACK_CUDA_ARCH_LIST, "the fallback list (no GPU visible, and torch named no architectures)"
+
+
+def visible_gpu_capabilities(torch) -> list[tuple[int, int]]:
+    """The compute capabilities of the GPUs torch sees (none without a GPU, or with ``CUDA_VISIBLE_DEVICES=``)."""
+    if torch.version.cuda is None or not torch.cuda.is_available():
+        return []
+    return sorted({tuple(torch.cuda.get_device_capability(i)) for i in range(torch.cuda.device_count())})
 
 
 def torch_arch_names(torch) -> list[str]:
@@ -133,6 +167,61 @@ def covers(capability: tuple[int, int], arch_list: str) -> bool:
 
 def ninja_folder() -> str | None:
     """The folder of the ``ninja`` that builds would run: on PATH, else beside this interpreter (a venv's ``bin``
-    that is not on PATH, as on a machine whose python is called by its full path); None without one."""
+    that is not on PATH, as on a machine whose python is called by its full path), else where the ``ninja``
+    package's files say its program is (a package seen through another environment's site-packages); None
+    without one."""
     found = shutil.which("ninja") or shutil.which("ninja", path=os.path.dirname(sys.executable))
-    return os.path.dirname(found) if found else None
+    if not found:
+        try:
+            files = importlib.metadata.distribution("ninja").files or []
+        except importlib.metadata.PackageNotFoundError:
+            files = []
+        programs = [str(f.locate()) for f in files if f.name == "ninja" and "bin" in f.parts]
+        found = next((p for p in programs if os.path.isfile(p) and os.access(p, os.X_OK)), None)
+    return os.path.dirname(os.path.abspath(found)) if found else None
+
+
+def cuda_build_disabled() -> bool:
+    """``SPORTSNET_BUILD_CUDA=0``: build the C++ (CPU) kernel only, as where nvcc is missing (setup.py and the
+    just-in-time build)."""
+    return os.environ.get("SPORTSNET_BUILD_CUDA") == "0"
+
+
+class Compiler(NamedTuple):
+    """A C++ compiler that compiled a test file (``command``), or None and why not (``problem``)."""
+    command: list[str] | None
+    problem: str = ""
+
+
+_PROBE = "#include <cstddef>\n#include <vector>\nint main() { std::vector<std::size_t> v(1); return int(v[0]); }\n"
+
+
+def find_cxx_compiler(timeout: float = 60.0) -> Compiler:
+    """The C++ compiler a build would use, if it works: $CXX where it is set (as setuptools and torch honour it;
+    no other is tried then), else the first of :data:`CXX_CANDIDATES` on PATH that works. "Works": it compiles a
+    file that includes the C++ standard library (``-fsyntax-only``, a fraction of a second)."""
+    cxx = os.environ.get("CXX", "").strip()
+    if cxx:
+        candidates, named = [shlex.split(cxx)], f"CXX={cxx}"
+    else:
+        candidates = [[name] for name in CXX_CANDIDATES if shutil.which(name)]
+        named = ", ".join(CXX_CANDIDATES[:-1]) + " or " + CXX_CANDIDATES[-1]
+        if not candidates:
+            return Compiler(None, f"no C++ compiler: $CXX is not set and there is no {named} on PATH")
+    problems = []
+    for command in candidates:
+        if shutil.which(command[0]) is None:
+            problems.append(f"{command[0]} is not found")
+            continue
+        try:
+            probe = subprocess.run([*command, "-x", "c++", "-fsyntax-only", "-"], input=_PROBE, text=True,
+                                   capture_output=True, timeout=timeout)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            problems.append(f"{command[0]} did not run ({type(e).__name__}: {e})")
+            continue
+        if probe.returncode == 0:
+            return Compiler(command)
+        first = next((line for line in probe.stderr.splitlines() if line.strip()), "")
+        problems.append(f"{command[0]} failed to compile a test file (exit {probe.returncode}{': ' if first else ''}"
+                        f"{first[:200]})")
+    return Compiler(None, f"no working C++ compiler ({named}): " + "; ".join(problems))

@@ -5,8 +5,10 @@ The backend is decided once, on first use, and logged once:
 
 1. the prebuilt extension ``sportsnet._C`` (built by setup.py);
 2. otherwise csrc/ compiled just in time with ``torch.utils.cpp_extension.load`` (ninja; cached in
-   torch's extensions folder), when this is a source checkout;
-3. otherwise the reference, with one warning. ``SPORTSNET_REQUIRE_EXT=1`` makes that an error
+   torch's extensions folder), when this is a source checkout and a C++ compiler works (checked first:
+   without one it is not attempted);
+3. otherwise the reference, with one warning that says why (for an install without the library, the
+   reason setup.py recorded, e.g. no compiler). ``SPORTSNET_REQUIRE_EXT=1`` makes that an error
    (for benchmarks and CI jobs that must exercise the compiled op).
 
 The dispatcher ops are ``torch.ops.sportsnet.fused_gradcam`` and ``torch.ops.sportsnet.fused_weighted_cam``
@@ -69,15 +71,25 @@ def _registered() -> bool:
     return has_kernel("CPU")
 
 
-def _jit_build() -> None:
-    from torch.utils import cpp_extension
+class _CannotBuild(RuntimeError):
+    """The just-in-time build is not possible here (no sources, no compiler): said in one phrase, no trace."""
 
+
+def _jit_build() -> None:
     root = Path(__file__).resolve().parents[2]
     csrc = _build.csrc_dir(root)
     if not csrc.is_dir():
-        raise FileNotFoundError(f"no csrc/ next to the package ({csrc}); only source checkouts can build just in time")
+        raise _CannotBuild(f"only a source checkout can (no csrc/ beside the package: {csrc})")
+    compiler = _build.find_cxx_compiler()  # up front: without one, cpp_extension fails with a long trace
+    if compiler.command is None:
+        raise _CannotBuild(compiler.problem)
+    if not os.environ.get("CXX") and compiler.command != ["c++"]:
+        os.environ["CXX"] = compiler.command[0]  # cpp_extension runs $CXX, else c++
+    from torch.utils import cpp_extension  # after the checks: its import logs about CUDA_HOME on machines without GPU
+
     global _CUDA_ARCHS
-    with_cuda = torch.cuda.is_available() and torch.version.cuda is not None and _build.cuda_home() is not None
+    with_cuda = (torch.cuda.is_available() and torch.version.cuda is not None and _build.cuda_home() is not None
+                 and not _build.cuda_build_disabled())
     if with_cuda and not os.environ.get("CUDA_HOME"):
         os.environ["CUDA_HOME"] = _build.cuda_home()
         cpp_extension.CUDA_HOME = os.environ["CUDA_HOME"]
@@ -85,7 +97,7 @@ def _jit_build() -> None:
     if ninja and ninja not in os.environ.get("PATH", "").split(os.pathsep):
         os.environ["PATH"] = os.pathsep.join([ninja, os.environ.get("PATH", "")])
     if with_cuda:
-        _CUDA_ARCHS, why = _build.cuda_arch_list(_build.torch_arch_names(torch))
+        _CUDA_ARCHS, why = _build.cuda_arch_list(_build.torch_arch_names(torch), _build.visible_gpu_capabilities(torch))
         os.environ["TORCH_CUDA_ARCH_LIST"] = _CUDA_ARCHS
         log.info("fused_gradcam: compiling for CUDA architectures %s (%s)", _CUDA_ARCHS, why)
     cpp_extension.load(
@@ -138,12 +150,16 @@ def _load() -> str:
                 record = Path(sportsnet._C.__file__).with_name(_build.ARCHS_RECORD)
                 _CUDA_ARCHS = record.read_text().strip() if record.is_file() else None
             except ImportError as e:
-                errors.append(f"prebuilt sportsnet._C: {e}")
+                not_built = Path(__file__).resolve().parents[1] / _build.NOT_BUILT_RECORD  # setup.py's reason
+                errors.append(f"sportsnet._C was not built at install: {not_built.read_text().strip()}"
+                              if not_built.is_file() else f"prebuilt sportsnet._C: {e}")
         if not _registered():
             try:
                 log.info("sportsnet._C is not built; compiling csrc/ just in time (once, cached)")
                 _jit_build()
-            except Exception as e:  # a compiler error, no ninja, no sources...
+            except _CannotBuild as e:
+                errors.append(f"just-in-time build: {e}")
+            except Exception as e:  # a compiler error, no ninja...
                 errors.append(f"just-in-time build: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
         if _registered():
             _register_fake()

@@ -1,17 +1,25 @@
 """Which GPU architectures the CUDA kernel is built for, and what a GPU it was not built for gets: the
-decision with the capability injected (so it runs on CPU-only machines), and the built library's SASS."""
+decision with the capability injected (so it runs on CPU-only machines), and the built library's SASS. Also
+whether there is a C++ compiler to build with, and what setup.py decides from both (run in a copy of its files,
+without building)."""
 import importlib.util
+import os
 import re
 import shutil
 import subprocess
+import sys
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from sportsnet.ops import _build, backend, fused
 from sportsnet.ops.fused import has_kernel
+from tests.support import ROOT
+
+TORCH_213_CU130 = ["sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120"]  # torch.cuda.get_arch_list()
 
 
 def test_the_default_list_is_the_architectures_torch_was_built_for(monkeypatch):
@@ -23,6 +31,130 @@ def test_the_default_list_is_the_architectures_torch_was_built_for(monkeypatch):
     assert _build.cuda_arch_list(["sm_75"]) == ("8.9", "TORCH_CUDA_ARCH_LIST")  # the user's choice wins
     if torch.cuda.get_arch_list():  # older torch answers only with a GPU; torch_arch_names then asks torch._C
         assert _build.torch_arch_names(torch) == list(torch.cuda.get_arch_list())
+
+
+@pytest.mark.parametrize("gpus, expected", [
+    ([(7, 5)], "7.5+PTX"),  # a T4 (Colab, Kaggle): one architecture, not torch's six
+    ([(8, 0), (7, 5), (8, 0)], "7.5;8.0+PTX"),  # every visible GPU, once each
+    ([(8, 9)], "8.9+PTX"),  # not in torch's list: still its own (nvcc knows every architecture below torch's newest)
+    ([(12, 1)], "12.0+PTX"),  # newer than torch's newest: capped there (sm_120 code runs on 12.1)
+    ([(13, 0)], "12.0+PTX"),  # and a newer major one runs its PTX
+])
+def test_a_visible_gpu_gets_its_own_architecture_only(monkeypatch, gpus, expected):
+    monkeypatch.delenv("TORCH_CUDA_ARCH_LIST", raising=False)
+    archs, why = _build.cuda_arch_list(TORCH_213_CU130, gpus)
+    assert archs == expected and "visible GPU" in why
+    assert all(_build.covers(gpu, archs) for gpu in gpus)  # what sportsnet.ops checks at run time
+    for unset in ("", "native"):  # torch's word for the visible GPUs
+        monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", unset)
+        assert _build.cuda_arch_list(TORCH_213_CU130, gpus)[0] == expected
+
+
+def test_the_users_arch_list_wins_and_without_a_gpu_torchs_list_is_built(monkeypatch):
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "8.6")
+    assert _build.cuda_arch_list(TORCH_213_CU130, [(7, 5)]) == ("8.6", "TORCH_CUDA_ARCH_LIST")
+    monkeypatch.delenv("TORCH_CUDA_ARCH_LIST")
+    archs, why = _build.cuda_arch_list(TORCH_213_CU130, [])
+    assert archs == "7.5;8.0;8.6;9.0;10.0;12.0+PTX" and "no GPU visible" in why
+    assert _build.cuda_arch_list(TORCH_213_CU130, None)[0] == archs
+    assert _build.cuda_arch_list([], [])[0] == _build.FALLBACK_CUDA_ARCH_LIST
+
+
+def _torch_like(cuda: str | None, gpus: list[tuple[int, int]]):
+    """torch's answers on a machine with these GPUs (only the calls visible_gpu_capabilities makes)."""
+    return SimpleNamespace(version=SimpleNamespace(cuda=cuda), cuda=SimpleNamespace(
+        is_available=lambda: bool(gpus), device_count=lambda: len(gpus), get_device_capability=lambda i: gpus[i]))
+
+
+def test_the_visible_gpus_capabilities_come_from_torch():
+    assert _build.visible_gpu_capabilities(_torch_like("13.0", [(8, 0), (7, 5), (8, 0)])) == [(7, 5), (8, 0)]
+    assert _build.visible_gpu_capabilities(_torch_like("13.0", [])) == []
+    assert _build.visible_gpu_capabilities(_torch_like(None, [(7, 5)])) == []  # a CPU-only torch builds no CUDA
+    expected = sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())}) \
+        if torch.cuda.is_available() else []
+    assert _build.visible_gpu_capabilities(torch) == expected
+
+
+def _script(folder: Path, name: str, body: str) -> Path:
+    path = folder / name
+    path.write_text("#!/bin/sh\n" + body + "\n")
+    path.chmod(0o755)
+    return path
+
+
+def test_a_missing_or_broken_compiler_is_found_out(monkeypatch, tmp_path):
+    monkeypatch.setenv("CXX", str(tmp_path / "nowhere" / "c++"))
+    found = _build.find_cxx_compiler()
+    assert found.command is None and f"CXX={tmp_path / 'nowhere' / 'c++'}" in found.problem
+    assert "is not found" in found.problem
+    monkeypatch.setenv("CXX", str(_script(tmp_path, "broken", "echo 'fatal error: cstddef: No such file' >&2; exit 1")))
+    found = _build.find_cxx_compiler()
+    assert found.command is None and "failed to compile a test file (exit 1: fatal error: cstddef" in found.problem
+    monkeypatch.delenv("CXX")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    found = _build.find_cxx_compiler()
+    assert found.command is None and found.problem == (
+        "no C++ compiler: $CXX is not set and there is no c++, g++ or clang++ on PATH")
+
+
+REAL_CXX = next((shutil.which(c) for c in _build.CXX_CANDIDATES if shutil.which(c)), None)
+
+
+@pytest.mark.skipif(REAL_CXX is None, reason="no C++ compiler here")
+def test_cxx_is_honoured_and_path_is_searched_past_a_broken_compiler(monkeypatch, tmp_path):
+    monkeypatch.setenv("CXX", f"{REAL_CXX} -O0")  # a command with arguments, as setuptools and torch take it
+    assert _build.find_cxx_compiler() == (_build.Compiler([REAL_CXX, "-O0"]))
+    monkeypatch.delenv("CXX")
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    _script(folder, "c++", "exit 1")  # first on PATH, but it does not compile
+    (folder / "clang++").symlink_to(REAL_CXX)
+    monkeypatch.setenv("PATH", str(folder))
+    assert _build.find_cxx_compiler().command == ["clang++"]
+
+
+def _setup_decides(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+    """`python setup.py --name` in a copy of the files it reads: it decides what to build and says so, builds
+    nothing, and writes its records into the copy, not into this checkout."""
+    copy = tmp_path / "repo"
+    for name in ["setup.py", "README.md", "sportsnet/__init__.py", "sportsnet/ops/_build.py",
+                 *(str(p.relative_to(ROOT)) for p in (ROOT / "csrc").rglob("*") if p.is_file())]:
+        (copy / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, copy / name)
+    keep = {k: v for k, v in os.environ.items() if k not in (
+        "CXX", "FORCE_CUDA", "TORCH_CUDA_ARCH_LIST", "SPORTSNET_BUILD_EXT", "SPORTSNET_BUILD_CUDA",
+        "SPORTSNET_REQUIRE_EXT")}
+    return subprocess.run([sys.executable, "setup.py", "--name"], cwd=copy, env={**keep, **env}, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_setup_py_installs_without_the_extension_when_there_is_no_compiler(tmp_path):
+    missing = str(tmp_path / "nowhere" / "c++")
+    out = _setup_decides(tmp_path, CXX=missing)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"sportsnet: installing without sportsnet._C: no working C++ compiler (CXX={missing})" in out.stdout
+    record = tmp_path / "repo" / "sportsnet" / _build.NOT_BUILT_RECORD
+    assert "no working C++ compiler" in record.read_text()  # what sportsnet.ops names when it falls back
+    strict = _setup_decides(tmp_path, CXX=missing, SPORTSNET_REQUIRE_EXT="1")
+    assert strict.returncode != 0 and "SPORTSNET_REQUIRE_EXT=1 requires it" in strict.stderr
+
+
+@pytest.mark.skipif(REAL_CXX is None or torch.version.cuda is None or _build.cuda_home() is None,
+                    reason="needs a C++ compiler, a CUDA build of torch and the CUDA toolkit")
+def test_setup_py_builds_cpu_only_without_nvcc_and_otherwise_cuda_for_the_chosen_list(tmp_path):
+    out = _setup_decides(tmp_path, SPORTSNET_BUILD_CUDA="0")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "sportsnet: building sportsnet._C for CPU only (SPORTSNET_BUILD_CUDA=0)" in out.stdout
+    assert not (tmp_path / "repo" / "sportsnet" / _build.ARCHS_RECORD).exists()
+    out = _setup_decides(tmp_path, TORCH_CUDA_ARCH_LIST="7.5")
+    assert "sportsnet: building sportsnet._C for CPU and CUDA (7.5: TORCH_CUDA_ARCH_LIST)" in out.stdout
+    assert (tmp_path / "repo" / "sportsnet" / _build.ARCHS_RECORD).read_text() == "7.5\n"
+    out = _setup_decides(tmp_path)
+    archs, _ = _build.cuda_arch_list(_build.torch_arch_names(torch), _build.visible_gpu_capabilities(torch))
+    assert f"sportsnet: building sportsnet._C for CPU and CUDA ({archs}: " in out.stdout
+    assert (tmp_path / "repo" / "sportsnet" / _build.ARCHS_RECORD).read_text() == archs + "\n"
 
 
 @pytest.mark.parametrize("capability, archs, expected", [

@@ -1,6 +1,7 @@
 """tools.gpu_check (make gpu-check): on a CPU every step that can run does and the CUDA ones say why they were
 skipped; the tests step takes the CUDA tests only; compute-sanitizer's output is attributed to our kernels or not;
 the result file is written after every step; a failing step fails the run, and a failed build skips what needs it."""
+import importlib.metadata
 import json
 import os
 import signal
@@ -264,6 +265,18 @@ def test_ninja_is_found_beside_the_interpreter(tmp_path, monkeypatch):
     env = context.program_environment({"value": None})
     assert env["PATH"].split(os.pathsep)[0] == str(bin_dir)
     monkeypatch.setattr(sys, "executable", str(tmp_path / "elsewhere" / "python"))
+    try:  # then where the ninja package's files put its program (an environment seen through a .pth file)
+        files = importlib.metadata.distribution("ninja").files or []
+    except importlib.metadata.PackageNotFoundError:
+        files = []
+    packaged = [f.locate() for f in files if f.name == "ninja" and "bin" in f.parts]
+    if packaged:
+        assert (Path(_build.ninja_folder()) / "ninja").resolve() == Path(packaged[0]).resolve()
+
+    def no_package(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", no_package)
     assert _build.ninja_folder() is None
 
 

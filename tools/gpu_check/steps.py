@@ -86,8 +86,9 @@ def step_build(ctx: Context, deadline: float) -> dict[str, Any]:
         details["how"] = "no setup.py and csrc/ here (not a source checkout): the operator's own loading decides"
     else:
         details["import_error"] = tail(check.output, 2)
+        # SPORTSNET_REQUIRE_EXT=1: a failed compile fails this step (setup.py otherwise installs without the library).
         build = run_program([ctx.python, "setup.py", "build_ext", "--inplace"], ctx.log_dir / "build.log",
-                            deadline - time.monotonic() - 30, ctx.env)
+                            deadline - time.monotonic() - 30, {**(ctx.env or os.environ), "SPORTSNET_REQUIRE_EXT": "1"})
         details["setup_py_seconds"] = round(build.seconds, 1)
         if build.returncode == 0:
             details["how"] = (f"compiled in place by setup.py for TORCH_CUDA_ARCH_LIST="
