@@ -2,7 +2,8 @@
 // checks, and the CPU operators, which run the kernel in cpu/fused_gradcam_kernel.h built for the widest
 // ISA this machine has.
 // How the kernel works (its plan): the comment at the top of cpu/fused_gradcam_kernel.h.
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include <Python.h>

@@ -2,6 +2,7 @@
 Gradio app answering a real request through its client API, and the page rendered in a real headless browser
 (Debian's chromium): it opens with its first image explained, and the overlay region holds the overlay."""
 import csv
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -19,7 +20,10 @@ from sportsnet.models.zero_shot import ZeroShotClassifier
 from tests.support.browser import Browser, find_chromium, region_stats
 from tests.support.clip_tiny import needs_open_clip, register
 
-gradio = pytest.importorskip("gradio", reason="the explorer's extra is not installed (pip install 'sportsnet[app]')")
+# The page's tests need Gradio (the app extra); the Explorer's own do not. Checked without importing it: collection
+# in every worker would pay for its import.
+needs_gradio = pytest.mark.skipif(importlib.util.find_spec("gradio") is None,
+                                  reason="the explorer's extra is not installed (pip install 'sportsnet[app]')")
 
 
 # The first overlay of the gallery, once its image has loaded: its box on the page, scrolled into view.
@@ -139,6 +143,7 @@ def test_clip_class_names_and_prompts_are_editable(explorer):
         clip.explain(image, ["gradcam"], class_names=["only one"])
 
 
+@needs_gradio
 def test_app_answers_a_real_request_through_its_client(explorer):
     from gradio_client import Client, handle_file
 
@@ -165,6 +170,7 @@ def test_app_answers_a_real_request_through_its_client(explorer):
         app.close()
 
 
+@needs_gradio
 def test_the_page_opens_with_an_overlay_in_a_headless_browser(explorer, tmp_path):
     pytest.importorskip("websocket", reason="websocket-client (the test extra) drives the browser")
     chromium, why = find_chromium()
