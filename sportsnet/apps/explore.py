@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -123,11 +124,13 @@ class Explorer:
                              f"exist)")
         saved = load_checkpoint(ckpt, map_location="cpu")
         if "arch" in saved:  # pretrain_clip.py's checkpoints name their open_clip architecture
-            data = saved.get("config", {}).get("data", "synthetic")
-            root = _data_root(data)
+            root = _data_root(saved.get("config", {}).get("data", "synthetic"))
             classes = _class_folders(root / "test") if root is not None else []
-            return cls.from_clip(saved["arch"], str(ckpt), classes or None, device=device, precision=precision,
-                                 images=images if images is not None else (root / "test" if root else None))
+            explorer = cls.from_clip(saved["arch"], str(ckpt), prompt_names(classes) if classes else None,
+                                     device=device, precision=precision, images=images)
+            if images is None and root is not None:
+                explorer.examples = _examples(root / "test", False)
+            return explorer
         del saved
         subject, train_cfg = run_subject(ExplainConfig(checkpoint=str(path)), dev)
         root = Path(train_cfg.synthetic_root if train_cfg.data == "synthetic" else train_cfg.data or "data/sports100")
@@ -271,6 +274,7 @@ def build_app(explorer: Explorer, *, methods: Sequence[str] = DEFAULT_METHODS, t
 
     methods = [method_name(m) for m in methods]
     columns = ["method", *SCORES.values(), "seconds", "note"]
+    workdir = tempfile.TemporaryDirectory(prefix="sportsnet-explore-")  # the downloads; removed with the app
 
     def answer(image, chosen, k, names, prompts):
         if not image:
@@ -285,7 +289,7 @@ def build_app(explorer: Explorer, *, methods: Sequence[str] = DEFAULT_METHODS, t
         rows = [[m, *(round(result.scores[m][s], 4) for s in SCORES), round(result.seconds[m], 3), ""]
                 for m in result.overlays]
         rows += [[m, *([None] * len(SCORES)), None, f"refused: {why}"] for m, why in result.refused.items()]
-        download = Path(tempfile.mkdtemp(prefix="sportsnet-explore-")) / "overlays.png"
+        download = Path(workdir.name) / f"overlays-{uuid.uuid4().hex[:8]}.png"  # Gradio serves a copy of it
         result.side_by_side(download)
         return dict(result.top), gallery, pd.DataFrame(rows, columns=columns), str(download)
 
@@ -317,6 +321,7 @@ def build_app(explorer: Explorer, *, methods: Sequence[str] = DEFAULT_METHODS, t
         button.click(answer, inputs, outputs, api_name="explain")
         if explain_on_load and first is not None:
             app.load(answer, inputs, outputs, api_name=False)
+    app.sportsnet_workdir = workdir  # lives as long as the app
     return app
 
 

@@ -143,6 +143,29 @@ def test_clip_class_names_and_prompts_are_editable(explorer):
         clip.explain(image, ["gradcam"], class_names=["only one"])
 
 
+@needs_open_clip
+def test_a_pretrain_clip_run_opens_as_clip_over_its_data_s_classes(tmp_path, monkeypatch):
+    """A pretrain_clip.py checkpoint records its architecture: the run opens as CLIP zero-shot over the class
+    folders of its data's test split (cleaned for prompts), offering that split's images."""
+    from sportsnet.apps.clip_data import SYNTHETIC_CLIP
+    from sportsnet.data import make_synthetic_sports
+    from sportsnet.models.clip import load_clip
+    from sportsnet.serialization import save_checkpoint
+
+    register()
+    monkeypatch.chdir(tmp_path)
+    make_synthetic_sports(SYNTHETIC_CLIP, num_classes=3, train_per_class=2, eval_per_class=2, size=32)
+    bundle = load_clip("tiny-rn-test", "none")
+    save_checkpoint(tmp_path / "runs" / "clip" / "checkpoints" / "best.pt",
+                    {"arch": "tiny-rn-test", "model": bundle.model.state_dict(), "config": {"data": "synthetic"}})
+    clip = Explorer.from_run(tmp_path / "runs" / "clip", device="cpu", precision="fp32")
+    assert clip.is_clip and clip.class_names == ["air hockey", "amputee football", "archery"]
+    assert len(clip.examples) == 6 and all(Path(p).parts[:3] == ("data", "synthetic_clip", "test")
+                                           for p in clip.examples)
+    got = clip.explain(clip.examples[0], ["gradcam"], top_k=3)
+    assert {n for n, _ in got.top} == set(clip.class_names) and torch.isfinite(got.maps["gradcam"]).all()
+
+
 @needs_gradio
 def test_app_answers_a_real_request_through_its_client(explorer):
     from gradio_client import Client, handle_file
