@@ -34,7 +34,7 @@ from PIL import Image
 from ..cam import EXPLAINERS, make_explainer, method_name
 from ..cam.metrics import score_explanations
 from ..cam.overlay import overlay
-from ..data import SPORTS100_CLASSES, denormalize, load_rgb
+from ..data import SPORTS100_CLASSES, UnreadableImageError, denormalize, load_rgb
 from ..data.images import is_image_file
 from ..engine import load_checkpoint
 from ..hardware import autocast, describe, hardware_line, resolve_precision
@@ -283,7 +283,7 @@ def build_app(explorer: Explorer, *, methods: Sequence[str] = DEFAULT_METHODS, t
             result = explorer.explain(image, chosen or [], int(k),
                                       class_names=names.splitlines() if explorer.is_clip and names else None,
                                       prompts=prompts.split(";") if explorer.is_clip and prompts else None)
-        except ValueError as e:
+        except (ValueError, UnreadableImageError) as e:  # a bad choice on the page, or a file that is no image
             raise gr.Error(str(e)) from None
         gallery = [(result.overlays[m], f"{m} -> {result.target}") for m in result.overlays]
         rows = [[m, *(round(result.scores[m][s], 4) for s in SCORES), round(result.seconds[m], 3), ""]
@@ -361,7 +361,7 @@ def main(argv=None):
         explorer = Explorer.from_clip(cfg.clip, cfg.pretrained, classes, device=cfg.device, precision=cfg.precision,
                                       prompts=cfg.prompts, images=images)
     app = build_app(explorer, methods=methods, top_k=cfg.top_k)
-    app.launch(server_name=cfg.host, server_port=cfg.port or None, share=cfg.share)
+    app.launch(server_name=cfg.host, server_port=cfg.port or None, share=cfg.share, show_error=True)
     return app
 
 

@@ -167,7 +167,7 @@ def test_a_pretrain_clip_run_opens_as_clip_over_its_data_s_classes(tmp_path, mon
 
 
 @needs_gradio
-def test_app_answers_a_real_request_through_its_client(explorer):
+def test_app_answers_a_real_request_through_its_client(explorer, tmp_path):
     from gradio_client import Client, handle_file
 
     app = explore.build_app(explorer, explain_on_load=False)
@@ -189,6 +189,12 @@ def test_app_answers_a_real_request_through_its_client(explorer):
         assert Image.open(download).format == "PNG"
         with pytest.raises(Exception, match="pick or upload an image first"):
             client.predict(None, ["gradcam"], 2, "", "", api_name="/explain")
+        fake = tmp_path / "not_an_image.png"  # refused by Gradio's image component before our handler
+        fake.write_text("hello")
+        with pytest.raises(Exception):
+            client.predict(handle_file(fake), ["gradcam"], 2, "", "", api_name="/explain")
+        again = client.predict(handle_file(image), ["gradcam"], 2, "", "", api_name="/explain")  # still serving
+        assert again[0]["label"] == want.target
     finally:
         app.close()
 
