@@ -5,12 +5,20 @@ The few-shot features of each class are modelled as Gaussians with their own mea
 Bayes classifier of that model is linear and has a closed form (:func:`gda_classifier`, what scikit-learn's
 ``LinearDiscriminantAnalysis(solver="lsqr")`` computes). :class:`GDA` adds its logits, weighted by ``alpha``, to
 CLIP's zero-shot ones. With K shots per class and D feature dimensions the covariance is singular whenever K * C
-<= D: ``shrinkage`` pulls it towards a multiple of the identity (scikit-learn's formula).
+<= D: ``shrinkage`` pulls it towards a multiple of the identity (scikit-learn's formula). By default it is the
+GDA paper's estimator, whose precision is ``D * pinv(scatter + trace(S) * I)`` (``S``: the unbiased covariance of
+the centred features): that is shrinkage ``D / (N - 1 + D)`` of N features, up to a scale the blend's ``alpha``
+absorbs. The paper fits on several augmented views of each shot (``N > C`` even at one shot).
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+
+def paper_shrinkage(num_features: int, dim: int) -> float:
+    """The shrinkage equivalent to the GDA paper's covariance estimator for ``num_features`` features of ``dim``."""
+    return dim / (num_features - 1 + dim)
 
 
 def gda_classifier(feats: torch.Tensor, labels: torch.Tensor, num_classes: int, shrinkage: float = 0.0,
@@ -64,16 +72,19 @@ class GDA(nn.Module):
     Args:
         text_classifier: ``(D, C)`` zero-shot classifier; logit_scale: CLIP's scale for it.
         feats: ``(N, D)`` few-shot features; labels: ``(N,)`` their classes.
-        alpha: weight of the GDA logits (0: exactly zero-shot); shrinkage: :func:`gda_classifier`'s.
+        alpha: weight of the GDA logits (0: exactly zero-shot); shrinkage: :func:`gda_classifier`'s (None: the
+            paper's, :func:`paper_shrinkage`).
     Training-free: everything is fitted in the constructor.
     """
 
     def __init__(self, text_classifier: torch.Tensor, logit_scale: float, feats: torch.Tensor, labels: torch.Tensor,
-                 alpha: float = 1.0, shrinkage: float = 0.5):
+                 alpha: float = 1.0, shrinkage: float | None = None):
         super().__init__()
         D, C = text_classifier.shape
         if feats.dim() != 2 or feats.shape[1] != D:
             raise ValueError(f"feats {tuple(feats.shape)} do not fit a ({D}, {C}) text classifier")
+        if shrinkage is None:
+            shrinkage = paper_shrinkage(feats.shape[0], D)
         weight, bias = gda_classifier(feats.float(), labels, C, shrinkage)
         self.register_buffer("text_classifier", text_classifier.float())
         self.register_buffer("weight", weight)

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sportsnet.models.gda import GDA, gda_classifier
+from sportsnet.models.gda import GDA, gda_classifier, paper_shrinkage
 
 discriminant_analysis = pytest.importorskip("sklearn.discriminant_analysis",
                                             reason="scikit-learn (through quantus, the test extra) is the reference")
@@ -60,3 +60,21 @@ def test_alpha_zero_is_zero_shot_and_the_shots_lift_accuracy():
     head = GDA(text, 100.0, feats.float(), labels, alpha=100.0)
     accuracy = lambda m: (m(test_feats.float()).argmax(1) == test_labels).float().mean()  # noqa: E731
     assert accuracy(head) > accuracy(zero) + 0.3 and accuracy(head) > 0.8
+
+
+def test_the_default_is_the_papers_estimator_up_to_scale():
+    """The GDA paper's precision, D * pinv(scatter + trace(S) I), written out here: its classifier's weights and
+    quadratic biases are ours under the default shrinkage times one constant (uniform priors add the same log to
+    every class)."""
+    feats, labels = few_shot(3, dim=16)  # 12 features of 16 dimensions: a singular covariance
+    N, D = feats.shape
+    means = torch.stack([feats[labels == k].mean(0) for k in range(4)])
+    centred = feats - means[labels]
+    cov = centred.T.cov()
+    precision = D * torch.linalg.pinv((N - 1) * cov + cov.trace() * torch.eye(D, dtype=feats.dtype))
+    theirs_w = means @ precision
+    theirs_b = -0.5 * (means @ precision * means).sum(1)
+    weight, bias = gda_classifier(feats, labels, 4, paper_shrinkage(N, D))
+    scale = theirs_w.norm() / weight.norm()
+    assert torch.allclose(weight * scale, theirs_w, rtol=1e-9, atol=1e-12)
+    assert torch.allclose((bias - torch.log(torch.tensor(0.25, dtype=feats.dtype))) * scale, theirs_b, rtol=1e-9)
