@@ -56,6 +56,8 @@ SCORES = {"deletion_auc": "deletion AUC (lower is better)", "insertion_auc": "in
           "increase_in_confidence": "Increase in Confidence % (one image: 0 or 100)"}
 #: At most this many images to pick from (the examples under the input image).
 MAX_EXAMPLES = 24
+#: CLIP zero-shot heads kept for the class-name and prompt lists of recent requests.
+MAX_HEADS = 16
 
 
 @dataclass
@@ -175,6 +177,8 @@ class Explorer:
             raise ValueError(f"CLIP needs at least two class names or prompts to choose between, got {names}")
         key = ("prompts" if texts else "classes", *names)
         if key not in self._classifiers:
+            if len(self._classifiers) >= MAX_HEADS:  # a long-lived page: forget the oldest list typed
+                self._classifiers.pop(next(iter(self._classifiers)))
             templates = ["{}"] if texts else self.templates
             self._classifiers[key] = ZeroShotClassifier.from_names(self.clip_bundle, names, templates).to(
                 self.device).eval()

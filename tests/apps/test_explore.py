@@ -225,3 +225,31 @@ def test_the_page_opens_with_an_overlay_in_a_headless_browser(explorer, tmp_path
     assert spread > 10, f"the overlay region is blank (pixel deviation {spread:.1f}); see {tmp_path}"
     # The thumbnail is the overlay scaled (and maybe cropped) by the page: its colours, not its pixels.
     assert np.abs(mean - want_mean).max() < 40, (mean, want_mean, tmp_path)
+
+
+def test_models_no_one_here_wrote(tmp_path):
+    """The Explorer around a torchvision ResNet and a timm ViT (random weights, nothing downloaded): the CNN's maps
+    come from its default layer and it refuses the transformer-native methods; the ViT answers LeGrad and rollout
+    too; a bad top-k is named."""
+    import timm
+    import torchvision
+
+    from sportsnet.data.transforms import build_transforms
+
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 48, 3), dtype=np.uint8))
+    names = ["a", "b", "c", "d", "e"]
+    torch.manual_seed(0)
+    models = {"resnet": torchvision.models.resnet18(weights=None, num_classes=5),
+              "vit": timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8,
+                                       num_classes=5)}
+    for kind, model in models.items():
+        explorer = Explorer(model.eval(), names, build_transforms(False, 32), (0.5,) * 3, (0.25,) * 3, name=kind,
+                            device=torch.device("cpu"), precision="fp32")
+        got = explorer.explain(image, ["gradcam", "scorecam", "legrad", "rollout"], top_k=3)
+        assert len(got.top) == 3 and sum(p for _, p in got.top) <= 1 + 1e-6
+        answered = ["gradcam", "scorecam"] + (["legrad", "rollout"] if kind == "vit" else [])
+        assert list(got.maps) == answered and list(got.refused) == ([] if kind == "vit" else ["legrad", "rollout"])
+        for m in answered:
+            assert got.maps[m].shape == (32, 32) and torch.isfinite(got.maps[m]).all(), (kind, m)
+        with pytest.raises(ValueError, match="top_k=0 must be >= 1"):
+            explorer.explain(image, ["gradcam"], top_k=0)

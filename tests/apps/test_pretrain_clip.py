@@ -124,6 +124,9 @@ def test_pretrain_killed_after_an_epoch_resumes_to_the_same_weights(tmp_path, pr
                 for pid in reversed(stopped):
                     os.kill(pid, signal.SIGCONT)
             break
+    else:
+        full.wait(timeout=60)
+        pytest.fail("the run ended without logging epoch 1/2:\n" + "".join(lines)[-3000:])
     ckpt = load_checkpoint(tmp_path / "runs" / "killed" / "checkpoints" / "last.pt")
     resumed = start("--resume", "runs/killed", "--no-progress")  # while the uninterrupted run finishes
     assert ckpt["epoch"] == 1

@@ -1,6 +1,7 @@
 """A headless Debian chromium driven through the DevTools protocol (websocket-client, no webdriver): open a page,
 wait for an element, screenshot its region. :func:`find_chromium` installs chromium with apt where the tests run as
-root on a Debian-like system and it is missing; otherwise the browser tests skip, saying why."""
+root on a Debian-like system and it is missing; otherwise the browser tests skip, saying why. ``python -m
+tests.support.browser`` does that install up front (.ci/run, before the suite, so it is not test time)."""
 from __future__ import annotations
 
 import base64
@@ -36,6 +37,7 @@ def find_chromium() -> tuple[str | None, str]:
         return None, "no chromium on PATH, and not root to apt-get install it (apt-get install chromium)"
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     install = ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]
+    reason = "apt-get installed no chromium on PATH"
     for attempt in ([install], [["apt-get", "update"], install]):
         try:
             for cmd in attempt:
@@ -120,3 +122,8 @@ def region_stats(image: Image.Image) -> tuple[np.ndarray, float]:
     """Mean colour and pixel standard deviation of an image (a blank region has a deviation near 0)."""
     a = np.asarray(image, dtype=np.float64).reshape(-1, 3)
     return a.mean(axis=0), float(a.std(axis=0).mean())
+
+
+if __name__ == "__main__":
+    path, why = find_chromium()
+    print(f"chromium: {path}" if path else f"no chromium: {why} (the browser test will skip, saying so)")
