@@ -5,7 +5,8 @@ out: low-rank adapters on the attention projections of both CLIP towers, the res
 its text transformer) with :class:`LoRAMultiheadAttention`, which computes the same attention from the original
 module's frozen weights plus ``scale * B @ A`` on the query, key, value (and optionally output) projections. ``B``
 starts at zero, so until training moves it the model is the base model; ``A`` starts as in LoRA (Kaiming-uniform).
-The paper's setting: rank 2, alpha 1, query/key/value, every layer of both towers.
+The paper's setting: rank 2, alpha 1, query/key/value, every layer of both towers. A ResNet image tower (open_clip's
+``ModifiedResNet``) has one attention layer, its attention pool: :class:`LoRAAttentionPool` adapts that one.
 """
 from __future__ import annotations
 
@@ -19,6 +20,25 @@ from torch import nn
 PROJECTIONS = ("q", "k", "v", "o")
 
 
+def _adapters(module: nn.Module, dim: int, rank: int, alpha: float, targets: Iterable[str], like: torch.Tensor):
+    """Give ``module`` the low-rank factors of the ``targets`` projections: ``lora_a`` (rank, dim, as in LoRA),
+    ``lora_b`` (dim, rank, zero), ``scale = alpha / rank``; returns the new parameters."""
+    targets = tuple(targets)
+    if rank < 1:
+        raise ValueError(f"rank={rank} must be >= 1")
+    unknown = [t for t in targets if t not in PROJECTIONS]
+    if unknown or not targets:
+        raise ValueError(f"targets {list(targets)} must be some of {PROJECTIONS}")
+    module.rank, module.scale, module.targets = rank, alpha / rank, targets
+    module.lora_a, module.lora_b = nn.ParameterDict(), nn.ParameterDict()
+    for t in targets:
+        a = torch.empty(rank, dim, device=like.device, dtype=like.dtype)
+        nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+        module.lora_a[t] = nn.Parameter(a)
+        module.lora_b[t] = nn.Parameter(torch.zeros(dim, rank, device=a.device, dtype=a.dtype))
+    return [*module.lora_a.values(), *module.lora_b.values()]
+
+
 class LoRAMultiheadAttention(nn.Module):
     """``base`` (an ``nn.MultiheadAttention`` with packed, equal-size projections; kept frozen) plus low-rank updates
     of the ``targets`` projections. Called like ``base``; attention weights are returned only when asked for."""
@@ -26,25 +46,11 @@ class LoRAMultiheadAttention(nn.Module):
     def __init__(self, base: nn.MultiheadAttention, rank: int = 2, alpha: float = 1.0,
                  targets: Iterable[str] = ("q", "k", "v"), dropout: float = 0.0):
         super().__init__()
-        targets = tuple(targets)
         if not base._qkv_same_embed_dim or base.in_proj_weight is None:
             raise ValueError("LoRA needs an nn.MultiheadAttention with packed query/key/value projections")
-        if rank < 1:
-            raise ValueError(f"rank={rank} must be >= 1")
-        unknown = [t for t in targets if t not in PROJECTIONS]
-        if unknown or not targets:
-            raise ValueError(f"targets {list(targets)} must be some of {PROJECTIONS}")
         self.base = base.requires_grad_(False)
         self.batch_first, self.num_heads = base.batch_first, base.num_heads
-        self.rank, self.scale, self.targets = rank, alpha / rank, targets
-        E = base.embed_dim
-        self.lora_a = nn.ParameterDict()
-        self.lora_b = nn.ParameterDict()
-        for t in targets:
-            a = torch.empty(rank, E, device=base.in_proj_weight.device, dtype=base.in_proj_weight.dtype)
-            nn.init.kaiming_uniform_(a, a=math.sqrt(5))
-            self.lora_a[t] = nn.Parameter(a)
-            self.lora_b[t] = nn.Parameter(torch.zeros(E, rank, device=a.device, dtype=a.dtype))
+        _adapters(self, base.embed_dim, rank, alpha, targets, base.in_proj_weight)
         self.dropout = nn.Dropout(dropout)
 
     def _project(self, x: torch.Tensor, which: str, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -92,6 +98,48 @@ class LoRAMultiheadAttention(nn.Module):
         return out, weights.mean(dim=1) if average_attn_weights else weights
 
 
+class LoRAAttentionPool(nn.Module):
+    """open_clip's ``AttentionPool2d`` (a ResNet image tower's last layer: attention of the mean token over the
+    feature map, with separate q/k/v/c projections; kept frozen) with low-rank updates of the ``targets``
+    projections (``o``: its output projection ``c_proj``), merged into the weights it attends with. Dropout on the
+    adapters' input is not offered here: merged weights have no separate adapter path."""
+
+    NAMES = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "c_proj"}
+
+    def __init__(self, base: nn.Module, rank: int = 2, alpha: float = 1.0, targets: Iterable[str] = ("q", "k", "v")):
+        super().__init__()
+        if "o" in tuple(targets) and base.c_proj.out_features != base.c_proj.in_features:
+            raise ValueError(f"the attention pool's output projection is {base.c_proj.in_features} -> "
+                             f"{base.c_proj.out_features}; LoRA here adapts square projections only (drop 'o')")
+        self.base = base.requires_grad_(False)
+        _adapters(self, base.q_proj.in_features, rank, alpha, targets, base.q_proj.weight)
+
+    def _weight(self, which: str) -> torch.Tensor:
+        weight = getattr(self.base, self.NAMES[which]).weight
+        if which not in self.targets:
+            return weight
+        return weight + self.scale * self.lora_b[which] @ self.lora_a[which]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        base = self.base
+        x = x.flatten(2).permute(2, 0, 1)  # (B, C, H, W) -> (HW, B, C)
+        x = torch.cat([x.mean(dim=0, keepdim=True), x], dim=0)
+        x = x + base.positional_embedding[:, None, :].to(x.dtype)
+        x, _ = F.multi_head_attention_forward(
+            query=x, key=x, value=x, embed_dim_to_check=x.shape[-1], num_heads=base.num_heads,
+            q_proj_weight=self._weight("q"), k_proj_weight=self._weight("k"), v_proj_weight=self._weight("v"),
+            in_proj_weight=None, in_proj_bias=torch.cat([base.q_proj.bias, base.k_proj.bias, base.v_proj.bias]),
+            bias_k=None, bias_v=None, add_zero_attn=False, dropout_p=0.0, out_proj_weight=self._weight("o"),
+            out_proj_bias=base.c_proj.bias, use_separate_proj_weight=True, training=self.training, need_weights=False)
+        return x[0]
+
+
+def _is_attention_pool(module: nn.Module) -> bool:
+    """open_clip's ``AttentionPool2d`` (by its parts, not its import path)."""
+    return all(hasattr(module, n) for n in ("q_proj", "k_proj", "v_proj", "c_proj", "num_heads",
+                                            "positional_embedding"))
+
+
 def _additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """A boolean mask (True: not allowed) as 0 / -inf; a float mask as it is."""
     if mask.dtype == torch.bool:
@@ -102,18 +150,26 @@ def _additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 def apply_lora(model: nn.Module, towers: Iterable[str] = ("visual", "transformer"), rank: int = 2, alpha: float = 1.0,
                targets: Iterable[str] = ("q", "k", "v"), dropout: float = 0.0) -> list[nn.Parameter]:
     """Freeze ``model`` and put :class:`LoRAMultiheadAttention` in place of every ``nn.MultiheadAttention`` under the
-    named submodules (open_clip's CLIP: ``visual``, the image tower, and ``transformer``, the text tower). Returns
-    the new trainable parameters; a tower without multi-head attention (a ResNet's) is an error naming it."""
+    named submodules (open_clip's CLIP: ``visual``, the image tower, and ``transformer``, the text tower), and
+    :class:`LoRAAttentionPool` in place of a ResNet tower's attention pool. Returns the new trainable parameters; a
+    tower with no attention at all is an error naming it."""
     model.requires_grad_(False)
     params: list[nn.Parameter] = []
     for tower in towers:
         root = model.get_submodule(tower)
-        found = [(name, m) for name, m in root.named_modules() if isinstance(m, nn.MultiheadAttention)]
+        found = [(name, m) for name, m in root.named_modules()
+                 if isinstance(m, nn.MultiheadAttention) or _is_attention_pool(m)]
         if not found:
-            raise ValueError(f"{tower} ({type(root).__name__}) has no nn.MultiheadAttention for LoRA")
+            raise ValueError(f"{tower} ({type(root).__name__}) has no attention layer (nn.MultiheadAttention or an "
+                             f"attention pool) for LoRA")
         for name, module in found:
+            if not name:
+                raise ValueError(f"{tower} is itself an attention layer; name the tower that holds it")
             parent_name, _, child = name.rpartition(".")
-            wrapped = LoRAMultiheadAttention(module, rank, alpha, targets, dropout)
+            if isinstance(module, nn.MultiheadAttention):
+                wrapped = LoRAMultiheadAttention(module, rank, alpha, targets, dropout)
+            else:
+                wrapped = LoRAAttentionPool(module, rank, alpha, targets)
             setattr(root.get_submodule(parent_name) if parent_name else root, child, wrapped)
             params += [*wrapped.lora_a.values(), *wrapped.lora_b.values()]
     return params

@@ -77,12 +77,35 @@ def test_it_answers_as_nn_multihead_attention_does(batch_first):
 
 @needs_open_clip
 def test_bad_input_is_named(base):
-    from sportsnet.models.clip import load_clip
     from sportsnet.models.lora import LoRAMultiheadAttention, apply_lora
 
     with pytest.raises(ValueError, match="rank=0 must be >= 1"):
         LoRAMultiheadAttention(nn.MultiheadAttention(8, 2), rank=0)
     with pytest.raises(ValueError, match=r"targets \['z'\] must be some of"):
         LoRAMultiheadAttention(nn.MultiheadAttention(8, 2), targets=["z"])
-    with pytest.raises(ValueError, match="visual .*ModifiedResNet.* has no nn.MultiheadAttention"):
-        apply_lora(load_clip("tiny-rn-test", "none").model)
+    with pytest.raises(ValueError, match=r"ln_final \(LayerNorm\) has no attention layer"):
+        apply_lora(copy.deepcopy(base.model), towers=("ln_final",))
+
+
+@needs_open_clip
+def test_a_resnet_image_towers_attention_pool_is_adapted_and_starts_as_the_base():
+    """open_clip's ModifiedResNet has one attention layer, its attention pool: LoRA adapts its q/k/v, the base
+    pool's answer is kept to 1e-5 until training moves the up-projections, and then it changes."""
+    from sportsnet.models.clip import load_clip
+    from sportsnet.models.lora import LoRAAttentionPool, apply_lora
+
+    register()
+    torch.manual_seed(0)
+    model = load_clip("tiny-rn-test", "none").model.eval()
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = model.encode_image(images)
+    params = apply_lora(model, towers=("visual",), rank=2)
+    assert isinstance(model.visual.attnpool, LoRAAttentionPool) and len(params) == 6
+    with torch.no_grad():
+        assert torch.allclose(model.encode_image(images), want, atol=1e-5)
+        model.visual.attnpool.lora_b["v"].normal_()
+        assert not torch.allclose(model.encode_image(images), want, atol=1e-3)
+    assert [n for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n] == []
+    with pytest.raises(ValueError, match="adapts square projections only"):
+        LoRAAttentionPool(model.visual.attnpool.base, targets=("q", "o"))
