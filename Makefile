@@ -9,6 +9,8 @@
 #                     then the tables of the README and docs re-rendered from it. On a CPU with native bf16, the tables of
 #                     a CPU without it come from
 #                     make bench BENCH_ENV="ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2"
+#   make fewshot-table - the few-shot table of docs/clip.md: every few-shot method at 1/2/4/8/16 shots, both
+#                     protocols, 3 seeds, on the offline CLIP demo (python -m benchmarks.fewshot), then re-rendered
 #   make gpu-check  - the GPU acceptance run (python -m tools.gpu_check), within 7 minutes on one H100/H200, with
 #                     no install step (no network needed): the extension built against the installed torch, the
 #                     CUDA tests under SPORTSNET_REQUIRE_EXT=1, compute-sanitizer, kernel times, the four benchmarks
@@ -41,7 +43,7 @@ STAMP := $(VENV)/.sportsnet-install
 # reinstalls (and rebuilds sportsnet._C), otherwise install is a no-op.
 INSTALL_KEY = $(shell cat setup.py pyproject.toml sportsnet/ops/_build.py $$(find csrc -type f | sort) | sha256sum | cut -c1-16)|$(TORCH)
 
-.PHONY: install demo demo-clip test check-notebooks check-install bench gpu-check clean
+.PHONY: install demo demo-clip test check-notebooks check-install bench fewshot-table gpu-check clean
 
 install:
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -91,6 +93,10 @@ bench: install
 	$(BENCH_ENV) $(PY) -m benchmarks.bench_train
 	$(BENCH_ENV) $(PY) -m benchmarks.bench_data
 	$(PY) -m benchmarks.tables --update
+
+fewshot-table: install
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m benchmarks.fewshot
+	$(PY) -m benchmarks.tables --update docs/clip.md
 
 # No `install` prerequisite: it runs with whatever torch GPU_PY has (python -m from the repository root needs no
 # install), and builds the extension itself where it is missing.

@@ -25,6 +25,7 @@ from benchmarks.bench_methods import methods_table
 from benchmarks.bench_train import train_table
 from sportsnet.apps.compare_backbones import backbones_table
 from sportsnet.apps.explain import methods_table as explain_methods_table
+from sportsnet.apps.finetune_clip import fewshot_table
 from sportsnet.hardware import hardware_line
 from sportsnet.results import ResultFileError, read_result, results_dir
 from sportsnet.serialization import write_text
@@ -34,10 +35,12 @@ from tools.gpu_check.report import gpu_check_table
 ROOT = Path(__file__).resolve().parents[1]
 
 #: The pages (relative to the repository) that show rendered results: what --update / --check do by default.
-PAGES = ("README.md", "benchmarks/README.md", "docs/explanations.md", "docs/operator.md", "docs/training.md")
+PAGES = ("README.md", "benchmarks/README.md", "docs/clip.md", "docs/explanations.md", "docs/operator.md",
+         "docs/training.md")
 RENDERERS = {"gradcam": gradcam_table, "explain": explain_table, "train_step": train_table, "data_pipeline": data_table,
              "gpu_check": gpu_check_table, "explain_methods": explain_methods_table,
-             "methods": methods_table, "backbones": backbones_table}
+             "methods": methods_table, "backbones": backbones_table,
+             "fewshot": fewshot_table}
 # One number from a result file, for prose: ``<!-- results: train_cpu.best_gain -->``.
 FACTS = {
     "best_gain": lambda p: f"{p['best']['gain_vs_fp32_nchw_eager']:.1f}x",  # train_*

@@ -3,13 +3,14 @@ features encoded once (cached on disk, keyed by model, weights, files and transf
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from ..data import SYNTHETIC_SETS, LogicalRhythm, Sports100, make_synthetic_sports
 from ..data.cache import files_fingerprint
@@ -119,17 +120,56 @@ def open_split(kind: str, root: Path, split: str, transform, synthetic: dict | N
     return ds
 
 
-def encode_split(bundle, ds, *, device, precision: str, batch_size: int, workers: int, cache_dir: str,
-                 progress: bool, desc: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Unit-norm image features and labels of a split, from the cache when nothing changed."""
+def _cache_key(bundle, ds, precision: str) -> str:
     key = "|".join([bundle.name, bundle.pretrained, str(bundle.image_size), str(bundle.mean), str(bundle.std),
                     precision, files_fingerprint(p for p, _ in ds.samples)])
     if Path(bundle.pretrained).is_file():
         key += "|" + files_fingerprint([bundle.pretrained])
+    return key
 
-    def compute():
-        loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, pin_memory=device.type == "cuda")
-        return extract_features(lambda x: F.normalize(bundle.model.encode_image(x), dim=-1), loader, device=device,
-                                precision=precision, progress=progress, desc=desc)
 
-    return FeatureCache(cache_dir or None).get(key, compute)
+def _encode(bundle, ds, *, device, precision, batch_size, workers, progress, desc):
+    loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, pin_memory=device.type == "cuda")
+    return extract_features(lambda x: F.normalize(bundle.model.encode_image(x), dim=-1), loader, device=device,
+                            precision=precision, progress=progress, desc=desc)
+
+
+def encode_split(bundle, ds, *, device, precision: str, batch_size: int, workers: int, cache_dir: str,
+                 progress: bool, desc: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unit-norm image features and labels of a split, from the cache when nothing changed."""
+    return FeatureCache(cache_dir or None).get(
+        _cache_key(bundle, ds, precision),
+        lambda: _encode(bundle, ds, device=device, precision=precision, batch_size=batch_size, workers=workers,
+                        progress=progress, desc=desc))
+
+
+class SeededViews(Dataset):
+    """``views`` augmented copies of the samples ``indices`` of ``ds`` (whose transform augments), view-major. Each
+    (view, sample) is drawn from its own seed, made of ``seed``, the view and the sample's index in ``ds``, so a
+    sample's views do not depend on which other samples are encoded with it, or on the data-loader workers."""
+
+    def __init__(self, ds, indices: list[int], views: int, seed: int = 0):
+        self.ds, self.indices, self.views, self.seed = ds, list(indices), views, seed
+
+    def __len__(self) -> int:
+        return self.views * len(self.indices)
+
+    def __getitem__(self, i: int):
+        view, index = divmod(i, len(self.indices))
+        sample = self.indices[index]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed * 1_000_003 + view * 10_000_019 + sample)
+            return self.ds[sample]
+
+
+def encode_views(bundle, ds, indices: list[int], views: int, *, seed: int = 0, device, precision: str,
+                 batch_size: int, workers: int, cache_dir: str, progress: bool) -> torch.Tensor:
+    """``(views, len(indices), D)`` unit-norm features of augmented views of the samples ``indices`` of ``ds``
+    (whose transform augments: ``bundle.transforms(True, ...)``; :class:`SeededViews`); cached like
+    :func:`encode_split`, keyed also by the indices, the number of views, the seed and the transform."""
+    key = "|".join([_cache_key(bundle, ds, precision), "seeded-views", str(views), str(seed), repr(ds.transform),
+                    hashlib.sha256(",".join(map(str, indices)).encode()).hexdigest()])
+    feats, _ = FeatureCache(cache_dir or None).get(
+        key, lambda: _encode(bundle, SeededViews(ds, indices, views, seed), device=device, precision=precision,
+                             batch_size=batch_size, workers=workers, progress=progress, desc="encode augmented views"))
+    return feats.reshape(views, len(indices), -1)

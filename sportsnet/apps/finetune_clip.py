@@ -1,17 +1,21 @@
-"""Few-shot CLIP: accuracy after training on only k images per class, method by method.
+"""Few-shot CLIP: accuracy after training on only k images per class, method by method, with and without a
+validation split.
 
     python experiments/finetune_clip.py --data /path/to/sports100 --model ViT-B-32 --pretrained openai
-    python experiments/finetune_clip.py --shots 1,4,16 --seeds 1,2 --methods tip-adapter,tip-adapter-f
+    python experiments/finetune_clip.py --shots 1,4,16 --seeds 1,2 --methods lp++,gda,clap,tip-adapter-f
+    python experiments/finetune_clip.py --protocols validation-free     # as if there were no validation split
     python experiments/finetune_clip.py --full-finetune --finetune-epochs 3     # also train the image tower
 
-Shots per class {1, 2, 4, 8, 16, all} x seeds {1, 2, 3} x methods {zero-shot, linear probe (logistic
-regression by L-BFGS, from the zero-shot head), WiSE-FT (zero-shot <-> linear probe), CLIP-Adapter,
-Tip-Adapter, Tip-Adapter-F}.
-Image features are encoded once (cached), so the heads train in seconds. Every hyper-parameter (weight
-decay, residual ratio, alpha, beta, mixing weight, and via best-on-validation checkpoints the
-training length) is chosen on the validation split; the test split is only scored. Writes
-results.{json,md} (test top-1, mean +- std over seeds), accuracy_vs_shots.png and TensorBoard events
-into runs/<name>/.
+Shots per class {1, 2, 4, 8, 16, all} x seeds {1, 2, 3} (each seed draws its own shots) x methods {zero-shot,
+linear probe (logistic regression by L-BFGS, from the zero-shot head), WiSE-FT, CLIP-Adapter, Tip-Adapter,
+Tip-Adapter-F, LP++, GDA, CLAP, CoOp, CLIP-LoRA} x protocols {validation: every hyper-parameter, the training
+length included, chosen on the validation split; validation-free: fixed hyper-parameters, the last step}
+(sportsnet/apps/fewshot.py says what each protocol fixes per method). Image features are encoded once (cached),
+with --augment-views augmented views of each shot, so the heads train in seconds; CoOp trains its prompt context
+through the text tower, CLIP-LoRA both towers on the images. The test split is only scored. Writes
+results.{json,md} (test top-1, mean +- std over seeds, and training seconds), accuracy_vs_shots.png and
+TensorBoard events (every trained method's loss curve per draw) into runs/<name>/; --results also writes the
+result file that benchmarks/tables.py renders into docs/clip.md, naming the machine.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ import dataclasses
 import itertools
 import logging
 import statistics
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,22 +33,16 @@ from torch.utils.data import DataLoader
 
 from ..data import LabeledSubset, few_shot_indices
 from ..engine import FitOptions, Phase, evaluate, fit, load_checkpoint
-from ..engine.features import fit_logistic, head_accuracy, train_head
-from ..models.adapters import ClipAdapter, LinearProbe, TipAdapter, wise_ft, zero_shot_linear
 from ..models.prompts import prompt_names, prompt_sets
 from ..models.zero_shot import ZeroShotClassifier, build_text_classifier
 from ..plotting import figure_to_array, save_figure
+from ..results import caption, environment, result_stem, table, write_result
 from ..serialization import write_json, write_text
-from .clip_data import ClipRunConfig, encode_split, open_split, start
+from .clip_data import ClipRunConfig, encode_split, encode_views, open_split, start
 from .config import config_markdown, new_run_dir, option, parse_config, setup_logging, timestamp
+from .fewshot import FIXED, GRIDS, METHODS, PROTOCOL_NOTES, PROTOCOLS, Shots, Task, run_methods
 
 log = logging.getLogger("finetune_clip")
-METHODS = ("zero-shot", "linear-probe", "wise-ft", "clip-adapter", "tip-adapter", "tip-adapter-f")
-# Every head's hyper-parameters, chosen on the validation split: the L2 penalty of the linear probe
-# (logistic regression by L-BFGS, from the zero-shot head), the WiSE-FT mixing weight, lr x residual
-# ratio for CLIP-Adapter, lr for Tip-Adapter-F's keys, then alpha x beta of both Tip-Adapters.
-GRIDS = {"l2": (1e-6, 1e-4, 1e-2), "wise_alpha": tuple(i / 10 for i in range(11)), "lr": (1e-3, 1e-2),
-         "ratio": (0.2, 0.4, 0.6, 0.8), "tip_alpha": (0.1, 0.3, 1.0, 3.0, 10.0), "tip_beta": (1.0, 3.0, 5.5, 8.0, 12.0)}
 
 
 @dataclass
@@ -51,8 +50,19 @@ class FinetuneConfig(ClipRunConfig):
     shots: str = option("1,2,4,8,16,all", "images per class used for training, comma-separated ('all': every image)")
     seeds: str = option("1,2,3", "seeds of the few-shot draws and of training")
     methods: str = option(",".join(METHODS), f"comma-separated subset of {', '.join(METHODS)}")
-    steps: int = option(300, "optimizer steps of each trained head (best validation step kept)", bounds=">=1")
-    full_finetune: bool = option(False, "also fine-tune the whole image tower on the k-shot images (slow)")
+    protocols: str = option(",".join(PROTOCOLS), "validation (hyper-parameters and training length chosen on the "
+                            "validation split), validation-free (fixed ones, the last step), or both")
+    augment_views: int = option(10, "augmented views (random crop and flip) encoded per shot beside its plain one; "
+                                "the heads on cached features train on all of them (GDA needs them at one shot)",
+                                bounds=">=0")
+    steps: int = option(300, "optimizer steps of CLIP-Adapter, Tip-Adapter-F and LP++", bounds=">=1")
+    coop_steps: int = option(200, "optimizer steps of CoOp's context (batch 32 of cached features)", bounds=">=1")
+    lora_steps_per_shot: int = option(500, "CLIP-LoRA's optimizer steps per shot per class (the paper's 500: "
+                                      "8000 steps at 16 shots)", bounds=">=1")
+    results: str = option("", "also write the summary as the result file NAME (.json, in benchmarks/results/), "
+                          "rendered into docs/clip.md by benchmarks/tables.py ('auto': fewshot_<data>_<device>)")
+    full_finetune: bool = option(False, "also fine-tune the whole image tower on the k-shot images (slow; best "
+                                                "validation epoch, so under the validation protocol only)")
     finetune_epochs: int = option(3, "epochs of --full-finetune", bounds=">=1", applies=("full_finetune", (True,)))
     finetune_lr: float = option(1e-5, "learning rate of --full-finetune",
                                 bounds=">0", applies=("full_finetune", (True,)))
@@ -74,76 +84,89 @@ def parse_shots(text: str) -> list[int | str]:
     return out
 
 
-def best_on_val(candidates, val):
-    """``(head, hyper-parameters, validation accuracy)`` of the best candidate (the first on ties)."""
-    scored = [(head, hp, head_accuracy(head, *val)) for hp, head in candidates]
-    return max(scored, key=lambda t: t[2])
-
-
-def run_heads(methods, zs_head: ZeroShotClassifier, train, val, test, steps, seed) -> dict[str, dict]:
-    """Train/tune each method on the given few-shot features; validation picks, test scores."""
-    W, scale = zs_head.text_classifier.cpu(), zs_head.logit_scale
-    D, C = W.shape
-    zs = zero_shot_linear(W, scale)
-    out: dict[str, dict] = {}
-
-    def record(name, head, hp, val_acc):
-        out[name] = {"test": head_accuracy(head, *test), "val": val_acc, "hparams": hp}
-
-    probes = []
-    if {"linear-probe", "wise-ft"} & set(methods):
-        for l2 in GRIDS["l2"]:
-            probe = LinearProbe(D, C, init=zs)
-            fit_logistic(probe.linear, *train, l2=l2)
-            probes.append(({"l2": l2}, probe))
-        probe, hp, acc = best_on_val(probes, val)
-        if "linear-probe" in methods:
-            record("linear-probe", probe, hp, acc)
-        if "wise-ft" in methods:
-            mixes = [({**hp, "alpha": a}, wise_ft(zs, probe.linear, a)) for a in GRIDS["wise_alpha"]]
-            record("wise-ft", *best_on_val(mixes, val))
-    if "clip-adapter" in methods:
-        adapters = []
-        for lr, ratio in itertools.product(GRIDS["lr"], GRIDS["ratio"]):
-            torch.manual_seed(seed)
-            head = ClipAdapter(W, scale, ratio=ratio)
-            train_head(head, *train, steps=steps, lr=lr, weight_decay=1e-4, seed=seed, val=val)
-            adapters.append(({"lr": lr, "ratio": ratio}, head))
-        record("clip-adapter", *best_on_val(adapters, val))
-    for name, learn in (("tip-adapter", False), ("tip-adapter-f", True)):
-        if name not in methods:
-            continue
-        tuned = []
-        for lr in GRIDS["lr"] if learn else (None,):
-            head = TipAdapter(W, scale, train[0], train[1], learn_keys=learn)
-            if learn:
-                train_head(head, *train, steps=steps, lr=lr, weight_decay=0.0, seed=seed, val=val)
-            for a, b in itertools.product(GRIDS["tip_alpha"], GRIDS["tip_beta"]):
-                h = copy.copy(head)  # shares keys/buffers; alpha and beta are plain attributes
-                h.alpha, h.beta = a, b
-                tuned.append(({"alpha": a, "beta": b} | ({"lr": lr} if learn else {}), h))
-        record(name, *best_on_val(tuned, val))
-    return out
+def _subset(flag: str, text: str, allowed) -> list[str]:
+    items = [m.strip() for m in text.split(",") if m.strip()]
+    bad = [m for m in items if m not in allowed]
+    if bad or not items:
+        raise SystemExit(f"error: --{flag} must be a non-empty subset of {', '.join(allowed)} (got {bad or items})")
+    return items
 
 
 def accuracy_plot(summary: dict, shots: list, title: str):
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(7, 4.5), dpi=100)
-    ax = fig.add_subplot()
+    fig = Figure(figsize=(6.5 * len(summary), 4.5), dpi=100)
     xs = list(range(len(shots)))
-    for method, per_shot in summary.items():
-        ys = [100 * per_shot[str(s)]["mean"] for s in shots]
-        es = [100 * per_shot[str(s)]["std"] for s in shots]
-        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=method)
-    ax.set_xticks(xs, labels=[str(s) for s in shots])
-    ax.set_xlabel("training images per class")
-    ax.set_ylabel("test top-1 accuracy (%)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    for i, (protocol, methods) in enumerate(summary.items()):
+        ax = fig.add_subplot(1, len(summary), i + 1)
+        for method, per_shot in methods.items():
+            ys = [100 * per_shot[str(s)]["mean"] for s in shots]
+            es = [100 * per_shot[str(s)]["std"] for s in shots]
+            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=method)
+        ax.set_xticks(xs, labels=[str(s) for s in shots])
+        ax.set_xlabel("training images per class")
+        ax.set_ylabel("test top-1 accuracy (%)")
+        ax.set_title(f"{title}\n{protocol}", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def _stats(values: list[float]) -> dict:
+    return {"mean": statistics.fmean(values), "std": statistics.pstdev(values) if len(values) > 1 else 0.0,
+            "n": len(values)}
+
+
+def summarise(rows: list[dict], shots: list, protocols: list[str], key: str = "test") -> dict:
+    """``{protocol: {method: {shots: mean/std/n of key over seeds}}}``, methods in :data:`METHODS` order."""
+    order = [*METHODS, "full-finetune"]
+    out = {}
+    for protocol in protocols:
+        mine = [r for r in rows if r["protocol"] == protocol]
+        methods = [m for m in order if any(r["method"] == m for r in mine)]
+        out[protocol] = {m: {str(k): _stats([r[key] for r in mine if r["method"] == m and r["shots"] == k])
+                             for k in shots} for m in methods}
+    return out
+
+
+def fewshot_table(p: dict) -> str:
+    """The 1/2/4/8/16-shot tables of a result file (``benchmark: fewshot``) as Markdown: test top-1 (mean +- std over
+    the seeds) per protocol, the training seconds, and what each protocol fixes (benchmarks/tables.py)."""
+    shots, seeds, summary, seconds = p["shots"], p["seeds"], p["summary"], p["seconds"]
+    cfg = p["config"]
+    parts = [f"{p['model']} ({p['pretrained_label']}) on {p['dataset']}, {len(seeds)} seeds ({p['test_images']} test "
+             f"images, {p['classes']} classes), {cfg['augment_views']} augmented views per shot, "
+             f"{cfg['steps']} head steps, {cfg['coop_steps']} CoOp steps, {cfg['lora_steps_per_shot']} CLIP-LoRA "
+             f"steps per shot; {caption(p['environment'])}, torch {p['environment']['torch']}, "
+             f"{p['environment']['time'][:10]}."]
+    for protocol, methods in summary.items():
+        rows = [[m, *(f"{100 * v[str(k)]['mean']:.1f} ± {100 * v[str(k)]['std']:.1f}" for k in shots)]
+                for m, v in methods.items()]
+        parts.append(f"**{protocol}**: test top-1 (%), mean ± standard deviation over the seeds (population)\n\n"
+                     + table(rows, ["method", *map(str, shots)]))
+    protocols = list(summary)
+    methods = list(dict.fromkeys(m for per_method in summary.values() for m in per_method))
+
+    def secs(protocol, m, k):
+        per_shot = seconds[protocol].get(m)
+        return f"{per_shot[str(k)]['mean']:.2f}" if per_shot else "-"
+
+    rows = [[m, *(" / ".join(secs(pr, m, k) for pr in protocols) for k in shots)] for m in methods]
+    parts.append(f"**training seconds** per draw ({' / '.join(protocols)}), mean over seeds\n\n"
+                 + table(rows, ["method", *map(str, shots)]))
+    rows = [[m, *p["protocol_notes"][m]] for m in methods if m in p["protocol_notes"]]
+    parts.append("**what each protocol fixes**\n\n" + table(rows, ["method", "validation picks",
+                                                                     "validation-free fixes"]))
+    return "\n\n".join(parts)
+
+
+def _weights_label(pretrained: str) -> str:
+    """A tag as it is; a checkpoint file as ``<run folder>/<file>`` (``clip-demo-9b98c49f/best.pt``)."""
+    path = Path(pretrained)
+    if path.parent.name == "checkpoints":
+        return f"{path.parent.parent.name}/{path.name}"
+    return path.name
 
 
 def main(argv=None) -> dict:
@@ -154,91 +177,120 @@ def main(argv=None) -> dict:
         seeds = [int(s) for s in cfg.seeds.split(",") if s.strip()]
     except ValueError:
         raise SystemExit(f"error: --seeds {cfg.seeds!r} must be comma-separated integers") from None
-    methods = [m.strip() for m in cfg.methods.split(",") if m.strip()]
-    bad = [m for m in methods if m not in METHODS]
-    if bad or not methods or not seeds or not shots:
-        raise SystemExit(f"error: --methods must be a non-empty subset of {', '.join(METHODS)} (got {bad or methods}); "
-                         f"--seeds and --shots must not be empty")
+    methods = _subset("methods", cfg.methods, METHODS)
+    protocols = _subset("protocols", cfg.protocols, PROTOCOLS)
+    if not seeds or not shots:
+        raise SystemExit("error: --seeds and --shots must not be empty")
+    if cfg.full_finetune and "validation" not in protocols:
+        raise SystemExit(f"error: --full-finetune keeps the best validation epoch, so it needs the validation protocol "
+                         f"(--protocols {cfg.protocols!r} leaves it out)")
+    if "gda" in methods and 1 in shots and cfg.augment_views == 0:
+        raise SystemExit("error: GDA at --shots 1 needs --augment-views >= 1: it estimates a covariance within "
+                         "classes, and one plain view per class has none")
     kind, root, device, precision, bundle = start(cfg, given)
     synthetic = dict(num_classes=cfg.synthetic_classes, train_per_class=cfg.synthetic_train_per_class,
                      eval_per_class=cfg.synthetic_eval_per_class, size=cfg.synthetic_size)
-    train_split = "train"
-    splits = {s: open_split(kind, root, s, bundle.transforms(False), synthetic) for s in ("train", "valid", "test")} \
-        if kind != "logical_rhythm" else None
-    if splits is None:
+    if kind == "logical_rhythm":
         raise SystemExit("error: the few-shot ablation needs train/valid/test splits (100-Sports layout or "
                          "'synthetic')")
-    classes = splits[train_split].classes
-    counts = torch.bincount(torch.tensor(splits[train_split].targets), minlength=len(classes))
+    splits = {s: open_split(kind, root, s, bundle.transforms(False), synthetic) for s in ("train", "valid", "test")}
+    classes = splits["train"].classes
+    counts = torch.bincount(torch.tensor(splits["train"].targets), minlength=len(classes))
     too_many = [k for k in shots if k != "all" and k > int(counts.min())]
     if too_many:
         smallest = classes[int(counts.argmin())]
         raise SystemExit(f"error: --shots {too_many} exceed the smallest class ({smallest!r} has {int(counts.min())} "
                          f"training images)")
 
-    feats = {s: encode_split(bundle, ds, device=device, precision=precision, batch_size=cfg.batch_size,
-                             workers=cfg.workers, cache_dir=cfg.cache_dir, progress=cfg.progress, desc=f"encode {s}")
-             for s, ds in splits.items()}
+    encode = dict(device=device, precision=precision, batch_size=cfg.batch_size, workers=cfg.workers,
+                  cache_dir=cfg.cache_dir, progress=cfg.progress)
+    feats = {s: encode_split(bundle, ds, desc=f"encode {s}", **encode) for s, ds in splits.items()}
+    train_labels = feats["train"][1]
+    draws = {(k, seed): (list(range(len(train_labels))) if k == "all"
+                         else few_shot_indices(train_labels.tolist(), k, seed, classes))
+             for k, seed in itertools.product(shots, seeds)}
+    augmenting = copy.copy(splits["train"])
+    augmenting.transform = bundle.transforms(True, scale=(0.5, 1.0))
+    drawn = sorted({i for idx in draws.values() for i in idx})
+    views = (encode_views(bundle, augmenting, drawn, cfg.augment_views, **encode) if cfg.augment_views
+             else torch.empty(0, len(drawn), feats["train"][0].shape[1]))
+    row_of = {i: r for r, i in enumerate(drawn)}
+
     names = prompt_names(classes, kind)
     W = build_text_classifier(bundle.model, bundle.tokenizer, names, prompt_sets()[cfg.prompts])
     zs_head = ZeroShotClassifier(bundle.model, W, classes=classes)
-    zs_linear = zero_shot_linear(W.cpu(), zs_head.logit_scale)
-    zero_shot = {"test": head_accuracy(zs_linear, *feats["test"]), "val": head_accuracy(zs_linear, *feats["valid"])}
 
     data_tag = kind if kind != "sports100" else root.name
     default_name = f"fewshot-{bundle.name}-{Path(bundle.pretrained).name}-{data_tag}-{timestamp()}"
     run_dir = new_run_dir(cfg.out, cfg.name or default_name)
     write_json(run_dir / "config.json", dataclasses.asdict(cfg))
-    rows = []
-    head_methods = [m for m in methods if m != "zero-shot"]
-    for k, seed in itertools.product(shots, seeds):
-        train_labels = feats["train"][1]
-        idx = (list(range(len(train_labels))) if k == "all"
-               else few_shot_indices(train_labels.tolist(), k, seed, classes))
-        train = (feats["train"][0][idx], train_labels[idx])
-        results = run_heads(head_methods, zs_head, train, feats["valid"], feats["test"], cfg.steps, seed)
-        if "zero-shot" in methods:
-            results["zero-shot"] = {**zero_shot, "hparams": {}}
-        if cfg.full_finetune:
-            results["full-finetune"] = full_finetune(bundle, W, splits, idx, cfg, device, precision, seed,
-                                                     run_dir / f"ft-{k}-{seed}")
-        for method, r in results.items():
-            rows.append({"method": method, "shots": k, "seed": seed, **r})
-        log.info("shots %s seed %d: %s", k, seed, {m: round(100 * r["test"], 2) for m, r in results.items()})
-
-    ordered = [m for m in (*METHODS, "full-finetune") if any(r["method"] == m for r in rows)]
-    summary = {m: {str(k): _stats([r["test"] for r in rows if r["method"] == m and r["shots"] == k]) for k in shots}
-               for m in ordered}
-    header = "| method | " + " | ".join(str(k) for k in shots) + " |\n|---|" + "---|" * len(shots) + "\n"
-    body = "".join(f"| {m} | " + " | ".join(f"{100 * v[str(k)]['mean']:.1f} ± {100 * v[str(k)]['std']:.1f}"
-                                            for k in shots) + " |\n" for m, v in summary.items())
-    table = header + body
-    title = f"{bundle.name} ({bundle.pretrained}) on {kind}: test top-1 (%), mean ± std over seeds {seeds}"
-    write_text(run_dir / "results.md", f"# Few-shot ablation\n\n{title}\n\n{table}\nShots are training images per "
-                                       f"class; hyper-parameters chosen on the validation split.\n")
-    write_json(run_dir / "results.json", {"config": dataclasses.asdict(cfg), "model": bundle.name,
-                                          "pretrained": bundle.pretrained, "dataset": kind, "summary": summary,
-                                          "rows": rows, "grids": GRIDS})
-    fig = accuracy_plot(summary, shots, f"{bundle.name} ({bundle.pretrained}), {kind}")
-    save_figure(fig, run_dir / "accuracy_vs_shots.png")
-
     from torch.utils.tensorboard import SummaryWriter
 
-    with SummaryWriter(log_dir=str(run_dir)) as writer:
+    writer = SummaryWriter(log_dir=str(run_dir))
+    rows = []
+    for (k, seed), idx in draws.items():
+        n = max(1, len(idx) // len(classes))
+        shots_set = Shots(feats["train"][0][idx], train_labels[idx], views[:, [row_of[i] for i in idx]], idx)
+
+        def curve(method, step, loss, k=k, seed=seed):
+            writer.add_scalar(f"train_loss/{method}/{k}-shot/seed{seed}", loss, step)
+
+        task = Task(W.cpu().float(), zs_head.logit_scale, shots_set, feats["valid"], feats["test"], cfg.steps, seed,
+                    k if k != "all" else n, bundle=bundle, prompt_names=names,
+                    images={"train": augmenting, "valid": splits["valid"], "test": splits["test"]}, device=device,
+                    precision=precision, batch_size=cfg.batch_size, workers=cfg.workers, coop_steps=cfg.coop_steps,
+                    lora_steps_per_shot=cfg.lora_steps_per_shot, curve=curve)
+        results = run_methods(methods, task, protocols)
+        if cfg.full_finetune:  # best validation epoch: the validation protocol only
+            started = time.perf_counter()
+            tuned = full_finetune(bundle, W, splits, idx, cfg, device, precision, seed, run_dir / f"ft-{k}-{seed}")
+            results["full-finetune"] = {"validation": tuned | {"seconds": time.perf_counter() - started}}
+        for method, per_protocol in results.items():
+            for protocol, r in per_protocol.items():
+                rows.append({"method": method, "protocol": protocol, "shots": k, "seed": seed, **r})
+        log.info("shots %s seed %d: %s", k, seed, {m: {p: round(100 * r["test"], 2) for p, r in v.items()}
+                                                    for m, v in results.items()})
+
+    summary = summarise(rows, shots, protocols)
+    seconds = summarise([r for r in rows if "seconds" in r], shots, protocols, key="seconds")
+    title = f"{bundle.name} ({bundle.pretrained}) on {kind}: test top-1 (%), mean ± std over seeds {seeds}"
+    tables = []
+    for protocol, per_method in summary.items():
+        body = [[m, *(f"{100 * v[str(k)]['mean']:.1f} ± {100 * v[str(k)]['std']:.1f}" for k in shots)]
+                for m, v in per_method.items()]
+        tables.append(f"## {protocol}\n\n" + table(body, ["method", *map(str, shots)]))
+    text = "\n\n".join(tables)
+    notes = {m: PROTOCOL_NOTES[m] for m in methods}
+    write_text(run_dir / "results.md", f"# Few-shot ablation\n\n{title}\n\n{text}\n\nShots are training images per "
+                                       f"class. validation: hyper-parameters and training length chosen on the "
+                                       f"validation split; validation-free: fixed ones (results.json: "
+                                       f"protocol_notes), the last step.\n")
+    payload = {"benchmark": "fewshot", "environment": environment(device), "config": dataclasses.asdict(cfg),
+               "model": bundle.name, "pretrained": bundle.pretrained,
+               "pretrained_label": _weights_label(bundle.pretrained),
+               "dataset": data_tag, "classes": len(classes), "test_images": len(feats["test"][1]),
+               "shots": [str(k) for k in shots], "seeds": seeds, "summary": summary, "seconds": seconds,
+               "rows": rows, "grids": GRIDS, "fixed": FIXED, "protocol_notes": notes}
+    write_json(run_dir / "results.json", payload)
+    fig = accuracy_plot(summary, shots, f"{bundle.name} ({Path(bundle.pretrained).name}), {kind}")
+    save_figure(fig, run_dir / "accuracy_vs_shots.png")
+    with writer:
         writer.add_text("config", config_markdown(cfg))
-        writer.add_text("results", table)
-        for m, per_shot in summary.items():
-            for i, k in enumerate(shots):
-                writer.add_scalar(f"fewshot/{m}", per_shot[str(k)]["mean"], i)
+        writer.add_text("results", text)
+        for protocol, per_method in summary.items():
+            for m, per_shot in per_method.items():
+                for i, k in enumerate(shots):
+                    writer.add_scalar(f"fewshot/{protocol}/{m}", per_shot[str(k)]["mean"], i)
         writer.add_image("fewshot/accuracy_vs_shots", figure_to_array(fig), 0, dataformats="HWC")
-    print(f"{title}\n\n{table}")
+    print(f"{title}\n\n{text}")
     print(f"wrote {run_dir}/ (results.md, results.json, accuracy_vs_shots.png)")
-    return {"run_dir": run_dir, "summary": summary, "rows": rows}
-
-
-def _stats(values: list[float]) -> dict:
-    return {"mean": statistics.fmean(values), "std": statistics.pstdev(values) if len(values) > 1 else 0.0,
-            "n": len(values)}
+    out = {"run_dir": run_dir, "summary": summary, "seconds": seconds, "rows": rows}
+    if cfg.results:
+        name = cfg.results if cfg.results != "auto" else result_stem(f"fewshot_{data_tag}", device,
+                                                                      payload["environment"])
+        out["result_file"] = write_result(name, payload)
+        print(f"wrote {out['result_file']}")
+    return out
 
 
 def full_finetune(bundle, W, splits, idx, cfg, device, precision, seed, run_dir) -> dict:

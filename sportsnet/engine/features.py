@@ -79,11 +79,13 @@ def head_accuracy(head: nn.Module, feats: torch.Tensor, labels: torch.Tensor, ba
 
 def train_head(head: nn.Module, feats: torch.Tensor, labels: torch.Tensor, *, steps: int = 300, lr: float = 1e-3,
                weight_decay: float = 1e-4, batch_size: int = 256, seed: int = 0,
-               val: tuple[torch.Tensor, torch.Tensor] | None = None, eval_every: int = 25) -> dict:
+               val: tuple[torch.Tensor, torch.Tensor] | None = None, eval_every: int = 25,
+               on_step: Callable[[int, float], None] | None = None) -> dict:
     """Fit ``head`` on features with AdamW + cosine schedule for ``steps`` mini-batches (seeded).
 
     With ``val``, the state with the best validation accuracy is kept (checked every ``eval_every``
-    steps and at the end). Returns ``{"val_acc": best or None, "steps": steps}``.
+    steps and at the end). ``on_step(step, loss)`` sees every step's training loss (TensorBoard curves). Returns
+    ``{"val_acc": best or None, "steps": steps}``.
     """
     params = [p for p in head.parameters() if p.requires_grad]
     if not params:
@@ -108,6 +110,8 @@ def train_head(head: nn.Module, feats: torch.Tensor, labels: torch.Tensor, *, st
         loss.backward()
         opt.step()
         sched.step()
+        if on_step is not None:
+            on_step(step, loss.item())
         if val is not None and (step % eval_every == 0 or step == steps):
             acc = head_accuracy(head, *val)
             if acc > best_acc:

@@ -48,7 +48,7 @@ def clap_multipliers(zero_shot_logits: torch.Tensor, labels: torch.Tensor) -> to
     if len(counts) > C or (counts == 0).any():
         raise ValueError(f"every one of the {C} classes needs a support feature; counts per class: {counts.tolist()}")
     right = zero_shot_logits.float().softmax(dim=1).gather(1, labels[:, None]).squeeze(1)
-    return torch.zeros(C).index_add_(0, labels, right) / counts.float()
+    return torch.zeros(C, device=right.device).index_add_(0, labels, right) / counts.float()
 
 
 def fit_clap(head: ZeroShotLinearProbe, feats: torch.Tensor, labels: torch.Tensor, *,

@@ -54,11 +54,12 @@ class LPPlusPlus(nn.Module):
         counts = torch.bincount(labels.long(), minlength=C)
         if len(counts) > C or (counts == 0).any():
             raise ValueError(f"every one of the {C} classes needs a feature; counts per class: {counts.tolist()}")
-        means = torch.zeros(C, D).index_add_(0, labels.long(), feats.float()) / counts[:, None].float()
-        self.register_buffer("text_classifier", text_classifier.float())
+        means = torch.zeros(C, D, device=feats.device).index_add_(0, labels.long(), feats.float())
+        means /= counts[:, None].float()
+        self.register_buffer("text_classifier", text_classifier.float().to(feats.device))
         self.weight = nn.Parameter(means)
-        self.bias = nn.Parameter(torch.zeros(C))
-        self.alpha = nn.Parameter(torch.full((C,), float(alpha)))
+        self.bias = nn.Parameter(torch.zeros(C, device=feats.device))
+        self.alpha = nn.Parameter(torch.full((C,), float(alpha), device=feats.device))
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         return feats @ self.weight.T + self.bias + self.alpha * (feats @ self.text_classifier)
