@@ -119,14 +119,7 @@ class Task:
 def run_methods(methods, task: Task, protocols=PROTOCOLS) -> dict[str, dict[str, dict]]:
     """``{method: {protocol: {"test", "val", "hparams", "seconds"}}}`` for this draw. ``seconds``: training time
     (for the validation protocol, every candidate's)."""
-    out = {}
-    for method in methods:
-        started = time.perf_counter()
-        results = RUNNERS[method](task, set(protocols))
-        for protocol, r in results.items():
-            r.setdefault("seconds", time.perf_counter() - started)
-        out[method] = {p: results[p] for p in protocols}
-    return out
+    return {method: RUNNERS[method](task, set(protocols)) for method in methods}
 
 
 def _scored(head, task: Task, hparams: dict, val_acc: float | None = None, seconds: float | None = None) -> dict:
@@ -366,6 +359,15 @@ class _BestOnValidation:
         return out
 
 
+def _log_curve(task: Task, method: str, losses: list[torch.Tensor]) -> list[float]:
+    """The training losses (kept on the device during training) read in one transfer and logged as the method's
+    curve (steps from 1)."""
+    values = torch.stack(losses).float().cpu().tolist()
+    for step, value in enumerate(values, start=1):
+        task.curve(method, step, value)
+    return values
+
+
 def _step(loss: torch.Tensor, opt, sched, scaler) -> None:
     opt.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
@@ -399,30 +401,33 @@ def coop(task: Task, protocols) -> dict:
         bs = min(fixed["batch_size"], len(feats))
         tracker = _BestOnValidation([prompts.ctx], lambda: accuracy(prompts, val), max(1, steps // 8), steps,
                                     "validation" in protocols)
+        losses = []
         for step in range(1, steps + 1):
             idx = torch.randperm(len(feats), generator=g)[:bs].to(device)
             with autocast(device, task.precision):
                 loss = F.cross_entropy(prompts(feats[idx]).float(), labels[idx])
             _step(loss, opt, sched, scaler)
-            task.curve("coop", step, loss.item())
+            losses.append(loss.detach())
             tracker(step)
-        return tracker.results(protocols, lambda: accuracy(prompts, test), {**fixed, "steps": steps},
-                               time.perf_counter() - started, loss.item())
+        seconds = time.perf_counter() - started
+        losses = _log_curve(task, "coop", losses)
+        return tracker.results(protocols, lambda: accuracy(prompts, test), {**fixed, "steps": steps}, seconds,
+                               losses[-1])
 
 
 def lora_finetune(model: torch.nn.Module, params, tokens: torch.Tensor, loader, *, steps: int, logit_scale: float,
                   device: torch.device, precision: str, lr: float, weight_decay: float,
-                  after_step: Callable[[int], None] = lambda step: None,
-                  on_step: Callable[[int, float], None] = lambda step, loss: None) -> float:
+                  after_step: Callable[[int], None] = lambda step: None) -> list[torch.Tensor]:
     """Train the LoRA ``params`` of ``model`` (:func:`~sportsnet.models.lora.apply_lora` applied) for ``steps``
     mini-batches of ``loader``'s images against the class prompts ``tokens`` (cross-entropy of CLIP's scaled cosine
     logits; AdamW, cosine decay). Only the adapters are in training mode: the frozen model's batch-norm statistics
-    (a ResNet tower's) stay as they are. Returns the last step's loss."""
+    (a ResNet tower's) stay as they are. Returns every step's loss, as detached tensors on the device (read
+    afterwards: no synchronisation per step)."""
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     scaler = make_grad_scaler(device, precision)
     adapters = [m for m in model.modules() if isinstance(m, (LoRAMultiheadAttention, LoRAAttentionPool))]
-    step, loss = 0, torch.tensor(float("nan"))
+    step, losses = 0, []
     while step < steps:
         for images, labels in loader:
             if step == steps:
@@ -437,10 +442,10 @@ def lora_finetune(model: torch.nn.Module, params, tokens: torch.Tensor, loader, 
                 txt = F.normalize(model.encode_text(tokens).float(), dim=-1)
                 loss = F.cross_entropy(logit_scale * img @ txt.T, labels)
             _step(loss, opt, sched, scaler)
-            on_step(step, loss.item())
+            losses.append(loss.detach())
             after_step(step)
     model.eval()
-    return loss.item()
+    return losses
 
 
 def clip_lora(task: Task, protocols) -> dict:
@@ -467,11 +472,13 @@ def clip_lora(task: Task, protocols) -> dict:
         return ((feats.to(device) @ text.T).argmax(1).cpu() == labels).float().mean().item()
 
     tracker = _BestOnValidation(params, lambda: accuracy("valid"), max(1, steps // 3), steps, "validation" in protocols)
-    loss = lora_finetune(model, params, tokens, loader, steps=steps, logit_scale=task.logit_scale, device=device,
-                         precision=task.precision, lr=fixed["lr"], weight_decay=fixed["weight_decay"],
-                         after_step=tracker, on_step=_curve(task, "clip-lora"))
+    losses = lora_finetune(model, params, tokens, loader, steps=steps, logit_scale=task.logit_scale, device=device,
+                           precision=task.precision, lr=fixed["lr"], weight_decay=fixed["weight_decay"],
+                           after_step=tracker)
+    seconds = time.perf_counter() - started
+    losses = _log_curve(task, "clip-lora", losses)
     hp = {k: v for k, v in fixed.items() if k != "prompt"} | {"steps": steps}
-    return tracker.results(protocols, lambda: accuracy("test"), hp, time.perf_counter() - started, loss)
+    return tracker.results(protocols, lambda: accuracy("test"), hp, seconds, losses[-1])
 
 
 RUNNERS = {

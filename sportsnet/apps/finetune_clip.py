@@ -130,6 +130,13 @@ def summarise(rows: list[dict], shots: list, protocols: list[str], key: str = "t
     return out
 
 
+def accuracy_table(per_method: dict, shots) -> str:
+    """``{method: {shots: stats}}`` as a Markdown table of test top-1 (%), mean ± std per number of shots."""
+    rows = [[m, *(f"{100 * v[str(k)]['mean']:.1f} ± {100 * v[str(k)]['std']:.1f}" for k in shots)]
+            for m, v in per_method.items()]
+    return table(rows, ["method", *map(str, shots)])
+
+
 def fewshot_table(p: dict) -> str:
     """The 1/2/4/8/16-shot tables of a result file (``benchmark: fewshot``) as Markdown: test top-1 (mean +- std over
     the seeds) per protocol, the training seconds, and what each protocol fixes (benchmarks/tables.py)."""
@@ -138,13 +145,11 @@ def fewshot_table(p: dict) -> str:
     parts = [f"{p['model']} ({p['pretrained_label']}) on {p['dataset']}, {len(seeds)} seeds ({p['test_images']} test "
              f"images, {p['classes']} classes), {cfg['augment_views']} augmented views per shot, "
              f"{cfg['steps']} head steps, {cfg['coop_steps']} CoOp steps, {cfg['lora_steps_per_shot']} CLIP-LoRA "
-             f"steps per shot; {caption(p['environment'])}, torch {p['environment']['torch']}, "
+             f"steps per shot, {p['precision']}; {caption(p['environment'])}, torch {p['environment']['torch']}, "
              f"{p['environment']['time'][:10]}."]
     for protocol, methods in summary.items():
-        rows = [[m, *(f"{100 * v[str(k)]['mean']:.1f} ± {100 * v[str(k)]['std']:.1f}" for k in shots)]
-                for m, v in methods.items()]
         parts.append(f"**{protocol}**: test top-1 (%), mean ± standard deviation over the seeds (population)\n\n"
-                     + table(rows, ["method", *map(str, shots)]))
+                     + accuracy_table(methods, shots))
     protocols = list(summary)
     methods = list(dict.fromkeys(m for per_method in summary.values() for m in per_method))
 
@@ -243,7 +248,8 @@ def main(argv=None) -> dict:
         results = run_methods(methods, task, protocols)
         if cfg.full_finetune:  # best validation epoch: the validation protocol only
             started = time.perf_counter()
-            tuned = full_finetune(bundle, W, splits, idx, cfg, device, precision, seed, run_dir / f"ft-{k}-{seed}")
+            tuned = full_finetune(bundle, W, splits, augmenting, idx, cfg, device, precision, seed,
+                                  run_dir / f"ft-{k}-{seed}")
             results["full-finetune"] = {"validation": tuned | {"seconds": time.perf_counter() - started}}
         for method, per_protocol in results.items():
             for protocol, r in per_protocol.items():
@@ -256,9 +262,7 @@ def main(argv=None) -> dict:
     title = f"{bundle.name} ({bundle.pretrained}) on {kind}: test top-1 (%), mean ± std over seeds {seeds}"
     tables = []
     for protocol, per_method in summary.items():
-        body = [[m, *(f"{100 * v[str(k)]['mean']:.1f} ± {100 * v[str(k)]['std']:.1f}" for k in shots)]
-                for m, v in per_method.items()]
-        tables.append(f"## {protocol}\n\n" + table(body, ["method", *map(str, shots)]))
+        tables.append(f"## {protocol}\n\n" + accuracy_table(per_method, shots))
     text = "\n\n".join(tables)
     notes = {m: PROTOCOL_NOTES[m] for m in methods}
     write_text(run_dir / "results.md", f"# Few-shot ablation\n\n{title}\n\n{text}\n\nShots are training images per "
@@ -268,7 +272,8 @@ def main(argv=None) -> dict:
     payload = {"benchmark": "fewshot", "environment": environment(device), "config": dataclasses.asdict(cfg),
                "model": bundle.name, "pretrained": bundle.pretrained,
                "pretrained_label": _weights_label(bundle.pretrained),
-               "dataset": data_tag, "classes": len(classes), "test_images": len(feats["test"][1]),
+               "precision": precision, "dataset": data_tag, "classes": len(classes),
+               "test_images": len(feats["test"][1]),
                "shots": [str(k) for k in shots], "seeds": seeds, "summary": summary, "seconds": seconds,
                "rows": rows, "grids": GRIDS, "fixed": FIXED, "protocol_notes": notes}
     write_json(run_dir / "results.json", payload)
@@ -293,15 +298,14 @@ def main(argv=None) -> dict:
     return out
 
 
-def full_finetune(bundle, W, splits, idx, cfg, device, precision, seed, run_dir) -> dict:
+def full_finetune(bundle, W, splits, augmenting, idx, cfg, device, precision, seed, run_dir) -> dict:
     """Fine-tune a copy of the image tower (head: the fixed zero-shot text classifier) on the k-shot
-    images with augmentation; the best validation epoch is scored on test."""
+    images of ``augmenting`` (the training split with the augmenting transform); the best validation epoch is
+    scored on test."""
     torch.manual_seed(seed)
     model = ZeroShotClassifier(copy.deepcopy(bundle.model), W.to(device)).to(device)
-    train_ds = copy.copy(splits["train"])
-    train_ds.transform = bundle.transforms(True, scale=(0.5, 1.0))
     bs = min(cfg.batch_size, len(idx))
-    train_loader = DataLoader(LabeledSubset(train_ds, idx), batch_size=bs, shuffle=True, drop_last=True,
+    train_loader = DataLoader(LabeledSubset(augmenting, idx), batch_size=bs, shuffle=True, drop_last=True,
                               num_workers=cfg.workers, generator=torch.Generator())
     val_loader = DataLoader(splits["valid"], batch_size=cfg.batch_size, num_workers=cfg.workers)
     phase = Phase("finetune", cfg.finetune_epochs, cfg.finetune_lr, {"visual": list(model.visual.parameters())})
